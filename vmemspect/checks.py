@@ -1,0 +1,219 @@
+"""
+HVO invariants
+--------------
+
+Checks that judge plain records (:class:`~vmemspect.hvo.FolioVmemmap`,
+:class:`~vmemspect.hvo.SharedTail`, :class:`~vmemspect.hugetlb.Hstate`,
+:class:`~vmemspect.hugetlb.Zone`) and return :class:`Finding` records. They
+read no memory, so they are tested on records built by hand, and the
+reading is tested on real dumps. Each check's id, and the kernel code it
+comes from, is documented in ``docs/checks.md``.
+"""
+
+import collections
+import dataclasses
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .hugetlb import Hstate, Zone
+from .hvo import FolioVmemmap, SharedTail
+from .kernel import KernelModel, page_flags_nid, page_flags_zone
+
+__all__ = ("CHECKS", "Finding", "check_folio", "check_hstates", "check_shared_tails", "run_checks")
+
+#: Check id -> one-line description (docs/checks.md has the why).
+CHECKS = {
+    "hstate-count": "folios found on an hstate's lists match its per-node counters",
+    "head-page": "a folio's head struct page has PG_head, is not a tail, and has the hstate's order",
+    "folio-node": "the head's page flags carry the node and zone whose span holds the pfn",
+    "flag-vs-mapping": "HPG_vmemmap_optimized is set exactly when the vmemmap is remapped",
+    "head-mapping": "vmemmap page 0 is mapped writable (by a PTE once HVO split its PMD)",
+    "head-frame": "the struct pages after the head in vmemmap page 0 are tails of this folio",
+    "tail-frame": "tail vmemmap pages map the expected frame: vmemmap_tails[] of the folio's "
+    "own zone and order (mask form) or the folio's head frame (pointer form)",
+    "tail-readonly": "an optimized folio's tail vmemmap pages are mapped read-only by PTEs",
+    "tail-contents": "every struct page in a tail vmemmap frame is a tail naming this folio's head",
+    "tails-slot": "every zone and order with optimized folios has a vmemmap_tails[] frame",
+    "shared-frame": "every struct page in a shared tail frame is a tail of that order carrying "
+    "the zone's node and zone, with TAIL_MAPPING",
+    "shared-count": "the folios mapping a shared frame are the optimized folios of its zone and order",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """An invariant that does not hold."""
+
+    check: str
+    #: What it is about: "folio pfn 0x..." or "frame pfn 0x..." or "hstate ...".
+    subject: str
+    expected: str
+    found: str
+    folio_pfn: Optional[int] = None
+    frame_pfn: Optional[int] = None
+
+    def line(self) -> str:
+        return f"{self.check}: {self.subject}: expected {self.expected}; found {self.found}"
+
+
+def _folio_subject(fv: FolioVmemmap) -> str:
+    f = fv.folio
+    return f"folio pfn {f.pfn:#x} ({f.hstate}, node {f.nid} {f.zone_name}, {f.state})"
+
+
+def check_folio(
+    model: KernelModel,
+    fv: FolioVmemmap,
+    tails_by_zone: Dict[Tuple[int, int], Tuple[int, ...]],
+    shared_frames: Dict[int, str],
+) -> List[Finding]:
+    """
+    The per-folio invariants of the kernel's form.
+
+    :param tails_by_zone: (nid, zone idx) -> the zone's vmemmap_tails[] as
+        frame pfns (0 for an empty slot).
+    :param shared_frames: pfn of every filled vmemmap_tails[] slot -> a name
+        for it ("node 1 Normal order 9"), to say whose frame a wrong PTE hits.
+    """
+    out: List[Finding] = []
+    f = fv.folio
+    subject = _folio_subject(fv)
+
+    def add(check: str, expected: str, found: str, frame: Optional[int] = None) -> None:
+        out.append(Finding(check, subject, expected, found, f.pfn, frame))
+
+    if fv.unknown is not None:
+        return out  # counted as unknown by the caller, never a violation
+
+    if not fv.head_ok or f.folio_order != f.order:
+        add("head-page", f"PG_head, not a tail, order {f.order}",
+            f"head_ok={fv.head_ok}, folio order {f.folio_order}")
+    flags_nz = (page_flags_nid(model, f.flags), page_flags_zone(model, f.flags))
+    if flags_nz != (f.nid, f.zone_idx) or (f.state == "free" and f.list_nid != f.nid):
+        add("folio-node", f"node {f.nid} zone {f.zone_idx} (freelist of node {f.nid})",
+            f"flags carry node {flags_nz[0]} zone {flags_nz[1]}"
+            + (f", on freelist of node {f.list_nid}" if f.state == "free" else ""))
+
+    if f.optimized != fv.remapped:
+        add("flag-vs-mapping",
+            "vmemmap remapped" if f.optimized else "vmemmap not remapped (no HPG_vmemmap_optimized)",
+            f"HPG_vmemmap_optimized={'set' if f.optimized else 'clear'}, "
+            f"{fv.distinct_frames} distinct frames for {fv.npages} vmemmap pages")
+
+    head = fv.head
+    if head is not None:
+        if not head.writable or (f.optimized and head.level != 1):
+            add("head-mapping", "writable" + (" pte" if f.optimized else ""),
+                f"{'RW' if head.writable else 'RO'} {head.level_name} entry {head.entry:#x}",
+                head.pfn)
+        if head.pfn in shared_frames:
+            add("head-mapping", "a frame of its own",
+                f"the shared tail frame of {shared_frames[head.pfn]}", head.pfn)
+    if fv.head_frame is not None and fv.head_frame.bad:
+        i, info, _ = fv.head_frame.first_bad
+        add("head-frame", f"{model.pages_per_vmemmap_page - 1} tails after the head",
+            f"{fv.head_frame.bad} bad, first struct page {i}: compound_info {info:#x}",
+            fv.head_frame.pfn)
+
+    if f.optimized:
+        if model.form == "mask":
+            slots = tails_by_zone.get((f.nid, f.zone_idx), ())
+            slot = f.order - model.tail_min_order
+            want = slots[slot] if 0 <= slot < len(slots) else 0
+            want_name = f"vmemmap_tails[{slot}] of node {f.nid} {f.zone_name} (pfn {want:#x})"
+        else:
+            want = head.pfn if head is not None else 0
+            want_name = f"the folio's head frame (pfn {want:#x})"
+        for t in fv.tails:
+            if want and t.pfn != want:
+                where = ""
+                if t.pfn is None:
+                    where = " (not mapped)"
+                elif t.pfn in shared_frames:
+                    where = f" (the shared tail frame of {shared_frames[t.pfn]})"
+                add("tail-frame", want_name,
+                    f"{t.pages} tail vmemmap page(s) on pfn "
+                    f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn)
+            if t.writable or t.levels != ("pte",):
+                add("tail-readonly", "read-only pte",
+                    f"{t.writable} of {t.pages} writable, levels {','.join(t.levels)}", t.pfn)
+    for c in fv.tail_contents:
+        if model.form == "mask" and f.optimized:
+            continue  # the shared frame is judged once, by check_shared_tails()
+        if c.bad and c.pfn != (head.pfn if head else None):
+            i, info, _ = c.first_bad
+            add("tail-contents", "tails naming this folio's head",
+                f"frame pfn {c.pfn:#x}: {c.bad} bad, first struct page {i}: "
+                f"compound_info {info:#x}", c.pfn)
+    return out
+
+
+def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[Finding]:
+    """Mask form: every needed slot filled, every shared frame's struct pages
+    valid tails of its zone and order, mapped by exactly the zone's optimized
+    folios of that order."""
+    out = []
+    for t in tails:
+        subject = f"vmemmap_tails[{t.slot}] of node {t.nid} {t.zone_name} (order {t.order})"
+        if t.pfn is None:
+            out.append(Finding("tails-slot", subject, "a shared tail frame",
+                               f"an empty slot, needed by {t.folios_expected} optimized folios"))
+            continue
+        subject = f"frame pfn {t.pfn:#x}, " + subject
+        if t.contents is not None and t.contents.bad:
+            i, info, flags = t.contents.first_bad
+            out.append(Finding(
+                "shared-frame", subject,
+                f"{model.pages_per_vmemmap_page} tails of order {t.order} on node {t.nid} "
+                f"zone {t.zone_idx}",
+                f"{t.contents.bad} bad, first struct page {i}: compound_info {info:#x}, "
+                f"flags node {page_flags_nid(model, flags)} zone {page_flags_zone(model, flags)}",
+                frame_pfn=t.pfn))
+        if t.folios != t.folios_expected:
+            out.append(Finding("shared-count", subject,
+                               f"{t.folios_expected} optimized folios map it",
+                               f"{t.folios} folios' tail PTEs point at it", frame_pfn=t.pfn))
+    return out
+
+
+def check_hstates(
+    hstates: Sequence[Hstate], folios: Iterable[FolioVmemmap]
+) -> List[Finding]:
+    """The folios found on each hstate's lists against its own counters."""
+    found: Dict[Tuple[str, int], List[int]] = collections.defaultdict(lambda: [0, 0])
+    for fv in folios:
+        entry = found[(fv.folio.hstate, fv.folio.nid)]
+        entry[0] += 1
+        if fv.folio.state == "free":
+            entry[1] += 1
+    out = []
+    for h in hstates:
+        for nid, (nr, free, _surplus) in sorted(h.per_node.items()):
+            total, nfree = found.get((h.name, nid), (0, 0))
+            if (total, nfree) != (nr, free):
+                out.append(Finding(
+                    "hstate-count", f"hstate {h.name} node {nid}",
+                    f"nr_huge_pages_node {nr}, free_huge_pages_node {free}",
+                    f"{total} folios on its lists, {nfree} free"))
+    return out
+
+
+def run_checks(
+    model: KernelModel,
+    zones: Sequence[Zone],
+    hstates: Sequence[Hstate],
+    folios: Sequence[FolioVmemmap],
+    tails: Sequence[SharedTail],
+) -> List[Finding]:
+    """Every check over a scan's records, folio checks first."""
+    tails_by_zone = {
+        (z.nid, z.idx): tuple(model.page_pfn(p) if p else 0 for p in z.tails) for z in zones
+    }
+    shared_frames = {
+        t.pfn: f"node {t.nid} {t.zone_name} order {t.order}" for t in tails if t.pfn is not None
+    }
+    out: List[Finding] = []
+    for fv in folios:
+        out.extend(check_folio(model, fv, tails_by_zone, shared_frames))
+    out.extend(check_shared_tails(model, tails))
+    out.extend(check_hstates(hstates, folios))
+    return out

@@ -1,0 +1,378 @@
+"""
+HVO model
+---------
+
+What HVO did to each hugetlb folio's vmemmap, read from the page tables:
+which frame backs the folio's first vmemmap page (its head page) and which
+frames back the rest (its tail pages), with the level and RW bit of each
+mapping; the shared tail frames of ``vmemmap_tails[]`` (Linux 7.1+) with the
+number of folios whose tail PTEs point at each, counted from the page
+tables; and the memory HVO saves.
+
+Pointer form (before 7.1): HVO maps vmemmap pages 1..N-1 of a folio onto
+its own first vmemmap page, read-only, so every 64th struct page is a "fake
+head". Mask form (7.1+): vmemmap page 0 is a copy of the head page, pages
+1..N-1 map ``zone->vmemmap_tails[order - VMEMMAP_TAIL_MIN_ORDER]``,
+read-only, one frame for every folio of that order in the zone.
+"""
+
+import collections
+import dataclasses
+import struct
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from drgn import FaultError, Program
+
+from .hugetlb import HugetlbFolio, for_each_hugetlb_folio, zones
+from .kernel import (
+    KernelModel,
+    TAIL_MAPPING,
+    compound_info_mask,
+    kernel_model,
+    page_flags_nid,
+    page_flags_zone,
+)
+from .pagetable import Leaf, MissingMemory, PageTableWalker, page_table_walker
+
+__all__ = (
+    "FolioVmemmap",
+    "FrameContents",
+    "SharedTail",
+    "TailFrame",
+    "folio_vmemmap",
+    "frame_contents",
+    "scan_folios",
+    "shared_tails",
+    "vmemmap_savings",
+)
+
+_U64 = struct.Struct("<Q")
+
+
+@dataclasses.dataclass(frozen=True)
+class TailFrame:
+    """A frame that backs some of a folio's tail vmemmap pages (1..N-1)."""
+
+    pfn: Optional[int]
+    #: How many of the folio's tail vmemmap pages map it.
+    pages: int
+    #: How many of those mappings are writable.
+    writable: int
+    #: Leaf levels seen ("pte", "pmd", "pud"; "none" if not mapped).
+    levels: Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameContents:
+    """What the struct pages in one vmemmap frame say."""
+
+    pfn: int
+    #: Indices (0..63) of struct pages that are tails of the expected kind.
+    good_tails: int
+    #: (index, compound_info raw, flags raw) of the first struct page that is not.
+    first_bad: Optional[Tuple[int, int, int]]
+    bad: int
+    #: node/zone the flags of the frame's struct pages carry (first page).
+    flags_nid: int
+    flags_zone: int
+    #: The frame's first struct page has PG_head (pointer form: a fake head
+    #: wherever this frame is mapped at a tail position).
+    first_is_head: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FolioVmemmap:
+    """A hugetlb folio and how its vmemmap is mapped."""
+
+    folio: HugetlbFolio
+    #: Virtual address of the folio's first vmemmap page.
+    vmemmap: int
+    #: Vmemmap pages the folio's struct pages span (8 for 2 MiB, 4096 for 1 GiB).
+    npages: int
+    #: Mapping of vmemmap page 0 (the head page's); None if unknown.
+    head: Optional[Leaf]
+    tails: Tuple[TailFrame, ...]
+    #: Distinct frames behind all npages vmemmap pages.
+    distinct_frames: int
+    #: Pointer form: struct pages that read as heads at tail positions.
+    fake_heads: int
+    #: The head struct page: PG_head set and not itself a tail.
+    head_ok: bool
+    #: Contents of vmemmap page 0: tails among struct pages 1..63 that name
+    #: this folio's head (mask or pointer as the kernel's form).
+    head_frame: Optional[FrameContents]
+    #: Contents of the frames behind the tail vmemmap pages, per pfn.
+    tail_contents: Tuple[FrameContents, ...]
+    #: Why the mapping could not be read (missing memory), else None.
+    unknown: Optional[str]
+
+    @property
+    def remapped(self) -> bool:
+        """Some vmemmap pages share a frame: HVO (or something) remapped them."""
+        return self.unknown is None and self.distinct_frames < self.npages
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedTail:
+    """A ``vmemmap_tails[]`` slot (mask form) and who maps it."""
+
+    nid: int
+    zone_idx: int
+    zone_name: str
+    order: int
+    slot: int
+    #: vmemmap_tails[slot] (a struct page *), 0 if empty.
+    page: int
+    #: The frame it describes, None if empty.
+    pfn: Optional[int]
+    #: Folios whose tail PTEs point at this frame (from the page tables).
+    folios: int
+    #: Folios of this zone and order flagged optimized.
+    folios_expected: int
+    contents: Optional[FrameContents]
+
+
+def frame_contents(
+    prog: Program,
+    model: KernelModel,
+    pfn: int,
+    expect_info: Callable[[int], Optional[int]],
+    expect_node_zone: Optional[Tuple[int, int]] = None,
+) -> FrameContents:
+    """
+    Read the struct pages in the vmemmap frame ``pfn`` (one physical read)
+    and count those whose ``compound_info`` is what ``expect_info(index)``
+    returns; an index for which it returns None (a head) is skipped. With
+    ``expect_node_zone``, a tail must also carry that node and zone in its
+    flags and hold TAIL_MAPPING in ``->mapping`` (a mask-form shared frame).
+
+    :raises MissingMemory: if the frame is not in the dump.
+    """
+    try:
+        data = prog.read(pfn << model.page_shift, model.page_size, True)
+    except FaultError:
+        raise MissingMemory("a vmemmap frame", pfn << model.page_shift)
+    size = model.sizeof_page
+    good = bad = 0
+    first_bad = None
+    for i in range(model.pages_per_vmemmap_page):
+        expected = expect_info(i)
+        if expected is None:
+            continue
+        base = i * size
+        info = _U64.unpack_from(data, base + model.off_info)[0]
+        flags = _U64.unpack_from(data, base + model.off_flags)[0]
+        ok = info == expected
+        if ok and expect_node_zone is not None:
+            ok = (
+                (page_flags_nid(model, flags), page_flags_zone(model, flags)) == expect_node_zone
+                and _U64.unpack_from(data, base + model.off_mapping)[0] == TAIL_MAPPING
+            )
+        if ok:
+            good += 1
+        else:
+            bad += 1
+            if first_bad is None:
+                first_bad = (i, info, flags)
+    flags0 = _U64.unpack_from(data, model.off_flags)[0]
+    info0 = _U64.unpack_from(data, model.off_info)[0]
+    return FrameContents(
+        pfn=pfn,
+        good_tails=good,
+        first_bad=first_bad,
+        bad=bad,
+        flags_nid=page_flags_nid(model, flags0),
+        flags_zone=page_flags_zone(model, flags0),
+        first_is_head=bool(flags0 & (1 << model.pg_head)) and not info0 & 1,
+    )
+
+
+def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
+    """compound_info of a tail of ``folio`` in the kernel's form."""
+    if model.form == "mask":
+        return compound_info_mask(model, folio.order)
+    return folio.page | 1
+
+
+def folio_vmemmap(
+    prog: Program,
+    folio: HugetlbFolio,
+    walker: Optional[PageTableWalker] = None,
+    frame_cache: Optional[Dict[Tuple[int, int], FrameContents]] = None,
+) -> FolioVmemmap:
+    """
+    How a hugetlb folio's vmemmap is mapped, and what its frames hold.
+
+    Works on both forms: in the mask form (7.1+) the tail frames are checked
+    as shared tails of the folio's order, in the pointer form (before 7.1)
+    as the folio's own head frame (whose first struct page is then a fake
+    head at each tail position).
+
+    :param frame_cache: contents already read, keyed by (pfn, order); shared
+        frames are read once per scan through it.
+    """
+    model = kernel_model(prog)
+    if walker is None:
+        walker = page_table_walker(prog)
+    if frame_cache is None:
+        frame_cache = {}
+    npages = model.vmemmap_pages(folio.order)
+    start = folio.page & ~(model.page_size - 1)
+    try:
+        leaves = walker.lookup_range(start, npages)
+        head_leaf = leaves[0]
+        if head_leaf.pfn is None:
+            raise MissingMemory("the head's vmemmap page is not mapped; its PTE", head_leaf.table)
+        groups: "collections.OrderedDict[Optional[int], List[Leaf]]" = collections.OrderedDict()
+        for leaf in leaves[1:]:
+            groups.setdefault(leaf.pfn, []).append(leaf)
+        tails = tuple(
+            TailFrame(
+                pfn=pfn,
+                pages=len(group),
+                writable=sum(1 for leaf in group if leaf.writable),
+                levels=tuple(sorted({leaf.level_name for leaf in group})),
+            )
+            for pfn, group in groups.items()
+        )
+        distinct = len({leaf.pfn for leaf in leaves})
+
+        head_data = prog.read(folio.page, model.sizeof_page)
+        head_flags = _U64.unpack_from(head_data, model.off_flags)[0]
+        head_info = _U64.unpack_from(head_data, model.off_info)[0]
+        head_ok = bool(head_flags & (1 << model.pg_head)) and not head_info & 1
+
+        tail_info = _expected_tail_info(model, folio)
+        head_frame = frame_contents(
+            prog, model, head_leaf.pfn, lambda i: None if i == 0 else tail_info
+        )
+
+        contents = []
+        fake_heads = 0
+        for tail in tails:
+            if tail.pfn is None:
+                continue
+            key = (tail.pfn, folio.order)
+            c = frame_cache.get(key)
+            if c is None:
+                if tail.pfn == head_leaf.pfn:
+                    c = head_frame
+                else:
+                    c = frame_contents(prog, model, tail.pfn, lambda i: tail_info)
+                # Only shared frames are worth keeping across folios.
+                if model.form == "mask" and tail.pages > 1:
+                    frame_cache[key] = c
+            contents.append(c)
+            if model.form == "pointer" and c.first_is_head:
+                fake_heads += tail.pages
+        return FolioVmemmap(
+            folio=folio,
+            vmemmap=start,
+            npages=npages,
+            head=head_leaf,
+            tails=tails,
+            distinct_frames=distinct,
+            fake_heads=fake_heads,
+            head_ok=head_ok,
+            head_frame=head_frame,
+            tail_contents=tuple(contents),
+            unknown=None,
+        )
+    except (MissingMemory, FaultError) as e:
+        return FolioVmemmap(
+            folio=folio,
+            vmemmap=start,
+            npages=npages,
+            head=None,
+            tails=(),
+            distinct_frames=0,
+            fake_heads=0,
+            head_ok=False,
+            head_frame=None,
+            tail_contents=(),
+            unknown=str(e),
+        )
+
+
+def scan_folios(
+    prog: Program,
+    folios: Optional[Iterable[HugetlbFolio]] = None,
+    progress: Optional[Callable[["FolioVmemmap"], None]] = None,
+) -> Iterator[FolioVmemmap]:
+    """
+    :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
+    one page-table walker and one cache of shared frames for the whole scan.
+
+    :param progress: called with each folio's record, for progress bars.
+    """
+    walker = page_table_walker(prog)
+    cache: Dict[Tuple[int, int], FrameContents] = {}
+    for folio in folios if folios is not None else for_each_hugetlb_folio(prog):
+        record = folio_vmemmap(prog, folio, walker, cache)
+        if progress:
+            progress(record)
+        yield record
+
+
+def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedTail]:
+    """
+    The ``vmemmap_tails[]`` slots of every zone (mask form) that are filled
+    or that optimized folios need, with the number of folios whose tail
+    vmemmap pages map each slot's frame, counted from ``scanned``.
+
+    Empty on pointer-form kernels (before 7.1), which have no shared tails.
+    """
+    model = kernel_model(prog)
+    if model.tails_owner is None:
+        return []
+    mapped: Dict[int, int] = collections.Counter()
+    expected: Dict[Tuple[int, int, int], int] = collections.Counter()
+    for fv in scanned:
+        seen = {t.pfn for t in fv.tails if t.pfn is not None}
+        for pfn in seen:
+            mapped[pfn] += 1
+        if fv.folio.optimized:
+            expected[(fv.folio.nid, fv.folio.zone_idx, fv.folio.order)] += 1
+    result = []
+    for zone in zones(prog):
+        for slot, page in enumerate(zone.tails):
+            order = slot + model.tail_min_order
+            need = expected.get((zone.nid, zone.idx, order), 0)
+            if not page and not need:
+                continue
+            pfn = model.page_pfn(page) if page else None
+            contents = None
+            if pfn is not None:
+                try:
+                    tail = compound_info_mask(model, order)
+                    contents = frame_contents(
+                        prog, model, pfn, lambda i: tail, (zone.nid, zone.idx)
+                    )
+                except (MissingMemory, FaultError):
+                    contents = None
+            result.append(
+                SharedTail(
+                    nid=zone.nid,
+                    zone_idx=zone.idx,
+                    zone_name=zone.name,
+                    order=order,
+                    slot=slot,
+                    page=page,
+                    pfn=pfn,
+                    folios=mapped.get(pfn, 0) if pfn is not None else 0,
+                    folios_expected=need,
+                    contents=contents,
+                )
+            )
+    return result
+
+
+def vmemmap_savings(model: KernelModel, order: int) -> int:
+    """
+    Vmemmap pages HVO frees for one folio of ``order``: all but the head's
+    vmemmap page (hugetlb_vmemmap_optimizable_size(), the figure of the
+    kernel's "HugeTLB: N KiB vmemmap can be freed for a X page" line).
+    Zero for orders too small to optimize.
+    """
+    n = model.vmemmap_pages(order)
+    return n - 1 if order >= model.tail_min_order else 0

@@ -1,0 +1,344 @@
+"""
+Kernel model
+------------
+
+What vmemspect needs to know about a kernel before it reads any hugetlb
+state: the release, how a tail ``struct page`` names its head (the pointer
+form of ``compound_head`` or the mask form of ``compound_info``), where the
+shared tail frames live (``vmemmap_tails[]`` in ``struct zone`` or in
+``struct pglist_data``), the offsets of the ``struct page`` fields it reads,
+and a few constants. Everything is found from the kernel's types and
+symbols, never from a version number, and is cached once per program on
+``prog.cache``.
+
+This module also decodes ``compound_info``/``compound_head`` values, which
+needs nothing but the model.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+from drgn import FaultError, Program, offsetof, sizeof
+from drgn.helpers.linux.mm import pfn_to_page
+
+from .errors import VmemspectError
+
+__all__ = (
+    "CompoundInfo",
+    "KernelModel",
+    "compound_info_mask",
+    "decode_compound_info",
+    "kernel_model",
+    "page_flags_nid",
+    "page_flags_zone",
+)
+
+# The poison a tail page's ->mapping holds (TAIL_MAPPING, POISON_POINTER_DELTA
+# 0xdead000000000000 on x86_64 plus 0x400).
+TAIL_MAPPING = 0xDEAD000000000400
+
+# Zone names by index, for kernels whose zone->name cannot be read.
+_ZONE_SHIFT_FOR_COUNT = {1: 0, 2: 1, 3: 2, 4: 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelModel:
+    """Facts about one kernel, found from its types and symbols."""
+
+    release: str
+    #: "x86_64" is the only architecture whose page tables vmemspect walks.
+    arch: str
+    page_shift: int
+    #: sizeof(struct page).
+    sizeof_page: int
+    #: "compound_info" (Linux 7.1+), "compound_head" (before), or None.
+    info_member: Optional[str]
+    #: "mask" or "pointer": how a tail page's compound_info names its head.
+    form: str
+    #: "zone" (merged 7.1 code), "pglist_data" (v4 posting of the series), or None.
+    tails_owner: Optional[str]
+    #: Number of vmemmap_tails[] slots (0 without them).
+    tails_len: int
+    #: vmemmap_tails[order - tail_min_order] holds the frame for an order.
+    tail_min_order: int
+    #: struct hstate and hstates[] exist (CONFIG_HUGETLB_PAGE=y).
+    hugetlb: bool
+    #: CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y (vmemmap_optimize_enabled exists).
+    hvo_built: bool
+    #: Lines saying which types and symbols decided the above.
+    evidence: Tuple[str, ...]
+    # Offsets inside struct page / struct folio.
+    off_flags: int
+    off_info: int
+    off_lru: int
+    off_mapping: int
+    off_private: int
+    off_refcount: int
+    #: Bit numbers.
+    pg_head: int
+    hpg_vmemmap_optimized: int
+    #: Page flags layout (SPARSEMEM_VMEMMAP: no section bits).
+    nodes_pgoff: int
+    nodes_mask: int
+    zones_pgoff: int
+    zones_mask: int
+    #: Address of the struct page of pfn 0 (vmemmap_base on x86_64, KASLR'd).
+    vmemmap_start: int
+    #: 4 or 5.
+    pgtable_levels: int
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    @property
+    def pages_per_vmemmap_page(self) -> int:
+        """Struct pages in one vmemmap page (64 with 4 KiB pages, 64 B pages)."""
+        return self.page_size // self.sizeof_page
+
+    def vmemmap_pages(self, order: int) -> int:
+        """Vmemmap pages that describe a folio of ``order``."""
+        return max(1, ((1 << order) * self.sizeof_page) >> self.page_shift)
+
+    def page_address(self, pfn: int) -> int:
+        """Address of the struct page of ``pfn`` in the vmemmap."""
+        return self.vmemmap_start + pfn * self.sizeof_page
+
+    def page_pfn(self, address: int) -> int:
+        """The pfn a struct page address describes."""
+        return (address - self.vmemmap_start) // self.sizeof_page
+
+
+def _has_type(prog: Program, name: str) -> bool:
+    try:
+        prog.type(name)
+        return True
+    except LookupError:
+        return False
+
+
+def _has_object(prog: Program, name: str) -> bool:
+    try:
+        prog.object(name)
+        return True
+    except LookupError:
+        return False
+
+
+def _member_offset(type_, name: str) -> int:
+    return offsetof(type_, name)
+
+
+def _constant(prog: Program, name: str, default: Optional[int] = None) -> int:
+    try:
+        return prog.constant(name).value_()
+    except LookupError:
+        if default is None:
+            raise
+        return default
+
+
+def _release(prog: Program) -> str:
+    try:
+        return prog["init_uts_ns"].name.release.string_().decode()
+    except (KeyError, LookupError, FaultError):
+        pass
+    try:
+        return prog["UTS_RELEASE"].string_().decode()
+    except (KeyError, LookupError, FaultError):
+        return "unknown"
+
+
+def _detect(prog: Program) -> KernelModel:
+    evidence = []
+    arch = prog.platform.arch.name.lower() if prog.platform else "unknown"
+    try:
+        page_type = prog.type("struct page")
+    except LookupError:
+        raise VmemspectError(
+            "the kernel's types are not loaded (no 'struct page')",
+            "pass the kernel's DWARF vmlinux with -s/--vmlinux",
+        )
+    sizeof_page = sizeof(page_type)
+    page_shift = prog["PAGE_SHIFT"].value_() if _has_object(prog, "PAGE_SHIFT") else 12
+
+    # Linux 7.1 renamed compound_head to compound_info (commit d50569612c29).
+    if page_type.has_member("compound_info"):
+        info_member = "compound_info"
+    elif page_type.has_member("compound_head"):
+        info_member = "compound_head"
+    else:
+        info_member = None
+    evidence.append(
+        f"struct page has {info_member}" if info_member else
+        "struct page has neither compound_info nor compound_head"
+    )
+
+    # The merged series keeps the shared tail frames per zone; its v4 posting
+    # kept them per node.
+    tails_owner = None
+    tails_len = 0
+    for owner in ("zone", "pglist_data"):
+        t = prog.type(f"struct {owner}")
+        if t.has_member("vmemmap_tails"):
+            tails_owner = owner
+            tails_len = t.member("vmemmap_tails").type.unqualified().length or 0
+            evidence.append(f"struct {owner} has vmemmap_tails[{tails_len}]")
+            break
+    else:
+        evidence.append("neither struct zone nor struct pglist_data has vmemmap_tails")
+
+    power_of_two = sizeof_page & (sizeof_page - 1) == 0
+    # compound_info_has_mask(): the mask form needs HVO built in and a
+    # power-of-2 struct page; the member name alone is not enough (arm64 7.2
+    # has compound_info but no HVO, and stores a pointer there).
+    if info_member == "compound_info" and tails_owner is not None and power_of_two:
+        form = "mask"
+    else:
+        form = "pointer"
+    evidence.append(f"sizeof(struct page) = {sizeof_page}")
+
+    hugetlb = _has_type(prog, "struct hstate") and _has_object(prog, "hstates")
+    evidence.append("hstates[] present" if hugetlb else "no hstates[] (CONFIG_HUGETLB_PAGE=n)")
+    hvo_built = _has_object(prog, "vmemmap_optimize_enabled")
+    evidence.append(
+        "vmemmap_optimize_enabled present (CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y)"
+        if hvo_built else
+        "no vmemmap_optimize_enabled (CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=n)"
+    )
+
+    # VMEMMAP_TAIL_MIN_ORDER is a macro: the smallest order whose tail struct
+    # pages fill a whole vmemmap page beyond the head's one.
+    tail_min_order = page_shift - (sizeof_page.bit_length() - 1) + 1
+
+    folio_type = prog.type("struct folio") if _has_type(prog, "struct folio") else page_type
+    off_private = _member_offset(folio_type, "private")
+
+    # Page flags layout with SPARSEMEM_VMEMMAP: node bits at the top, then zone.
+    try:
+        max_numnodes = len(prog["node_data"])
+    except (KeyError, TypeError, LookupError):
+        max_numnodes = 1
+    nodes_shift = (max_numnodes - 1).bit_length()
+    nr_zones = _constant(prog, "__MAX_NR_ZONES", 4)
+    zones_shift = _ZONE_SHIFT_FOR_COUNT.get(nr_zones, 3)
+    nodes_pgoff = 64 - nodes_shift
+    zones_pgoff = nodes_pgoff - zones_shift
+
+    levels = 4
+    if _has_object(prog, "pgdir_shift"):
+        levels = 5 if prog["pgdir_shift"].value_() == 48 else 4
+    elif _has_object(prog, "__pgtable_l5_enabled"):
+        levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
+
+    return KernelModel(
+        release=_release(prog),
+        arch=arch,
+        page_shift=page_shift,
+        sizeof_page=sizeof_page,
+        info_member=info_member,
+        form=form,
+        tails_owner=tails_owner,
+        tails_len=tails_len,
+        tail_min_order=tail_min_order,
+        hugetlb=hugetlb,
+        hvo_built=hvo_built,
+        evidence=tuple(evidence),
+        off_flags=_member_offset(page_type, "flags"),
+        off_info=_member_offset(page_type, info_member) if info_member else 8,
+        off_lru=_member_offset(page_type, "lru"),
+        off_mapping=_member_offset(page_type, "mapping"),
+        off_private=off_private,
+        off_refcount=_member_offset(page_type, "_refcount"),
+        pg_head=_constant(prog, "PG_head"),
+        hpg_vmemmap_optimized=_constant(prog, "HPG_vmemmap_optimized", 4),
+        nodes_pgoff=nodes_pgoff,
+        nodes_mask=(1 << nodes_shift) - 1,
+        zones_pgoff=zones_pgoff,
+        zones_mask=(1 << zones_shift) - 1,
+        vmemmap_start=pfn_to_page(prog, 0).value_(),
+        pgtable_levels=levels,
+    )
+
+
+def kernel_model(prog: Program) -> KernelModel:
+    """
+    Return the :class:`KernelModel` of a program, detected once and cached.
+
+    Seen to work on Debian 6.12.117 (pointer form, ``compound_head``) and
+    7.2.13 (mask form, ``compound_info`` and ``zone->vmemmap_tails``), x86_64.
+
+    :raises VmemspectError: if the kernel's types are not loaded.
+    """
+    try:
+        return prog.cache["vmemspect_model"]
+    except KeyError:
+        model = _detect(prog)
+        prog.cache["vmemspect_model"] = model
+        return model
+
+
+def page_flags_nid(model: KernelModel, flags: int) -> int:
+    """The node id that ``page->flags`` carries (page_to_nid())."""
+    return (flags >> model.nodes_pgoff) & model.nodes_mask
+
+
+def page_flags_zone(model: KernelModel, flags: int) -> int:
+    """The zone index that ``page->flags`` carries (page_zonenum())."""
+    return (flags >> model.zones_pgoff) & model.zones_mask
+
+
+def compound_info_mask(model: KernelModel, order: int) -> int:
+    """
+    The ``compound_info`` value of a tail page of a folio of ``order`` in the
+    mask form: ``GENMASK(63, order + log2(sizeof(struct page))) | 1``.
+    """
+    shift = order + model.sizeof_page.bit_length() - 1
+    return ((0xFFFFFFFFFFFFFFFF >> shift) << shift) | 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CompoundInfo:
+    """A decoded ``compound_info``/``compound_head`` word."""
+
+    raw: int
+    #: "mask" or "pointer".
+    form: str
+    #: Bit 0: this struct page is a tail page.
+    tail: bool
+    #: Address of the head struct page, None if not a tail or undecodable.
+    head: Optional[int]
+    #: Order the mask implies (mask form only).
+    order: Optional[int]
+    #: False if a tail's mask is not GENMASK(63, n) | 1.
+    valid: bool
+
+
+def decode_compound_info(model: KernelModel, page_address: int, raw: int) -> CompoundInfo:
+    """
+    Decode the ``compound_info`` (7.1+) or ``compound_head`` (before) word of
+    the struct page at ``page_address``.
+
+    Pointer form (up to 7.0, and 7.1+ without HVO built in): a tail holds
+    ``head | 1``. Mask form (7.1+ with HVO and a power-of-2 struct page): a
+    tail holds ``GENMASK(63, order + log2(sizeof(struct page))) | 1`` and the
+    head is ``page_address & raw``.
+
+    :param page_address: ``struct page *`` as an integer.
+    :param raw: the ``unsigned long`` at ``page->compound_info``.
+    """
+    if not raw & 1:
+        return CompoundInfo(raw, model.form, False, None, None, True)
+    if model.form == "pointer":
+        return CompoundInfo(raw, "pointer", True, raw - 1, None, True)
+    mask = raw & ~1 & 0xFFFFFFFFFFFFFFFF
+    if mask == 0:
+        return CompoundInfo(raw, "mask", True, None, None, False)
+    low = (mask & -mask).bit_length() - 1
+    valid = (mask | ((1 << low) - 1)) == 0xFFFFFFFFFFFFFFFF
+    order = low - (model.sizeof_page.bit_length() - 1)
+    if order < 0:
+        valid = False
+    return CompoundInfo(
+        raw, "mask", True, page_address & raw & ~1, order if valid else None, valid
+    )

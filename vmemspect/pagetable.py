@@ -1,0 +1,163 @@
+"""
+Page-table walker
+-----------------
+
+vmemspect reads the kernel's page tables itself, from ``init_mm.pgd`` down,
+so that it can report what drgn's ``follow_phys()`` does not: the raw entry
+of each level, the level of the leaf (a 4 KiB PTE, a 2 MiB PMD or a 1 GiB
+PUD) and the RW bit. Tables are read whole (512 entries a read) and the last
+few hundred are kept, so walking a folio's vmemmap costs a dictionary lookup
+per page, not a memory read.
+
+x86_64 only, 4-level and 5-level paging (Debian enables 5-level; QEMU's
+``-cpu max`` has LA57), KASLR included (the tables are found from
+``init_mm``, not from fixed addresses).
+"""
+
+import collections
+import dataclasses
+import struct
+from typing import List, Optional, Tuple
+
+from drgn import FaultError, Program
+
+from .errors import VmemspectError
+from .kernel import KernelModel, kernel_model
+
+__all__ = (
+    "LEVEL_NAMES",
+    "Leaf",
+    "MissingMemory",
+    "PageTableWalker",
+    "page_table_walker",
+)
+
+_PRESENT = 1 << 0
+_RW = 1 << 1
+_PSE = 1 << 7
+# Physical address bits of an entry: 12..51 for a table or a PTE; a huge
+# leaf's bit 12 is PAT, so its frame starts at its own alignment.
+_ADDR_MASK = 0x000FFFFFFFFFF000
+_TABLE_ENTRIES = 512
+_UNPACK = struct.Struct("<512Q").unpack
+
+#: Leaf levels, by the number of the level (1 is the PTE).
+LEVEL_NAMES = {1: "pte", 2: "pmd", 3: "pud", 4: "p4d", 5: "pgd"}
+
+
+class MissingMemory(Exception):
+    """Memory a walk needs is not in the dump (filtered or truncated)."""
+
+    def __init__(self, what: str, address: int) -> None:
+        self.what = what
+        self.address = address
+        super().__init__(f"{what} at {address:#x} is not in the dump")
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """How one 4 KiB virtual page is mapped."""
+
+    #: Virtual address of the page.
+    va: int
+    #: 1 (pte), 2 (pmd, 2 MiB leaf), 3 (pud, 1 GiB leaf); 0 if not mapped.
+    level: int
+    #: Raw entry of the leaf (or of the first non-present entry).
+    entry: int
+    #: Frame backing this 4 KiB page, None if not mapped.
+    pfn: Optional[int]
+    #: RW set at every level (x86 ANDs the RW bits of the whole walk).
+    writable: bool
+    #: Physical address of the table that holds the leaf entry.
+    table: int
+
+    @property
+    def level_name(self) -> str:
+        return LEVEL_NAMES.get(self.level, "none")
+
+
+class PageTableWalker:
+    """
+    Walks ``init_mm``'s page tables with whole-table reads and a small cache.
+
+    :param cache_tables: how many tables to keep; memory is 4 KiB a table.
+    """
+
+    def __init__(self, prog: Program, model: KernelModel, cache_tables: int = 512) -> None:
+        if model.arch != "x86_64":
+            raise VmemspectError(
+                f"vmemspect cannot walk {model.arch} page tables yet",
+                "use an x86_64 kernel or dump",
+            )
+        self.prog = prog
+        self.levels = model.pgtable_levels
+        self.page_shift = model.page_shift
+        pgd = prog["init_mm"].pgd.value_()
+        try:
+            top = prog.read(pgd, 4096)
+        except FaultError:
+            raise MissingMemory("the top-level page table (init_mm.pgd)", pgd)
+        self.top = _UNPACK(top)
+        self.top_address = pgd
+        self._cache: "collections.OrderedDict[int, Tuple[int, ...]]" = collections.OrderedDict()
+        self._cache_max = cache_tables
+        self.tables_read = 0
+
+    def read_table(self, phys: int) -> Tuple[int, ...]:
+        """The 512 raw entries of the table at physical address ``phys``."""
+        cache = self._cache
+        table = cache.get(phys)
+        if table is not None:
+            cache.move_to_end(phys)
+            return table
+        try:
+            data = self.prog.read(phys, 4096, True)
+        except FaultError:
+            raise MissingMemory("a page table", phys)
+        table = _UNPACK(data)
+        self.tables_read += 1
+        cache[phys] = table
+        if len(cache) > self._cache_max:
+            cache.popitem(last=False)
+        return table
+
+    def lookup(self, va: int) -> Leaf:
+        """How the 4 KiB page at virtual address ``va`` is mapped."""
+        level = self.levels
+        table = self.top
+        table_addr = self.top_address
+        writable = True
+        while True:
+            index = (va >> (self.page_shift + 9 * (level - 1))) & 511
+            entry = table[index]
+            if not entry & _PRESENT:
+                return Leaf(va, 0, entry, None, False, table_addr)
+            writable = writable and bool(entry & _RW)
+            if level == 1 or (level in (2, 3) and entry & _PSE):
+                span_shift = self.page_shift + 9 * (level - 1)
+                base = entry & _ADDR_MASK & ~((1 << span_shift) - 1)
+                pfn = (base + (va & ((1 << span_shift) - 1))) >> self.page_shift
+                return Leaf(va, level, entry, pfn, writable, table_addr)
+            table_addr = entry & _ADDR_MASK
+            table = self.read_table(table_addr)
+            level -= 1
+
+    def lookup_range(self, va: int, npages: int) -> List[Leaf]:
+        """:meth:`lookup` for ``npages`` consecutive 4 KiB pages from ``va``."""
+        step = 1 << self.page_shift
+        return [self.lookup(va + i * step) for i in range(npages)]
+
+
+def page_table_walker(prog: Program) -> PageTableWalker:
+    """
+    The walker of a program, created once and cached on ``prog.cache``.
+
+    A live kernel changes its page tables; callers that re-read (live mode)
+    create a fresh :class:`PageTableWalker` instead.
+    """
+    try:
+        return prog.cache["vmemspect_walker"]
+    except KeyError:
+        walker = PageTableWalker(prog, kernel_model(prog))
+        prog.cache["vmemspect_walker"] = walker
+        return walker

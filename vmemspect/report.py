@@ -1,0 +1,182 @@
+"""
+Reports
+-------
+
+One scan of a kernel, gathered into plain records that every command and
+both outputs (tables and JSON) are rendered from: the kernel model, hstates,
+zones, each folio's vmemmap, the shared tail frames, the savings and the
+findings.
+"""
+
+import collections
+import dataclasses
+from typing import Callable, Dict, List, Optional, Tuple
+
+from drgn import Program
+from drgn.helpers.linux.mmzone import for_each_present_section
+
+from .checks import Finding, run_checks
+from .hugetlb import (
+    Hstate,
+    Zone,
+    for_each_hstate_record,
+    for_each_hugetlb_folio,
+    hvo_enabled,
+    kernel_memmap_pages,
+    zones,
+)
+from .hvo import FolioVmemmap, SharedTail, scan_folios, shared_tails, vmemmap_savings
+from .kernel import KernelModel, kernel_model
+
+__all__ = ("GroupSummary", "Report", "Savings", "build_report", "kernel_memmap_saved")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSummary:
+    """Folio counts of one hstate in one zone of one node."""
+
+    hstate: str
+    order: int
+    nid: int
+    zone: str
+    total: int
+    free: int
+    in_use: int
+    optimized: int
+    not_optimized: int
+    unknown: int
+    #: Vmemmap pages HVO freed for these folios (optimized ones).
+    saved_pages: int
+    #: Vmemmap pages HVO would free if every folio here were optimized.
+    possible_pages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Savings:
+    """Memory HVO saves, by vmemspect's count and by the kernel's counters."""
+
+    #: Vmemmap pages freed: (vmemmap pages - 1) per optimized folio.
+    saved_pages: int
+    #: Pages the shared tail frames take (mask form), one per zone and order.
+    shared_frame_pages: int
+    #: saved_pages if every folio were optimized.
+    possible_pages: int
+    page_size: int
+    #: Kernel counters nr_memmap_boot_pages + nr_memmap_pages, None before 6.10.
+    kernel_memmap_pages: Optional[int]
+    #: Memmap pages of all present sections without HVO.
+    memmap_pages_without_hvo: Optional[int]
+
+    @property
+    def kernel_saved_pages(self) -> Optional[int]:
+        """What the kernel's counters say HVO freed."""
+        if self.kernel_memmap_pages is None or self.memmap_pages_without_hvo is None:
+            return None
+        return self.memmap_pages_without_hvo - self.kernel_memmap_pages
+
+
+@dataclasses.dataclass
+class Report:
+    model: KernelModel
+    hvo_enabled: Optional[bool]
+    hstates: List[Hstate]
+    zones: List[Zone]
+    folios: List[FolioVmemmap]
+    tails: List[SharedTail]
+    findings: List[Finding]
+    savings: Savings
+
+    @property
+    def unknown(self) -> List[FolioVmemmap]:
+        return [fv for fv in self.folios if fv.unknown is not None]
+
+    def groups(self) -> List[GroupSummary]:
+        """Counts per hstate, node and zone, in hstate then pfn order."""
+        acc: Dict[Tuple[str, int, int], List[FolioVmemmap]] = collections.defaultdict(list)
+        for fv in self.folios:
+            acc[(fv.folio.hstate, fv.folio.nid, fv.folio.zone_idx)].append(fv)
+        order_of = {h.name: h.order for h in self.hstates}
+        rank = {h.name: h.index for h in self.hstates}
+        out = []
+        for (hstate, nid, zidx), fvs in sorted(acc.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1], kv[0][2])):
+            order = order_of.get(hstate, fvs[0].folio.order)
+            per = vmemmap_savings(self.model, order)
+            opt = sum(1 for fv in fvs if fv.folio.optimized)
+            out.append(GroupSummary(
+                hstate=hstate,
+                order=order,
+                nid=nid,
+                zone=fvs[0].folio.zone_name,
+                total=len(fvs),
+                free=sum(1 for fv in fvs if fv.folio.state == "free"),
+                in_use=sum(1 for fv in fvs if fv.folio.state == "active"),
+                optimized=opt,
+                not_optimized=len(fvs) - opt,
+                unknown=sum(1 for fv in fvs if fv.unknown is not None),
+                saved_pages=per * opt,
+                possible_pages=per * len(fvs),
+            ))
+        return out
+
+
+def kernel_memmap_saved(prog: Program, model: KernelModel) -> Tuple[Optional[int], Optional[int]]:
+    """
+    (memmap pages the kernel counts now, memmap pages all present sections
+    would take without HVO). The kernel counts vmemmap pages in
+    nr_memmap_boot_pages/nr_memmap_pages (6.10+) and HVO subtracts what it
+    frees, so the difference is the kernel's own figure of what HVO saved.
+    """
+    counters = kernel_memmap_pages(prog)
+    if counters is None:
+        return None, None
+    section_pages = 1 << (prog["SECTION_SIZE_BITS"].value_() - model.page_shift) \
+        if _has(prog, "SECTION_SIZE_BITS") else 1 << (27 - model.page_shift)
+    per_section = section_pages * model.sizeof_page // model.page_size
+    sections = sum(1 for _ in for_each_present_section(prog))
+    return sum(counters), sections * per_section
+
+
+def _has(prog: Program, name: str) -> bool:
+    try:
+        prog[name]
+        return True
+    except KeyError:
+        return False
+
+
+def build_report(
+    prog: Program,
+    progress: Optional[Callable[[FolioVmemmap], None]] = None,
+) -> Report:
+    """
+    Scan every hugetlb folio, the shared tail frames and the counters, and
+    run every check. Nothing is judged twice and nothing read twice: the
+    commands filter and render this one record.
+    """
+    model = kernel_model(prog)
+    hstates = list(for_each_hstate_record(prog))
+    zone_list = zones(prog)
+    folios = list(scan_folios(prog, for_each_hugetlb_folio(prog), progress))
+    tails = shared_tails(prog, folios)
+    findings = run_checks(model, zone_list, hstates, folios, tails)
+    saved = sum(vmemmap_savings(model, fv.folio.order) for fv in folios if fv.folio.optimized)
+    possible = sum(vmemmap_savings(model, fv.folio.order) for fv in folios)
+    kernel_now, without = kernel_memmap_saved(prog, model)
+    savings = Savings(
+        saved_pages=saved,
+        shared_frame_pages=sum(1 for t in tails if t.pfn is not None),
+        possible_pages=possible,
+        page_size=model.page_size,
+        kernel_memmap_pages=kernel_now,
+        memmap_pages_without_hvo=without,
+    )
+    return Report(
+        model=model,
+        hvo_enabled=hvo_enabled(prog),
+        hstates=hstates,
+        zones=zone_list,
+        folios=folios,
+        tails=tails,
+        findings=findings,
+        savings=savings,
+    )

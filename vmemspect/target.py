@@ -1,0 +1,118 @@
+"""
+Opening a kernel
+----------------
+
+:func:`open_live` and :func:`open_vmcore` return a ready :class:`drgn.Program`
+with the kernel's debug info loaded, or raise :class:`VmemspectError` with
+one line saying what is wrong and what to do.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import drgn
+
+from .errors import VmemspectError
+
+__all__ = ("open_live", "open_vmcore", "load_debug_info")
+
+_X86_64 = drgn.Platform(
+    drgn.Architecture.X86_64,
+    drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN,
+)
+_ARCHITECTURES = {"x86_64": _X86_64}
+
+
+def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
+    """
+    Load the kernel's types: from ``vmlinux`` when given (its build ID must
+    match the kernel's), else by drgn's usual search (``/usr/lib/debug``,
+    ``/boot``, ``/lib/modules/$(uname -r)``...).
+    """
+    if vmlinux is not None:
+        if not os.path.exists(vmlinux):
+            raise VmemspectError(f"{vmlinux}: no such file", "check the -s/--vmlinux path")
+        try:
+            prog.load_debug_info([vmlinux], default=False)
+        except drgn.MissingDebugInfoError:
+            pass
+        try:
+            main = prog.main_module()
+        except LookupError:
+            main = None
+        if main is None or main.wants_debug_file():
+            raise VmemspectError(
+                f"{vmlinux} is not the debug info of this kernel "
+                f"(its build ID does not match the kernel's)",
+                "pass the vmlinux of the kernel that wrote the dump "
+                "(Debian: linux-image-$(uname -r)-dbg)",
+            )
+        return
+    try:
+        prog.load_default_debug_info()
+    except drgn.MissingDebugInfoError:
+        try:
+            main = prog.main_module()
+            missing = main.wants_debug_file()
+        except LookupError:
+            missing = True
+        if missing:
+            raise VmemspectError(
+                "no debug info found for the kernel",
+                "pass its DWARF vmlinux with -s/--vmlinux "
+                "(Debian: install linux-image-RELEASE-dbg)",
+            )
+
+
+def open_vmcore(
+    path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None
+) -> drgn.Program:
+    """
+    Open an ELF or kdump-compressed vmcore (QEMU's ``dump-guest-memory``
+    dumps included; their kdump format does not name the architecture, so
+    x86_64 is assumed when libkdumpfile cannot tell).
+    """
+    if not os.path.exists(path):
+        raise VmemspectError(f"{path}: no such file", "give the path of a vmcore")
+    if os.path.isdir(path):
+        raise VmemspectError(f"{path} is a directory", "give the path of a vmcore file")
+    if os.path.getsize(path) == 0:
+        raise VmemspectError(f"{path} is empty", "give a complete vmcore")
+    platforms = [_ARCHITECTURES[architecture]] if architecture else [None, _X86_64]
+    last_error: Optional[Exception] = None
+    for platform in platforms:
+        prog = drgn.Program(platform)
+        try:
+            prog.set_core_dump(path)
+        except Exception as e:  # libkdumpfile raises plain Exception
+            last_error = e
+            # libkdumpfile: "KDUMP_ATTR_ARCH_NAME: Key has no value".
+            if "ARCH" in str(e) or "arch" in str(e):
+                continue
+            break
+        else:
+            load_debug_info(prog, vmlinux)
+            return prog
+    raise VmemspectError(
+        f"{path} is not a usable vmcore ({last_error})",
+        "give an ELF or kdump-compressed kernel dump",
+    )
+
+
+def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
+    """Open the running kernel through /proc/kcore (needs root)."""
+    prog = drgn.Program()
+    try:
+        prog.set_kernel()
+    except PermissionError:
+        raise VmemspectError(
+            "cannot read /proc/kcore: permission denied",
+            "run vmemspect live as root (e.g. with sudo)",
+        )
+    except (OSError, ValueError) as e:
+        raise VmemspectError(
+            f"cannot open the running kernel ({e})",
+            "check that /proc/kcore exists (CONFIG_PROC_KCORE) and that you are root",
+        )
+    load_debug_info(prog, vmlinux)
+    return prog
