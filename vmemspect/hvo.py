@@ -27,7 +27,9 @@ from .hugetlb import HugetlbFolio, for_each_hugetlb_folio, zones
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
+    CompoundInfo,
     compound_info_mask,
+    decode_compound_info,
     kernel_model,
     page_flags_nid,
     page_flags_zone,
@@ -37,8 +39,10 @@ from .pagetable import Leaf, MissingMemory, PageTableWalker, page_table_walker
 __all__ = (
     "FolioVmemmap",
     "FrameContents",
+    "PageDecode",
     "SharedTail",
     "TailFrame",
+    "decode_page",
     "folio_vmemmap",
     "frame_contents",
     "scan_folios",
@@ -376,3 +380,83 @@ def vmemmap_savings(model: KernelModel, order: int) -> int:
     """
     n = model.vmemmap_pages(order)
     return n - 1 if order >= model.tail_min_order else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PageDecode:
+    """One struct page's compound_info/compound_head, decoded."""
+
+    page: int
+    pfn: int
+    member: Optional[str]
+    info: CompoundInfo
+    flags: int
+    pg_head: bool
+    #: Pointer form: PG_head set on a struct page that is really a tail
+    #: (its next struct page names another head).
+    fake_head: bool
+    #: The decoded head has PG_head and is not itself a tail.
+    head_is_head: Optional[bool]
+    head_pfn: Optional[int]
+    #: drgn's own compound_head() of the page, for comparison.
+    drgn_head: Optional[int]
+    #: How the vmemmap page holding this struct page is mapped.
+    leaf: Optional[Leaf]
+
+
+def decode_page(prog: Program, page: int) -> PageDecode:
+    """
+    Decode the ``compound_info`` (7.1+) or ``compound_head`` (before) of the
+    struct page at address ``page``, check that the head it names is a real
+    head, say whether it is a pointer-form fake head, and put drgn's own
+    ``compound_head()`` beside it.
+
+    :raises MissingMemory: if the struct page is not in memory.
+    """
+    from drgn import Object
+    from drgn.helpers.linux.mm import compound_head
+
+    model = kernel_model(prog)
+    try:
+        data = prog.read(page, 2 * model.sizeof_page)
+    except FaultError:
+        raise MissingMemory("the struct page", page)
+    flags = _U64.unpack_from(data, model.off_flags)[0]
+    raw = _U64.unpack_from(data, model.off_info)[0]
+    next_raw = _U64.unpack_from(data, model.sizeof_page + model.off_info)[0]
+    info = decode_compound_info(model, page, raw)
+    pg_head = bool(flags & (1 << model.pg_head))
+    fake_head = (
+        model.form == "pointer" and pg_head and bool(next_raw & 1) and next_raw - 1 != page
+    )
+    head_is_head = head_pfn = None
+    if info.head is not None:
+        head_pfn = model.page_pfn(info.head)
+        try:
+            hdata = prog.read(info.head, model.sizeof_page)
+            hflags = _U64.unpack_from(hdata, model.off_flags)[0]
+            hinfo = _U64.unpack_from(hdata, model.off_info)[0]
+            head_is_head = bool(hflags & (1 << model.pg_head)) and not hinfo & 1
+        except FaultError:
+            head_is_head = None
+    try:
+        drgn_head = compound_head(Object(prog, "struct page *", page)).value_()
+    except FaultError:
+        drgn_head = None
+    try:
+        leaf = page_table_walker(prog).lookup(page & ~(model.page_size - 1))
+    except MissingMemory:
+        leaf = None
+    return PageDecode(
+        page=page,
+        pfn=model.page_pfn(page),
+        member=model.info_member,
+        info=info,
+        flags=flags,
+        pg_head=pg_head,
+        fake_head=fake_head,
+        head_is_head=head_is_head,
+        head_pfn=head_pfn,
+        drgn_head=drgn_head,
+        leaf=leaf,
+    )

@@ -16,6 +16,7 @@ from drgn import Program
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 from .checks import Finding, run_checks
+from .errors import VmemspectError
 from .hugetlb import (
     Hstate,
     Zone,
@@ -28,7 +29,15 @@ from .hugetlb import (
 from .hvo import FolioVmemmap, SharedTail, scan_folios, shared_tails, vmemmap_savings
 from .kernel import KernelModel, kernel_model
 
-__all__ = ("GroupSummary", "Report", "Savings", "build_report", "kernel_memmap_saved")
+__all__ = (
+    "GroupSummary",
+    "Report",
+    "Savings",
+    "build_report",
+    "kernel_memmap_saved",
+    "parse_page_ref",
+    "select_folios",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +189,71 @@ def build_report(
         findings=findings,
         savings=savings,
     )
+
+
+def _hstate_matches(name: str, order: int, page_shift: int, want: str) -> bool:
+    """``want`` as the hstate's name, its size in kB, or 2M/1G style."""
+    want = want.strip()
+    if want == name or want == name.replace("hugepages-", ""):
+        return True
+    size = 1 << (order + page_shift)
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    w = want.lower().rstrip("b")
+    if w and w[-1] in units and w[:-1].isdigit():
+        return int(w[:-1]) * units[w[-1]] == size
+    return False
+
+
+def select_folios(
+    report: Report,
+    hstate: Optional[str] = None,
+    nid: Optional[int] = None,
+    state: Optional[str] = None,
+    optimized: Optional[bool] = None,
+) -> List[FolioVmemmap]:
+    """
+    The report's folios that match every filter given.
+
+    :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
+    :param state: "free" or "in-use" (the kernel's active list).
+    """
+    out = []
+    for fv in report.folios:
+        f = fv.folio
+        if hstate is not None and not _hstate_matches(
+            f.hstate, f.order, report.model.page_shift, hstate
+        ):
+            continue
+        if nid is not None and f.nid != nid:
+            continue
+        if state is not None and (f.state == "free") != (state == "free"):
+            continue
+        if optimized is not None and f.optimized != optimized:
+            continue
+        out.append(fv)
+    return out
+
+
+def parse_page_ref(model: KernelModel, text: str) -> int:
+    """
+    A struct page address from "0xffffea0000200000", "pfn:0x800" or
+    "pfn:2048".
+
+    :raises VmemspectError: if ``text`` is neither.
+    """
+    text = text.strip()
+    try:
+        if text.lower().startswith("pfn:"):
+            return model.page_address(int(text[4:], 0))
+        value = int(text, 16 if not text.lower().startswith("0x") else 0)
+    except ValueError:
+        raise VmemspectError(
+            f"cannot read {text!r} as a struct page address or pfn",
+            "give a hex address (0xffffea...) or pfn:N",
+        )
+    if value < model.vmemmap_start:
+        raise VmemspectError(
+            f"{value:#x} is below the vmemmap ({model.vmemmap_start:#x})",
+            "give a struct page address, or pfn:N for a page frame number",
+        )
+    return value

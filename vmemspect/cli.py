@@ -1,0 +1,282 @@
+"""
+Command line
+------------
+
+``vmemspect TARGET [COMMAND] [OPTIONS]``: a target (``live`` or ``vmcore
+DUMP``), then one command (none means the full report). The same commands
+serve drgn's ``%vmemspect`` (:mod:`vmemspect.plugin`). This module only
+parses arguments, calls the layers below and prints; exit statuses are
+those of :mod:`vmemspect.errors`, plus 3 for a bug in vmemspect.
+"""
+
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+import click
+import drgn
+
+from . import __version__
+from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
+from .hugetlb import for_each_hstate_record
+from .hvo import decode_page
+from .kernel import kernel_model
+from .pagetable import MissingMemory
+from .render import (
+    decode_doc,
+    folios_doc,
+    render_decode,
+    render_folios,
+    render_json,
+    render_report,
+    render_tails,
+    render_verify,
+    report_doc,
+    tails_doc,
+    verify_doc,
+)
+from .report import Report, build_report, parse_page_ref, select_folios
+from .target import open_live, open_vmcore
+
+#: A bug in vmemspect (the one-line message asks for VMEMSPECT_DEBUG=1).
+EXIT_INTERNAL = 3
+
+_EPILOG = """\b
+Commands after the target (none: the full report):
+  folios   a row per hugetlb folio (filters: --hstate, --node, --state, --optimized)
+  tails    shared tail frames (7.1+) or each folio's aliased frame (before 7.1)
+  decode   decode one struct page's compound_info/compound_head
+  verify   check every HVO invariant; exit 1 if any does not hold
+\b
+Examples:
+  vmemspect vmcore /var/crash/dump.img -s vmlinux
+  vmemspect vmcore dump.img verify --json
+  sudo vmemspect live folios --hstate 1G
+  vmemspect live decode pfn:0x100000
+\b
+Exit status: 0 ok, 1 verify found violations, 2 unusable input, 3 internal error.
+"""
+
+
+class _Context:
+    """What the target group hands its commands: a way to open the program
+    (opened on first use, so --help opens nothing) and output options."""
+
+    def __init__(self, opener: Callable[[], drgn.Program], as_json: bool, fmt: str,
+                 progress: bool) -> None:
+        self._opener = opener
+        self._prog: Optional[drgn.Program] = None
+        self.as_json = as_json
+        self.fmt = fmt
+        self.progress = progress
+
+    @property
+    def prog(self) -> drgn.Program:
+        if self._prog is None:
+            self._prog = self._opener()
+        return self._prog
+
+    def report(self) -> Report:
+        prog = self.prog
+        model = kernel_model(prog)
+        if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
+            return build_report(prog)
+        total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
+        with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
+            return build_report(prog, progress=lambda _: bar.update(1))
+
+    def emit(self, doc: Dict[str, Any], table: Callable[[Dict[str, Any], str], str]) -> None:
+        click.echo(render_json(doc) if self.as_json else table(doc, self.fmt))
+
+
+def _output_options(f: Callable) -> Callable:
+    f = click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")(f)
+    f = click.option("--format", "fmt", default=None, metavar="STYLE",
+                     help="Table style of tabulate (plain, simple, github, grid...).")(f)
+    f = click.option("--json", "as_json", is_flag=True, default=None,
+                     help="JSON on stdout (schema in docs/json.md).")(f)
+    return f
+
+
+def _ctx(as_json: Optional[bool], fmt: Optional[str], no_progress: bool) -> _Context:
+    """The parent's context with this command's output options applied."""
+    c: _Context = click.get_current_context().find_object(_Context)
+    if as_json:
+        c.as_json = True
+    if fmt:
+        c.fmt = fmt
+    if no_progress:
+        c.progress = False
+    return c
+
+
+@click.command("report")
+@_output_options
+def report_cmd(as_json, fmt, no_progress) -> None:
+    """The full report (the default command)."""
+    c = _ctx(as_json, fmt, no_progress)
+    c.emit(report_doc(c.report()), render_report)
+
+
+@click.command("folios")
+@click.option("--hstate", help="Only this hstate: 2M, 1G, 2048kB or hugepages-2048kB.")
+@click.option("--node", "nid", type=int, help="Only folios on this node.")
+@click.option("--state", type=click.Choice(["free", "in-use"]), help="Only free or in-use folios.")
+@click.option("--optimized/--not-optimized", default=None, help="Only folios with/without HVO.")
+@_output_options
+def folios_cmd(hstate, nid, state, optimized, as_json, fmt, no_progress) -> None:
+    """A row per hugetlb folio, with its vmemmap frames and verdict."""
+    c = _ctx(as_json, fmt, no_progress)
+    report = c.report()
+    c.emit(folios_doc(report, select_folios(report, hstate, nid, state, optimized)),
+           render_folios)
+
+
+@click.command("tails")
+@_output_options
+def tails_cmd(as_json, fmt, no_progress) -> None:
+    """Shared tail frames per node, zone and order (mask form), or each
+    folio's aliased frame and fake heads (pointer form)."""
+    c = _ctx(as_json, fmt, no_progress)
+    c.emit(tails_doc(c.report()), render_tails)
+
+
+@click.command("decode")
+@click.argument("page")
+@_output_options
+def decode_cmd(page, as_json, fmt, no_progress) -> None:
+    """Decode the compound_info/compound_head of PAGE (an address or pfn:N)."""
+    c = _ctx(as_json, fmt, no_progress)
+    model = kernel_model(c.prog)
+    address = parse_page_ref(model, page)
+    try:
+        decoded = decode_page(c.prog, address)
+    except MissingMemory as e:
+        raise VmemspectError(str(e), "give a struct page that the dump holds")
+    c.emit(decode_doc(decoded), render_decode)
+
+
+@click.command("verify")
+@_output_options
+def verify_cmd(as_json, fmt, no_progress) -> None:
+    """Check every HVO invariant; exit 1 if any does not hold."""
+    c = _ctx(as_json, fmt, no_progress)
+    report = c.report()
+    c.emit(verify_doc(report), render_verify)
+    if report.findings:
+        sys.exit(EXIT_FINDINGS)
+
+
+COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd)
+
+
+class _TargetGroup(click.Group):
+    """A group whose own options may follow its positional DUMP
+    (``vmcore DUMP -s VMLINUX verify``): click stops parsing a group's
+    options at its first positional, so the options are moved before it."""
+
+    def parse_args(self, ctx: click.Context, args: list) -> list:
+        if args and not args[0].startswith("-"):
+            takes_value = {o for p in self.params if isinstance(p, click.Option)
+                           and not p.is_flag for o in p.opts}
+            first, rest = args[0], list(args[1:])
+            i = 0
+            while i < len(rest) and rest[i].startswith("-"):
+                i += 2 if rest[i] in takes_value else 1
+            args = rest[:i] + [first] + rest[i:]
+        return super().parse_args(ctx, args)
+
+
+def _target_group(name: str, help: str) -> Callable:
+    def decorate(f: Callable) -> click.Group:
+        group = click.group(name, cls=_TargetGroup, invoke_without_command=True, help=help,
+                            epilog=_EPILOG)(_output_options(f))
+        for cmd in COMMANDS:
+            group.add_command(cmd)
+        return group
+    return decorate
+
+
+@click.group(epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmemspect")
+def main() -> None:
+    """Show and verify the kernel's HugeTLB Vmemmap Optimization (HVO)."""
+
+
+def _start(ctx: click.Context, opener: Callable[[], drgn.Program], as_json, fmt,
+           no_progress) -> None:
+    ctx.obj = _Context(opener, bool(as_json), fmt or "simple", not no_progress)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(report_cmd, as_json=None, fmt=None, no_progress=False)
+
+
+@_target_group("live", "Inspect the running kernel through /proc/kcore (as root).")
+@click.option("-s", "--vmlinux", type=click.Path(), help="The kernel's DWARF vmlinux.")
+@click.pass_context
+def live(ctx, vmlinux, as_json, fmt, no_progress) -> None:
+    _start(ctx, lambda: open_live(vmlinux), as_json, fmt, no_progress)
+
+
+@_target_group("vmcore", "Inspect a kernel dump (ELF or kdump-compressed, QEMU's too).")
+@click.argument("dump", type=click.Path())
+@click.option("-s", "--vmlinux", type=click.Path(), help="The kernel's DWARF vmlinux.")
+@click.option("--architecture", type=click.Choice(["x86_64"]),
+              help="The dump's architecture, when the dump does not say (QEMU kdump).")
+@click.pass_context
+def vmcore(ctx, dump, vmlinux, architecture, as_json, fmt, no_progress) -> None:
+    _start(ctx, lambda: open_vmcore(dump, vmlinux, architecture), as_json, fmt, no_progress)
+
+
+main.add_command(live)
+main.add_command(vmcore)
+
+
+def run(args=None, prog: Optional[drgn.Program] = None) -> int:
+    """
+    Run the command line; return the exit status. With ``prog``, the target
+    is that program and ``args`` start at the command (drgn's %vmemspect).
+    """
+    try:
+        if prog is not None:
+            group = click.Group("%vmemspect", invoke_without_command=True, epilog=_EPILOG,
+                                callback=click.pass_context(
+                                    lambda ctx, **kw: _start(ctx, lambda: prog, **kw)),
+                                params=_output_params())
+            for cmd in COMMANDS:
+                group.add_command(cmd)
+            group.main(args=args, prog_name="%vmemspect", standalone_mode=False)
+        else:
+            main.main(args=args, prog_name="vmemspect", standalone_mode=False)
+        return EXIT_OK
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return EXIT_UNUSABLE
+    except click.exceptions.Abort:
+        return 130
+    except VmemspectError as e:
+        click.echo(f"vmemspect: error: {e}", err=True)
+        return EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: one line unless asked for the traceback
+        if os.environ.get("VMEMSPECT_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"vmemspect: internal error: {type(e).__name__}: {e} "
+                   "(set VMEMSPECT_DEBUG=1 for a traceback)", err=True)
+        return EXIT_INTERNAL
+
+
+def _output_params():
+    dummy = _output_options(lambda **kw: None)
+    return list(reversed(dummy.__click_params__))
+
+
+def entry_point() -> None:
+    sys.exit(run())

@@ -1,0 +1,44 @@
+"""
+drgn plugin
+-----------
+
+Installing vmemspect registers this module in the ``drgn.plugins`` entry
+point group. drgn imports it when it starts, which registers the
+``%vmemspect`` command: the same commands and options as the command line,
+after the target, run on the program drgn has open::
+
+    >>> %vmemspect verify
+    >>> %vmemspect folios --hstate 1G --json
+    >>> %vmemspect decode pfn:0x100000
+
+In a drgn session, ``from vmemspect.helpers import *`` gives the helpers.
+"""
+
+from typing import Any, Sequence
+
+from drgn import Program
+from drgn.commands import ParsedCommand, custom_command, parse_shell_command
+
+from .cli import run
+
+__all__ = ("drgn_prog_set",)
+
+
+def _parse(source: str) -> ParsedCommand[Sequence[str]]:
+    return parse_shell_command(source)
+
+
+@custom_command(
+    description="show and verify HugeTLB Vmemmap Optimization (HVO)",
+    usage="**vmemspect** [*COMMAND*] [*OPTIONS*]",
+    long_description="Runs a vmemspect command (report, folios, tails, decode, verify) "
+    "on the current program, with the options of the vmemspect command line. "
+    "'%vmemspect --help' lists them.",
+    parse=_parse,
+)
+def _cmd_vmemspect(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> int:
+    return run(list(args), prog=prog)
+
+
+def drgn_prog_set(prog: Program) -> None:
+    """drgn's plugin hook; the command is registered at import."""
