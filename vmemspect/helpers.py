@@ -1,0 +1,134 @@
+"""
+Helpers for drgn's interactive mode
+-----------------------------------
+
+``from vmemspect.helpers import *`` in a drgn session gives these. Each
+takes the program first and defaults to drgn's default program, like drgn's
+own helpers::
+
+    >>> hvo_kernel()
+    KernelModel(release='7.2.13+deb14-cloud-amd64', ..., form='mask', ...)
+    >>> f = next(hugetlb_folios())
+    >>> f.object(prog)
+    *(struct folio *)0xfffff2c5c4b50000 = {...}
+    >>> folio_hvo(f).tails
+    (TailFrame(pfn=5026, pages=7, writable=0, levels=('pte',)),)
+    >>> vmemmap_leaf(pfn_to_page(0x100000).value_())
+    Leaf(va=..., level=2, entry=..., pfn=..., writable=True, table=...)
+    >>> hvo_verify()
+    []
+
+Records are frozen dataclasses; ``.object(prog)`` on a folio record gives
+the ``struct folio *``.
+"""
+
+from typing import Iterator, List, Optional
+
+from drgn import Object, Program
+from drgn.helpers.common.prog import takes_program_or_default
+
+from .checks import Finding
+from .hugetlb import HugetlbFolio, for_each_hstate_record, for_each_hugetlb_folio, zones
+from .hvo import FolioVmemmap, PageDecode, SharedTail, decode_page, folio_vmemmap, scan_folios
+from .hvo import shared_tails as _shared_tails
+from .kernel import CompoundInfo, KernelModel, decode_compound_info, kernel_model
+from .pagetable import Leaf, page_table_walker
+from .report import Report, build_report
+
+__all__ = (
+    "decode_compound_info",
+    "folio_hvo",
+    "hugetlb_folios",
+    "hvo_decode",
+    "hvo_kernel",
+    "hvo_report",
+    "hvo_shared_tails",
+    "hvo_verify",
+    "vmemmap_leaf",
+)
+
+
+@takes_program_or_default
+def hvo_kernel(prog: Program) -> KernelModel:
+    """
+    The kernel model: release, encoding form and the types that decided it,
+    sizeof(struct page), where ``vmemmap_tails[]`` lives, paging levels.
+    Detected from the types once per program (never from the version).
+    """
+    return kernel_model(prog)
+
+
+@takes_program_or_default
+def hugetlb_folios(prog: Program, hstate: Optional[str] = None) -> Iterator[HugetlbFolio]:
+    """
+    Every hugetlb folio on the hstates' free and active lists, as records
+    (pfn, struct page address, hstate, node, zone, free/active, HVO flag).
+
+    :param hstate: only the hstate of this name ("hugepages-2048kB").
+    """
+    for h in for_each_hstate_record(prog):
+        if hstate is None or h.name == hstate:
+            yield from for_each_hugetlb_folio(prog, h)
+
+
+def folio_hvo(folio: HugetlbFolio, prog: Optional[Program] = None) -> FolioVmemmap:
+    """
+    How a folio's vmemmap is mapped: head frame with its leaf (level, RW,
+    raw entry), tail frames with counts, fake heads (pointer form), contents.
+
+    :param folio: a record from :func:`hugetlb_folios`.
+    """
+    if prog is None:
+        from drgn import get_default_prog
+
+        prog = get_default_prog()
+    return folio_vmemmap(prog, folio)
+
+
+@takes_program_or_default
+def vmemmap_leaf(prog: Program, address: int) -> Leaf:
+    """
+    Walk ``init_mm``'s page tables for the 4 KiB page holding ``address``
+    (a struct page address or any kernel virtual address): leaf level
+    (pte/pmd/pud), raw entry, frame and effective RW.
+    """
+    if isinstance(address, Object):
+        address = address.value_()
+    model = kernel_model(prog)
+    return page_table_walker(prog).lookup(address & ~(model.page_size - 1))
+
+
+@takes_program_or_default
+def hvo_decode(prog: Program, page) -> PageDecode:
+    """
+    Decode one struct page's ``compound_info`` (7.1+) or ``compound_head``
+    (before): form, tail bit, head, order the mask implies, fake head, and
+    drgn's own ``compound_head()`` beside it.
+
+    :param page: ``struct page *`` or its address.
+    """
+    if isinstance(page, Object):
+        page = page.value_()
+    return decode_page(prog, page)
+
+
+@takes_program_or_default
+def hvo_shared_tails(prog: Program) -> List[SharedTail]:
+    """
+    ``vmemmap_tails[]`` slots in use (7.1+), each with the folios whose tail
+    PTEs point at it (counted from the page tables) and its contents.
+    Empty before 7.1 (no shared tails).
+    """
+    return _shared_tails(prog, list(scan_folios(prog)))
+
+
+@takes_program_or_default
+def hvo_report(prog: Program) -> Report:
+    """The whole scan: hstates, zones, folios, tails, savings, findings."""
+    return build_report(prog)
+
+
+@takes_program_or_default
+def hvo_verify(prog: Program) -> List[Finding]:
+    """Every HVO invariant of the kernel's form; an empty list when all hold."""
+    return build_report(prog).findings
