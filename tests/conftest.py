@@ -1,0 +1,65 @@
+"""
+Shared fixtures. Real-kernel runs come from scripts/testbed.py: each
+(kernel, scenario) is booted once per test session under QEMU, its ground
+truth parsed from the guest's console, and its memory dumped.
+
+VMEMSPECT_REUSE_RUNS=1 reuses the runs of an earlier session (for a
+developer iterating on tests; CI always boots).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import testbed  # noqa: E402
+
+#: The encoding each Debian kernel of the test bed uses (hvo-facts.md).
+FORM = {"6.12": "pointer", "7.2": "mask"}
+KERNELS = ("6.12", "7.2")
+
+_runs = {}
+
+
+def run_dir() -> Path:
+    return testbed.cache_dir() / "test-runs"
+
+
+def real_run(series: str, scenario: str, elf: bool = False) -> dict:
+    """Boot ``series`` in ``scenario`` (once per session) and return the run."""
+    key = (series, scenario, elf)
+    if key in _runs:
+        return _runs[key]
+    out = run_dir() / f"{series}-{scenario}{'-elf' if elf else ''}"
+    saved = out / "run.json"
+    if os.environ.get("VMEMSPECT_REUSE_RUNS") and saved.exists():
+        run = json.loads(saved.read_text())
+    else:
+        run = testbed.run_scenario(series, scenario, out, elf=elf)
+    _runs[key] = run
+    return run
+
+
+def vmemspect(*args: str, check_rc=(0,)) -> subprocess.CompletedProcess:
+    """Run the installed command line; assert its exit status."""
+    p = subprocess.run([sys.executable, "-m", "vmemspect", *args],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode in check_rc, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    return p
+
+
+def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) -> dict:
+    p = vmemspect("vmcore", dump or run["kdump"], "-s", run["vmlinux"], *command, "--json",
+                  check_rc=check_rc)
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="session")
+def runs():
+    return real_run
