@@ -1,0 +1,94 @@
+/* hugehold: hold hugetlb folios in use, then sleep forever.
+ *
+ * usage: hugehold ANON_PAGES [FILE FILE_PAGES]
+ * Maps ANON_PAGES default-size huge pages anonymously (MAP_HUGETLB,
+ * private) and, with FILE (on a hugetlbfs mount), FILE_PAGES huge pages of
+ * that file shared; touches every page, then prints one line per page:
+ *   hold anon|file <pfn hex>
+ * (pfn from /proc/self/pagemap), then "hold_done", and pauses.
+ * The huge page size is taken from /proc/meminfo (Hugepagesize).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static long hugepagesize(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[256];
+	long kb = 2048;
+	if (!f)
+		return kb * 1024;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Hugepagesize: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb * 1024;
+}
+
+static void report(const char *kind, char *p, long n, long sz)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	for (long i = 0; i < n; i++) {
+		uint64_t e = 0;
+		uintptr_t va = (uintptr_t)(p + i * sz);
+		if (fd < 0 || pread(fd, &e, 8, (off_t)(va / 4096 * 8)) != 8)
+			e = 0;
+		if (e & (1ULL << 63))
+			printf("hold %s 0x%llx\n", kind, (unsigned long long)(e & ((1ULL << 55) - 1)));
+		else
+			printf("hold %s none\n", kind);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	long sz = hugepagesize();
+	long nanon = argc > 1 ? atol(argv[1]) : 0;
+	long nfile = argc > 3 ? atol(argv[3]) : 0;
+	char *a = NULL, *f = NULL;
+
+	if (nanon > 0) {
+		a = mmap(NULL, nanon * sz, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		if (a == MAP_FAILED) {
+			perror("hugehold: mmap anon");
+			return 1;
+		}
+		for (long i = 0; i < nanon; i++)
+			memset(a + i * sz, 0xa5, 4096);
+	}
+	if (nfile > 0) {
+		int fd = open(argv[2], O_RDWR | O_CREAT, 0600);
+		if (fd < 0) {
+			perror("hugehold: open");
+			return 1;
+		}
+		if (ftruncate(fd, nfile * sz) < 0) {
+			perror("hugehold: ftruncate");
+			return 1;
+		}
+		f = mmap(NULL, nfile * sz, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (f == MAP_FAILED) {
+			perror("hugehold: mmap file");
+			return 1;
+		}
+		for (long i = 0; i < nfile; i++)
+			memset(f + i * sz, 0x5a, 4096);
+	}
+	if (a)
+		report("anon", a, nanon, sz);
+	if (f)
+		report("file", f, nfile, sz);
+	printf("hold_done\n");
+	fflush(stdout);
+	for (;;)
+		pause();
+}

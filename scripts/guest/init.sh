@@ -1,0 +1,154 @@
+#!/bin/busybox sh
+# /init of the vmemspect test-bed initramfs (busybox-static).
+#
+# Loads qemu_fw_cfg (without it QEMU's dumps carry no VMCOREINFO), reads its
+# orders from fw_cfg (opt/vmemspect/*), sets up the scenario's run-time
+# state, prints the ground truth on the console between markers, optionally
+# runs a command (in the host's root over virtiofs for "live"), prints the
+# READY marker and waits for the host to dump memory and stop QEMU.
+#
+# Every line meant for the host starts with "@VMS " (kernel messages may
+# interleave; the console loglevel is lowered first).  The truth block ends
+# with its line count and md5 so the host can tell a mangled block.
+
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /mnt /host
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+# Only emergencies on the console from now on.
+dmesg -n 1
+
+say() { echo "@VMS $*"; }
+fail() {
+	say "FAIL $*"
+	# Keep init alive: the host sees FAIL and stops QEMU.
+	while :; do sleep 3600; done
+}
+
+insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
+FWC=/sys/firmware/qemu_fw_cfg/by_name/opt/vmemspect
+i=0
+while [ ! -e "$FWC/scenario/raw" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+[ -e "$FWC/scenario/raw" ] || fail "no fw_cfg opt/vmemspect/scenario"
+scenario=$(cat "$FWC/scenario/raw")
+say "BOOTED $scenario $(uname -r)"
+
+steps=/tmp/steps
+: > $steps
+hp2m=/sys/kernel/mm/hugepages/hugepages-2048kB
+step() {  # step NAME: log the 2 MiB pool after a run-time change
+	echo "step $1 nr=$(cat $hp2m/nr_hugepages) free=$(cat $hp2m/free_hugepages) opt=$(cat /proc/sys/vm/hugetlb_optimize_vmemmap 2>/dev/null)" >> $steps
+}
+
+hold() {  # hold PHASE ANON FILE: keep huge pages in use (background process)
+	hugehold $2 /mnt/huge/held-$1 $3 > /tmp/hold$1 2>&1 &
+	i=0
+	while ! grep -q hold_done /tmp/hold$1 && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+	grep -q hold_done /tmp/hold$1 || fail "hugehold: $(cat /tmp/hold$1)"
+	sed -n "s/^hold \(.*\)/hold \1 $1/p" /tmp/hold$1 >> /tmp/held
+	step "hugehold$1:$2anon+$3file"
+}
+
+case "$scenario" in
+mixed)
+	mkdir -p /mnt/huge
+	mount -t hugetlbfs -o pagesize=2M none /mnt/huge || fail "mount hugetlbfs"
+	echo 1 > /proc/sys/vm/hugetlb_optimize_vmemmap || fail "sysctl on"
+	echo 16 > $hp2m/nr_hugepages || fail "nr_hugepages 16"
+	step "optimize=1,nr_hugepages=16"
+	# 2 anonymous (private) + 3 hugetlbfs file (shared) pages, mapped and
+	# touched by a process that then sleeps: taken while only folios
+	# allocated with the sysctl on exist.
+	hold 1 2 3
+	echo 0 > /proc/sys/vm/hugetlb_optimize_vmemmap || fail "sysctl off"
+	echo 32 > $hp2m/nr_hugepages || fail "nr_hugepages 32"
+	step "optimize=0,nr_hugepages=32"
+	# 5 more; the kernel picks which free folios (LIFO free lists: most
+	# likely the ones just allocated, unoptimized).
+	hold 2 2 3
+	;;
+numa)
+	n1=/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages
+	[ -e $n1 ] || fail "no node1"
+	before=$(cat $n1)
+	echo $((before + 20)) > $n1 || fail "node1 nr_hugepages"
+	echo "step node1_2M:$before->$(cat $n1)" >> $steps
+	;;
+esac
+
+# ---- ground truth ----
+T=/tmp/truth
+{
+	echo "scenario $scenario"
+	echo "uname $(uname -r)"
+	echo "cmdline $(cat /proc/cmdline)"
+	[ -e /proc/sys/vm/hugetlb_optimize_vmemmap ] &&
+		echo "sysctl hugetlb_optimize_vmemmap $(cat /proc/sys/vm/hugetlb_optimize_vmemmap)"
+	grep -E '^(HugePages_|Hugepagesize|Hugetlb)' /proc/meminfo | sed 's/^/meminfo /'
+	for d in /sys/kernel/mm/hugepages/hugepages-*kB; do
+		sz=${d##*hugepages-}; sz=${sz%kB}
+		for f in nr_hugepages free_hugepages resv_hugepages surplus_hugepages; do
+			[ -e $d/$f ] && echo "global $sz $f $(cat $d/$f)"
+		done
+	done
+	for nd in /sys/devices/system/node/node[0-9]*; do
+		node=${nd##*node}
+		for d in $nd/hugepages/hugepages-*kB; do
+			[ -d "$d" ] || continue
+			sz=${d##*hugepages-}; sz=${sz%kB}
+			for f in nr_hugepages free_hugepages surplus_hugepages; do
+				[ -e $d/$f ] && echo "node $node $sz $f $(cat $d/$f)"
+			done
+		done
+		blocks=$(ls -d $nd/memory[0-9]* 2>/dev/null | sed 's/.*memory//' | sort -n | tr '\n' ' ')
+		echo "node_blocks $node $blocks"
+	done
+	[ -e /sys/devices/system/memory/block_size_bytes ] &&
+		echo "block_size 0x$(cat /sys/devices/system/memory/block_size_bytes)"
+	dmesg | grep 'HugeTLB' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
+	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /'
+	kpf || echo "error kpf failed"
+	[ -e /tmp/held ] && cat /tmp/held
+	cat $steps
+} > $T 2>&1
+n=$(wc -l < $T)
+sum=$(md5sum < $T | cut -d' ' -f1)
+say "TRUTH BEGIN"
+sed 's/^/@VMS = /' $T
+say "TRUTH END $n $sum"
+
+# ---- optional command ----
+# The host hands over a complete sh script (environment, cd, command).
+if [ -e "$FWC/script/raw" ]; then
+	cat "$FWC/script/raw" > /tmp/cmd.sh
+	if [ "$scenario" = live ]; then
+		mount -t virtiofs hostroot /host || fail "mount virtiofs"
+		for m in proc sys dev; do mount --bind /$m /host/$m || fail "bind $m"; done
+		# The script goes to the host's /tmp under a name of this run.
+		f=/tmp/.vmemspect-cmd.$(cat /proc/sys/kernel/random/uuid)
+		cp /tmp/cmd.sh /host$f || fail "copy script to host"
+		say "CMD BEGIN"
+		chroot /host /bin/sh $f > /tmp/out 2> /tmp/err
+		rc=$?
+		rm -f /host$f
+	else
+		say "CMD BEGIN"
+		sh /tmp/cmd.sh > /tmp/out 2> /tmp/err
+		rc=$?
+	fi
+	# Human-readable copy, then the exact bytes (base64) for the host.
+	sed 's/^/@VMS | /' /tmp/out
+	sed 's/^/@VMS ! /' /tmp/err
+	say "CMD OUT"
+	base64 /tmp/out | sed 's/^/@VMS o /'
+	say "CMD ERR"
+	base64 /tmp/err | sed 's/^/@VMS e /'
+	say "CMD END $rc"
+fi
+
+sync
+say "READY"
+while :; do sleep 3600; done
