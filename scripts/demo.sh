@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The main job, on any machine with no HVO host at hand: install vmemspect and
+# its test bed, boot a real Debian 7.2 kernel (mask form) on a two-node guest
+# with HVO under QEMU, dump it, and run vmemspect on the dump; then the same
+# on Debian 6.12 (pointer form). Kernels are downloaded once into
+# ~/.cache/vmemspect. On a real host use `vmemspect live` or
+# `vmemspect vmcore DUMP` directly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
+for k in 7.2 6.12; do
+  out=$cache/demo/$k-numa
+  echo "== booting Debian $k on a two-node guest with HVO (QEMU TCG)..." >&2
+  python3 scripts/testbed.py run --kernel "$k" --scenario numa --out "$out" >/dev/null
+  vmlinux=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vmlinux'])" "$out/run.json")
+  echo "\$ vmemspect vmcore $out/vmcore.kdump -s $vmlinux"
+  vmemspect vmcore "$out/vmcore.kdump" -s "$vmlinux"
+  echo
+  echo "\$ vmemspect vmcore $out/vmcore.kdump -s $vmlinux folios --node 1 --hstate 1G"
+  vmemspect vmcore "$out/vmcore.kdump" -s "$vmlinux" folios --node 1 --hstate 1G
+  echo
+done
