@@ -7,8 +7,10 @@ with the kernel's debug info loaded, or raise :class:`VmemspectError` with
 one line saying what is wrong and what to do.
 """
 
+import contextlib
+import logging
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional
 
 import drgn
 
@@ -23,6 +25,27 @@ _X86_64 = drgn.Platform(
 _ARCHITECTURES = {"x86_64": _X86_64}
 
 
+@contextlib.contextmanager
+def _drgn_quiet() -> Iterator[None]:
+    """drgn logs its own warnings ("missing debugging symbols...") on stderr;
+    vmemspect says the same in its one error line instead."""
+    logger = logging.getLogger("drgn")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _release(prog: drgn.Program) -> str:
+    """The kernel release from VMCOREINFO, readable without debug info."""
+    try:
+        return prog["UTS_RELEASE"].string_().decode()
+    except Exception:
+        return "RELEASE"
+
+
 def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
     """
     Load the kernel's types: from ``vmlinux`` when given (its build ID must
@@ -33,7 +56,8 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
         if not os.path.exists(vmlinux):
             raise VmemspectError(f"{vmlinux}: no such file", "check the -s/--vmlinux path")
         try:
-            prog.load_debug_info([vmlinux], default=False)
+            with _drgn_quiet():
+                prog.load_debug_info([vmlinux], default=False)
         except drgn.MissingDebugInfoError:
             pass
         try:
@@ -42,14 +66,15 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
             main = None
         if main is None or main.wants_debug_file():
             raise VmemspectError(
-                f"{vmlinux} is not the debug info of this kernel "
+                f"{vmlinux} is not the debug info of kernel {_release(prog)} "
                 f"(its build ID does not match the kernel's)",
-                "pass the vmlinux of the kernel that wrote the dump "
-                "(Debian: linux-image-$(uname -r)-dbg)",
+                f"pass the vmlinux of {_release(prog)} "
+                f"(Debian: package linux-image-{_release(prog)}-dbg)",
             )
         return
     try:
-        prog.load_default_debug_info()
+        with _drgn_quiet():
+            prog.load_default_debug_info()
     except drgn.MissingDebugInfoError:
         try:
             main = prog.main_module()
@@ -58,9 +83,9 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
             missing = True
         if missing:
             raise VmemspectError(
-                "no debug info found for the kernel",
+                f"no debug info found for kernel {_release(prog)}",
                 "pass its DWARF vmlinux with -s/--vmlinux "
-                "(Debian: install linux-image-RELEASE-dbg)",
+                f"(Debian: install package linux-image-{_release(prog)}-dbg)",
             )
 
 
@@ -83,7 +108,8 @@ def open_vmcore(
     for platform in platforms:
         prog = drgn.Program(platform)
         try:
-            prog.set_core_dump(path)
+            with _drgn_quiet():
+                prog.set_core_dump(path)
         except Exception as e:  # libkdumpfile raises plain Exception
             last_error = e
             # libkdumpfile: "KDUMP_ATTR_ARCH_NAME: Key has no value".
@@ -95,7 +121,7 @@ def open_vmcore(
             return prog
     raise VmemspectError(
         f"{path} is not a usable vmcore ({last_error})",
-        "give an ELF or kdump-compressed kernel dump",
+        "give an ELF or kdump-compressed kernel dump; a truncated or damaged one cannot be opened",
     )
 
 
