@@ -1,0 +1,94 @@
+"""
+Unusable input gets one line on stderr naming the problem and what to do,
+exit status 2, and never a traceback; on real files where the case is real.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import real_run
+
+
+def vmemspect_fails(*args: str, status: int = 2) -> str:
+    p = subprocess.run([sys.executable, "-m", "vmemspect", *args],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == status, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout == ""
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("vmemspect: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run72():
+    return real_run("7.2", "hvo-2m")
+
+
+@pytest.fixture(scope="module")
+def run612():
+    return real_run("6.12", "hvo-2m")
+
+
+def test_missing_file(tmp_path):
+    line = vmemspect_fails("vmcore", str(tmp_path / "nope.img"))
+    assert "no such file" in line
+
+
+def test_not_a_vmcore(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("this is not a kernel dump\n" * 100)
+    line = vmemspect_fails("vmcore", str(f))
+    assert "is not a usable vmcore" in line and "give an ELF or kdump" in line
+
+
+def test_empty_dump(tmp_path):
+    f = tmp_path / "empty.img"
+    f.write_bytes(b"")
+    assert "is empty" in vmemspect_fails("vmcore", str(f))
+
+
+def test_truncated_real_dump(tmp_path, run72):
+    f = tmp_path / "truncated.kdump"
+    with open(run72["kdump"], "rb") as src:
+        f.write_bytes(src.read(8 << 20))
+    line = vmemspect_fails("vmcore", str(f), "-s", run72["vmlinux"], "verify")
+    assert "truncated or damaged" in line
+
+
+def test_vmlinux_of_another_kernel(run72, run612):
+    line = vmemspect_fails("vmcore", run72["kdump"], "-s", run612["vmlinux"])
+    assert "is not the debug info of kernel 7.2.13" in line or (
+        f"is not the debug info of kernel {run72['release']}" in line)
+    assert f"linux-image-{run72['release']}-dbg" in line
+
+
+def test_vmlinux_path_missing(run72, tmp_path):
+    line = vmemspect_fails("vmcore", run72["kdump"], "-s", str(tmp_path / "vmlinux"))
+    assert "no such file" in line
+
+
+def test_bad_decode_argument(run72):
+    line = vmemspect_fails("vmcore", run72["kdump"], "-s", run72["vmlinux"], "decode", "hello")
+    assert "cannot read 'hello'" in line
+    line = vmemspect_fails("vmcore", run72["kdump"], "-s", run72["vmlinux"], "decode", "0x1000")
+    assert "below the vmemmap" in line
+
+
+def test_bad_option_is_usage_error(run72):
+    p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", run72["kdump"],
+                        "folios", "--state", "sleeping"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "'sleeping' is not one of" in p.stderr
+
+
+def test_live_on_this_machine():
+    """The host the tests run on has no /proc/kcore (a container or VM
+    kernel without it), or one without debug info for its kernel: either
+    way, one line and exit 2. The live kernel proper is tested inside the
+    test bed's guest."""
+    line = vmemspect_fails("live")
+    assert "/proc/kcore" in line or "no debug info found" in line
