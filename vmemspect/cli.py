@@ -261,6 +261,12 @@ def run(args=None, prog: Optional[drgn.Program] = None) -> int:
     except VmemspectError as e:
         click.echo(f"vmemspect: error: {e}", err=True)
         return EXIT_UNUSABLE
+    except drgn.FaultError as e:
+        # Memory every command needs (kernel data, not one folio's) is missing.
+        click.echo(f"vmemspect: error: the dump lacks memory vmemspect needs ({e}); "
+                   "it is truncated or filtered too far: take a dump that keeps kernel data",
+                   err=True)
+        return EXIT_UNUSABLE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -94,6 +94,9 @@ class HugetlbFolio:
     folio_order: int
     #: Which list the folio was found on: the freelist's node id, or -1.
     list_nid: int
+    #: Why the head's struct pages could not be read (missing from the
+    #: dump), else None; the other fields are then zero.
+    unreadable: Optional[str] = None
 
     def object(self, prog: Program) -> Object:
         """The folio as a drgn ``struct folio *``."""
@@ -185,18 +188,27 @@ def for_each_hstate_record(prog: Program) -> Iterator[Hstate]:
         )
 
 
+class ListCut(Exception):
+    """A list link is not in the dump: the rest of the list is unknown."""
+
+
 def _walk_list(prog: Program, head: int, limit: int) -> Iterator[int]:
     """Addresses of the list_head entries of the list at ``head``."""
     read_u64 = prog.read_u64
-    pos = read_u64(head)
+    pos = head
     seen = 0
-    while pos != head:
+    while True:
+        try:
+            pos = read_u64(pos)
+        except FaultError:
+            raise ListCut(f"list link at {pos:#x} is not in the dump")
+        if pos == head:
+            return
         yield pos
         seen += 1
         if seen > limit:
             # A corrupt or changing list; the caller's count check reports it.
             return
-        pos = read_u64(pos)
 
 
 def _folio_record(
@@ -208,12 +220,22 @@ def _folio_record(
     state: str,
     list_nid: int,
 ) -> HugetlbFolio:
-    data = prog.read(page, 2 * model.sizeof_page)
+    pfn = model.page_pfn(page)
+    try:
+        data = prog.read(page, 2 * model.sizeof_page)
+    except FaultError:
+        zone = zone_of_pfn(zone_list, pfn)
+        return HugetlbFolio(
+            pfn=pfn, page=page, hstate=h.name, order=h.order,
+            nid=zone.nid if zone else -1, zone_idx=zone.idx if zone else -1,
+            zone_name=zone.name if zone else "?", state=state, optimized=False,
+            flags=0, private=0, refcount=0, folio_order=0, list_nid=list_nid,
+            unreadable=f"its struct page at {page:#x} is not in the dump",
+        )
     flags = _U64.unpack_from(data, model.off_flags)[0]
     private = _U64.unpack_from(data, model.off_private)[0]
     refcount = struct.unpack_from("<i", data, model.off_refcount)[0]
     flags_1 = _U64.unpack_from(data, model.sizeof_page + model.off_flags)[0]
-    pfn = model.page_pfn(page)
     zone = zone_of_pfn(zone_list, pfn)
     return HugetlbFolio(
         pfn=pfn,
@@ -234,7 +256,9 @@ def _folio_record(
 
 
 def for_each_hugetlb_folio(
-    prog: Program, hstate: Optional[Hstate] = None
+    prog: Program,
+    hstate: Optional[Hstate] = None,
+    cut: Optional[List[Tuple[str, str]]] = None,
 ) -> Iterator[HugetlbFolio]:
     """
     Every hugetlb folio on the hstates' lists: per hstate, the free lists of
@@ -244,19 +268,26 @@ def for_each_hugetlb_folio(
     before that the list members are pages, at the same offsets.
 
     :param hstate: only this hstate's folios.
+    :param cut: where a list link is missing from the dump, (hstate name,
+        reason) is appended here and the rest of that list is skipped.
     """
     model = kernel_model(prog)
     zone_list = zones(prog)
     lru = model.off_lru
     for h in [hstate] if hstate else for_each_hstate_record(prog):
         limit = h.nr_huge_pages + 1024
-        for nid in sorted(h.per_node):
-            head = h.address + h.freelists_offset + 16 * nid
-            for entry in _walk_list(prog, head, limit):
-                yield _folio_record(prog, model, zone_list, h, entry - lru, "free", nid)
-        head = h.address + h.activelist_offset
-        for entry in _walk_list(prog, head, limit):
-            yield _folio_record(prog, model, zone_list, h, entry - lru, "active", -1)
+        lists = [(h.address + h.freelists_offset + 16 * nid, "free", nid)
+                 for nid in sorted(h.per_node)]
+        lists.append((h.address + h.activelist_offset, "active", -1))
+        for head, state, nid in lists:
+            try:
+                for entry in _walk_list(prog, head, limit):
+                    yield _folio_record(prog, model, zone_list, h, entry - lru, state, nid)
+            except ListCut as e:
+                if cut is None:
+                    raise
+                where = f"free list of node {nid}" if state == "free" else "active list"
+                cut.append((h.name, f"{h.name} {where}: {e}"))
 
 
 def hvo_enabled(prog: Program) -> Optional[bool]:

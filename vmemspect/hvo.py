@@ -223,6 +223,8 @@ def folio_vmemmap(
     npages = model.vmemmap_pages(folio.order)
     start = folio.page & ~(model.page_size - 1)
     try:
+        if folio.unreadable:
+            raise MissingMemory(folio.unreadable, folio.page)
         leaves = walker.lookup_range(start, npages)
         head_leaf = leaves[0]
         if head_leaf.pfn is None:
@@ -283,6 +285,7 @@ def folio_vmemmap(
             unknown=None,
         )
     except (MissingMemory, FaultError) as e:
+        reason = folio.unreadable or str(e)
         return FolioVmemmap(
             folio=folio,
             vmemmap=start,
@@ -294,7 +297,7 @@ def folio_vmemmap(
             head_ok=False,
             head_frame=None,
             tail_contents=(),
-            unknown=str(e),
+            unknown=reason,
         )
 
 

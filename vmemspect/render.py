@@ -111,6 +111,7 @@ def _summary(report: Report) -> Dict[str, Any]:
         "ok": not report.findings,
         "findings": len(report.findings),
         "unknown": len(unknown),
+        "unknown_lists": len(report.cut_lists),
         "checked_folios": len(report.folios) - len(unknown),
     }
 
@@ -230,6 +231,7 @@ def verify_doc(report: Report) -> Dict[str, Any]:
             {"pfn": fv.folio.pfn, "hstate": fv.folio.hstate, "reason": fv.unknown}
             for fv in report.unknown
         ],
+        "unknown_lists": [{"hstate": h, "reason": r} for h, r in report.cut_lists],
     }
 
 
@@ -372,6 +374,8 @@ def render_verify(doc: Dict[str, Any], fmt: str) -> str:
              for f in doc["findings"]]
     for u in doc["unknown_folios"]:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
+    for u in doc["unknown_lists"]:
+        lines.append(f"unknown: {u['reason']}; the rest of that list was not checked")
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "
         f"finding(s), {doc['checked_folios']} folios checked, {doc['unknown']} unknown"

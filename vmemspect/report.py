@@ -12,7 +12,7 @@ import collections
 import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
-from drgn import Program
+from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 from .checks import Finding, run_checks
@@ -94,6 +94,8 @@ class Report:
     tails: List[SharedTail]
     findings: List[Finding]
     savings: Savings
+    #: (hstate, reason) for each hstate list cut short by missing memory.
+    cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def unknown(self) -> List[FolioVmemmap]:
@@ -163,11 +165,19 @@ def build_report(
     commands filter and render this one record.
     """
     model = kernel_model(prog)
-    hstates = list(for_each_hstate_record(prog))
-    zone_list = zones(prog)
-    folios = list(scan_folios(prog, for_each_hugetlb_folio(prog), progress))
+    try:
+        hstates = list(for_each_hstate_record(prog))
+        zone_list = zones(prog)
+    except FaultError as e:
+        raise VmemspectError(
+            f"the dump lacks the hstates or zones ({e})",
+            "it is truncated or filtered too far; take a dump that keeps kernel data",
+        )
+    cut: List[Tuple[str, str]] = []
+    folios = list(scan_folios(prog, for_each_hugetlb_folio(prog, cut=cut), progress))
     tails = shared_tails(prog, folios)
-    findings = run_checks(model, zone_list, hstates, folios, tails)
+    findings = run_checks(model, zone_list, hstates, folios, tails,
+                          incomplete={name for name, _ in cut})
     saved = sum(vmemmap_savings(model, fv.folio.order) for fv in folios if fv.folio.optimized)
     possible = sum(vmemmap_savings(model, fv.folio.order) for fv in folios)
     kernel_now, without = kernel_memmap_saved(prog, model)
@@ -188,6 +198,7 @@ def build_report(
         tails=tails,
         findings=findings,
         savings=savings,
+        cut_lists=cut,
     )
 
 
