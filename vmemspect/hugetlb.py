@@ -15,7 +15,7 @@ import dataclasses
 import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from drgn import FaultError, Object, Program, offsetof
+from drgn import FaultError, Object, Program, ProgramFlags, offsetof
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
@@ -109,12 +109,12 @@ def zones(prog: Program) -> List[Zone]:
     ``vmemmap_tails[]`` (Linux 7.1+ with HVO; per node in the series' v4
     posting, repeated on each zone of the node here; empty before 7.1).
 
-    Cached per program.
+    Cached per program, except on a live kernel, whose ``vmemmap_tails[]``
+    fill as folios of a new order are optimized.
     """
-    try:
+    live = bool(prog.flags & ProgramFlags.IS_LIVE)
+    if not live and "vmemspect_zones" in prog.cache:
         return prog.cache["vmemspect_zones"]
-    except KeyError:
-        pass
     model = kernel_model(prog)
     result = []
     for pgdat in for_each_online_pgdat(prog):
@@ -137,7 +137,8 @@ def zones(prog: Program) -> List[Zone]:
             start = zone.zone_start_pfn.value_()
             result.append(Zone(nid, idx, name, start, start + spanned, zone.address_, tails))
     result.sort(key=lambda z: z.start_pfn)
-    prog.cache["vmemspect_zones"] = result
+    if not live:
+        prog.cache["vmemspect_zones"] = result
     return result
 
 

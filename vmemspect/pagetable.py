@@ -19,7 +19,7 @@ import dataclasses
 import struct
 from typing import List, Optional, Tuple
 
-from drgn import FaultError, Program
+from drgn import FaultError, Program, ProgramFlags
 
 from .errors import VmemspectError
 from .kernel import KernelModel, kernel_model
@@ -152,9 +152,12 @@ def page_table_walker(prog: Program) -> PageTableWalker:
     """
     The walker of a program, created once and cached on ``prog.cache``.
 
-    A live kernel changes its page tables; callers that re-read (live mode)
-    create a fresh :class:`PageTableWalker` instead.
+    A live kernel changes its page tables (HVO splits PMDs and remaps PTEs as
+    folios come and go), so there each call returns a fresh walker, whose
+    cache lasts one scan.
     """
+    if prog.flags & ProgramFlags.IS_LIVE:
+        return PageTableWalker(prog, kernel_model(prog))
     try:
         return prog.cache["vmemspect_walker"]
     except KeyError:

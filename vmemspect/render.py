@@ -112,6 +112,7 @@ def _summary(report: Report) -> Dict[str, Any]:
         "findings": len(report.findings),
         "unknown": len(unknown),
         "unknown_lists": len(report.cut_lists),
+        "transient": len(report.transient),
         "checked_folios": len(report.folios) - len(unknown),
     }
 
@@ -232,6 +233,7 @@ def verify_doc(report: Report) -> Dict[str, Any]:
             for fv in report.unknown
         ],
         "unknown_lists": [{"hstate": h, "reason": r} for h, r in report.cut_lists],
+        "transient": [finding_doc(f) for f in report.transient],
     }
 
 
@@ -376,6 +378,9 @@ def render_verify(doc: Dict[str, Any], fmt: str) -> str:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
     for u in doc["unknown_lists"]:
         lines.append(f"unknown: {u['reason']}; the rest of that list was not checked")
+    for f in doc["transient"]:
+        lines.append(f"transient (changed while read, not a violation): {f['check']}: "
+                     f"{f['subject']}: expected {f['expected']}; found {f['found']}")
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "
         f"finding(s), {doc['checked_folios']} folios checked, {doc['unknown']} unknown"

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
-from drgn import FaultError, Program
+from drgn import FaultError, Program, ProgramFlags
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 from .checks import Finding, run_checks
@@ -96,6 +96,9 @@ class Report:
     savings: Savings
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Live kernel: findings that did not hold on every re-read (the kernel
+    #: changed the folio or its vmemmap under the scan); not violations.
+    transient: List[Finding] = dataclasses.field(default_factory=list)
 
     @property
     def unknown(self) -> List[FolioVmemmap]:
@@ -155,15 +158,42 @@ def _has(prog: Program, name: str) -> bool:
         return False
 
 
+def _finding_key(f: Finding) -> Tuple[str, Optional[int], Optional[int], str]:
+    return (f.check, f.folio_pfn, f.frame_pfn, f.subject if f.folio_pfn is None else "")
+
+
 def build_report(
     prog: Program,
     progress: Optional[Callable[[FolioVmemmap], None]] = None,
+    live_rereads: int = 3,
 ) -> Report:
     """
     Scan every hugetlb folio, the shared tail frames and the counters, and
-    run every check. Nothing is judged twice and nothing read twice: the
-    commands filter and render this one record.
+    run every check. The commands filter and render this one record.
+
+    On a live kernel, which allocates and frees huge pages under the scan, a
+    scan that found anything is repeated up to ``live_rereads`` times: a
+    finding is kept only if every scan finds it; the others are reported as
+    transient, never as violations.
     """
+    report = _scan(prog, progress)
+    if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
+        return report
+    confirmed = {_finding_key(f) for f in report.findings}
+    for _ in range(live_rereads):
+        again = _scan(prog, None)
+        confirmed &= {_finding_key(f) for f in again.findings}
+        if not confirmed:
+            break
+    report.transient = [f for f in report.findings if _finding_key(f) not in confirmed]
+    report.findings = [f for f in report.findings if _finding_key(f) in confirmed]
+    return report
+
+
+def _scan(
+    prog: Program,
+    progress: Optional[Callable[[FolioVmemmap], None]] = None,
+) -> Report:
     model = kernel_model(prog)
     try:
         hstates = list(for_each_hstate_record(prog))
