@@ -205,7 +205,6 @@ def test_decode_pglist_data_variant():
     assert (d.info.form, d.info.head, d.info.order) == ("mask", f.page, 9)
 
 
-@pytest.mark.xfail(strict=True, reason="vmemspect bug: decode_page() needs the next struct page mapped")
 @pytest.mark.parametrize("form", ["mask", "pointer"])
 def test_decode_last_struct_page_before_a_hole(form):
     # The last struct page of a folio whose next vmemmap page is not mapped

@@ -418,12 +418,17 @@ def decode_page(prog: Program, page: int) -> PageDecode:
 
     model = kernel_model(prog)
     try:
-        data = prog.read(page, 2 * model.sizeof_page)
+        data = prog.read(page, model.sizeof_page)
     except FaultError:
         raise MissingMemory("the struct page", page)
     flags = _U64.unpack_from(data, model.off_flags)[0]
     raw = _U64.unpack_from(data, model.off_info)[0]
-    next_raw = _U64.unpack_from(data, model.sizeof_page + model.off_info)[0]
+    # The next struct page tells a fake head from a head; it may lie beyond
+    # the mapped vmemmap (a hole): then it is no tail of anything.
+    try:
+        next_raw = prog.read_u64(page + model.sizeof_page + model.off_info)
+    except FaultError:
+        next_raw = 0
     info = decode_compound_info(model, page, raw)
     pg_head = bool(flags & (1 << model.pg_head))
     fake_head = (
