@@ -601,7 +601,6 @@ def test_corrupt_head_pte_read_only():
     assert keys(build_report(k.prog).findings) == {("head-mapping", 0x100000, f.head_frame)}
 
 
-@pytest.mark.xfail(strict=True, reason="vmemspect bug: shared-count counts unknown folios as expected")
 def test_unreadable_tail_frame_is_unknown_not_a_finding():
     # A tail PTE naming a frame the dump does not hold: the folio cannot be
     # judged; it is reported as unknown, and nothing else is judged on it.

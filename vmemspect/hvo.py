@@ -335,7 +335,9 @@ def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedT
         seen = {t.pfn for t in fv.tails if t.pfn is not None}
         for pfn in seen:
             mapped[pfn] += 1
-        if fv.folio.optimized:
+        # A folio whose mapping could not be read maps nothing known: it is
+        # unknown, so it is no more expected than counted.
+        if fv.folio.optimized and fv.unknown is None:
             expected[(fv.folio.nid, fv.folio.zone_idx, fv.folio.order)] += 1
     result = []
     for zone in zones(prog):
