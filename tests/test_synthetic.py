@@ -109,7 +109,6 @@ def test_paging_depth(levels, symbol):
     assert kernel_model(k.prog).pgtable_levels == levels
 
 
-@pytest.mark.xfail(strict=True, reason="vmemspect bug: 4-level assumed without pgdir_shift/__pgtable_l5_enabled")
 def test_paging_depth_from_vmcoreinfo_alone():
     # A kernel without pgdir_shift and __pgtable_l5_enabled (upstream has
     # posted their removal): only VMCOREINFO says 5-level.
