@@ -186,17 +186,23 @@ def for_each_hstate_record(prog: Program) -> Iterator[Hstate]:
 
 
 def _walk_list(prog: Program, head: int, limit: int) -> Iterator[int]:
-    """Addresses of the list_head entries of the list at ``head``."""
+    """Addresses of the list_head entries of the list at ``head``, up to an
+    entry that cannot be read (LIST_POISON1, a corrupt pointer)."""
     read_u64 = prog.read_u64
-    pos = read_u64(head)
-    seen = 0
-    while pos != head:
-        yield pos
-        seen += 1
-        if seen > limit:
-            # A corrupt or changing list; the caller's count check reports it.
-            return
-        pos = read_u64(pos)
+    try:
+        pos = read_u64(head)
+        seen = 0
+        while pos != head:
+            next_ = read_u64(pos)
+            yield pos
+            seen += 1
+            if seen > limit:
+                return
+            pos = next_
+    except FaultError:
+        pass
+    # A corrupt or changing list ends the walk; the caller's count check
+    # reports the folios not found.
 
 
 def _folio_record(
