@@ -799,7 +799,11 @@ def build_kernel(
         the arm64 7.2 kind (the new name, no HVO, pointer values).
     :param folios: the hugetlb folios (default :func:`default_folios`).
     :param vmemmap_mapping: how vmemmap not touched by HVO is mapped: "pmd"
-        (2 MiB leaves; a PMD holding an optimized folio is split) or "pte".
+        (2 MiB leaves over a 2 MiB block for every region that holds an
+        unoptimized folio; a PMD that also holds an optimized folio is split
+        into PTEs; regions of optimized folios only get PTEs, as boot-time
+        HVO leaves them) or "pte" (a fresh frame per vmemmap page, nothing
+        else mapped).
     :param hvo_built: CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP (the
         ``vmemmap_optimize_enabled`` variable exists); default: True unless
         the pointer form is built with compound_info (arm64 style).

@@ -26,14 +26,12 @@ from vmemspect.report import build_report
 from synthetic import (
     PAGE_SIZE,
     PTE_RO,
-    PTE_RW,
     RW_BIT,
     START_KERNEL_MAP,
     TAIL_MAPPING,
     FolioSpec,
     ZoneSpec,
     build_kernel,
-    default_folios,
     page_flags,
     tail_mask,
 )
@@ -253,7 +251,8 @@ def test_hstate_records():
     assert h.per_node == {0: (5, 3, 0), 1: (3, 2, 0)}
     assert h.address == k.hstate_address[9]
     g = hs[HNAME[18]]
-    assert (g.index, g.order, g.nr_huge_pages, g.per_node) == (1, 18, 1, {0: (1, 1, 0), 1: (0, 0, 0)})
+    assert (g.index, g.order, g.nr_huge_pages, g.per_node) == (
+        1, 18, 1, {0: (1, 1, 0), 1: (0, 0, 0)})
 
 
 def test_groups():
