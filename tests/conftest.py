@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+# This checkout's package and tests first (not another installed checkout),
+# then scripts/ for the test bed.
+for _path in (str(ROOT / "scripts"), str(ROOT / "tests"), str(ROOT)):
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
 
 import testbed  # noqa: E402
 

@@ -19,6 +19,7 @@ from drgn import FaultError, Object, Program, ProgramFlags, offsetof
 from drgn.helpers.linux.mmzone import for_each_online_pgdat
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
+from .pagetable import MissingMemory, page_table_walker
 
 __all__ = (
     "HugetlbFolio",
@@ -193,23 +194,41 @@ class ListCut(Exception):
     """A list link is not in the dump: the rest of the list is unknown."""
 
 
+def _mapped(prog: Program, address: int) -> bool:
+    """``address`` is mapped by the page tables (so a failed read of it is
+    memory missing from the dump, not a bad pointer)."""
+    try:
+        return page_table_walker(prog).lookup(address & ~0xFFF).pfn is not None
+    except MissingMemory:
+        return True
+
+
 def _walk_list(prog: Program, head: int, limit: int) -> Iterator[int]:
-    """Addresses of the list_head entries of the list at ``head``."""
+    """
+    Addresses of the list_head entries of the list at ``head``. An entry is
+    yielded only once its own next pointer has been read.
+
+    :raises ListCut: where an entry is mapped but missing from the dump; a
+        pointer that is not mapped at all (LIST_POISON1 from list_del(),
+        garbage) ends the walk quietly, and the caller's count check reports
+        the folios not found.
+    """
     read_u64 = prog.read_u64
-    pos = head
+    pos = read_u64(head)
     seen = 0
-    while True:
+    while pos != head:
         try:
-            pos = read_u64(pos)
+            next_ = read_u64(pos)
         except FaultError:
-            raise ListCut(f"list link at {pos:#x} is not in the dump")
-        if pos == head:
+            if _mapped(prog, pos):
+                raise ListCut(f"list link at {pos:#x} is not in the dump")
             return
         yield pos
         seen += 1
         if seen > limit:
             # A corrupt or changing list; the caller's count check reports it.
             return
+        pos = next_
 
 
 def _folio_record(

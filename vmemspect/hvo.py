@@ -332,19 +332,32 @@ def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedT
     model = kernel_model(prog)
     if model.tails_owner is None:
         return []
+    # The series' v4 posting keeps the slots per node: judge them once per
+    # node (zone -1), and not by zone bits in their flags, which that code
+    # leaves zero (prep_compound_tail() on a zeroed page).
+    per_node = model.tails_owner == "pglist_data"
     mapped: Dict[int, int] = collections.Counter()
     expected: Dict[Tuple[int, int, int], int] = collections.Counter()
     for fv in scanned:
         seen = {t.pfn for t in fv.tails if t.pfn is not None}
         for pfn in seen:
             mapped[pfn] += 1
-        if fv.folio.optimized:
-            expected[(fv.folio.nid, fv.folio.zone_idx, fv.folio.order)] += 1
+        # A folio whose mapping could not be read maps nothing known: it is
+        # unknown, so it is no more expected than counted.
+        if fv.folio.optimized and fv.unknown is None:
+            zone_idx = -1 if per_node else fv.folio.zone_idx
+            expected[(fv.folio.nid, zone_idx, fv.folio.order)] += 1
     result = []
+    done_nodes = set()
     for zone in zones(prog):
+        if per_node:
+            if zone.nid in done_nodes:
+                continue
+            done_nodes.add(zone.nid)
+        zone_idx = -1 if per_node else zone.idx
         for slot, page in enumerate(zone.tails):
             order = slot + model.tail_min_order
-            need = expected.get((zone.nid, zone.idx, order), 0)
+            need = expected.get((zone.nid, zone_idx, order), 0)
             if not page and not need:
                 continue
             pfn = model.page_pfn(page) if page else None
@@ -353,15 +366,16 @@ def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedT
                 try:
                     tail = compound_info_mask(model, order)
                     contents = frame_contents(
-                        prog, model, pfn, lambda i: tail, (zone.nid, zone.idx)
+                        prog, model, pfn, lambda i: tail,
+                        None if per_node else (zone.nid, zone.idx),
                     )
                 except (MissingMemory, FaultError):
                     contents = None
             result.append(
                 SharedTail(
                     nid=zone.nid,
-                    zone_idx=zone.idx,
-                    zone_name=zone.name,
+                    zone_idx=zone_idx,
+                    zone_name="(node)" if per_node else zone.name,
                     order=order,
                     slot=slot,
                     page=page,
@@ -421,12 +435,17 @@ def decode_page(prog: Program, page: int) -> PageDecode:
 
     model = kernel_model(prog)
     try:
-        data = prog.read(page, 2 * model.sizeof_page)
+        data = prog.read(page, model.sizeof_page)
     except FaultError:
         raise MissingMemory("the struct page", page)
     flags = _U64.unpack_from(data, model.off_flags)[0]
     raw = _U64.unpack_from(data, model.off_info)[0]
-    next_raw = _U64.unpack_from(data, model.sizeof_page + model.off_info)[0]
+    # The next struct page tells a fake head from a head; it may lie beyond
+    # the mapped vmemmap (a hole): then it is no tail of anything.
+    try:
+        next_raw = prog.read_u64(page + model.sizeof_page + model.off_info)
+    except FaultError:
+        next_raw = 0
     info = decode_compound_info(model, page, raw)
     pg_head = bool(flags & (1 << model.pg_head))
     fake_head = (

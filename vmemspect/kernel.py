@@ -138,6 +138,13 @@ def _constant(prog: Program, name: str, default: Optional[int] = None) -> int:
         return default
 
 
+def _vmcoreinfo(prog: Program) -> bytes:
+    try:
+        return prog["VMCOREINFO"].string_()
+    except (KeyError, LookupError, FaultError):
+        return b""
+
+
 def _release(prog: Program) -> str:
     try:
         return prog["init_uts_ns"].name.release.string_().decode()
@@ -230,6 +237,10 @@ def _detect(prog: Program) -> KernelModel:
         levels = 5 if prog["pgdir_shift"].value_() == 48 else 4
     elif _has_object(prog, "__pgtable_l5_enabled"):
         levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
+    elif b"NUMBER(pgtable_l5_enabled)=1\n" in _vmcoreinfo(prog):
+        # Kernels without those variables still say it in VMCOREINFO, which
+        # is what drgn's own translation goes by.
+        levels = 5
 
     return KernelModel(
         release=_release(prog),
