@@ -48,7 +48,10 @@ GUEST = SCRIPTS / "guest"
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 BASE_CMDLINE = "console=ttyS0 init_on_alloc=0 panic=-1"
-DEFAULT_LIVE_CMD = "python3 -m vmemspect live --json"
+# The guest script exports VMEMSPECT_VMLINUX (the DWARF vmlinux in the
+# cache, which the host's root does not have where drgn looks) and
+# VMEMSPECT_RELEASE.
+DEFAULT_LIVE_CMD = 'python3 -m vmemspect live -s "$VMEMSPECT_VMLINUX" --json'
 MARK = "@VMS "
 # Bump when the layout of the initramfs changes in testbed.py itself.
 INITRAMFS_FORMAT = "1"
@@ -255,37 +258,19 @@ def build_initramfs(kdir: Path) -> Path:
 
 # ---------------------------------------------------------------- processes
 
-_live_pgids: set[int] = set()
-_pg_lock = threading.Lock()
+_live_procs: set = set()      # _Proc objects still to be stopped
+_procs_lock = threading.Lock()
 
 
-def _kill_pgid(pgid: int, grace: float = 3.0) -> None:
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _stop_all() -> None:
+    """Backstop (atexit): stop every child process group still registered."""
+    with _procs_lock:
+        procs = list(_live_procs)
+    for p in procs:
+        p.stop(grace=1.0)
 
 
-def _kill_all_registered() -> None:
-    with _pg_lock:
-        pgids = list(_live_pgids)
-        _live_pgids.clear()
-    for g in pgids:
-        _kill_pgid(g, grace=1.0)
-
-
-atexit.register(_kill_all_registered)
+atexit.register(_stop_all)
 
 
 def _pdeathsig() -> None:
@@ -304,8 +289,8 @@ class _Proc:
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                   stderr=subprocess.STDOUT, start_new_session=True,
                                   preexec_fn=_pdeathsig)
-        with _pg_lock:
-            _live_pgids.add(self.p.pid)
+        with _procs_lock:
+            _live_procs.add(self)
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -317,15 +302,30 @@ class _Proc:
         except subprocess.TimeoutExpired:
             return False
 
-    def stop(self) -> None:
-        _kill_pgid(self.p.pid)
-        try:
-            self.p.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        with _pg_lock:
-            _live_pgids.discard(self.p.pid)
-        self.log.close()
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds,
+        reap the leader.  (QEMU and virtiofsd leave no other processes.)"""
+        pgid = self.p.pid
+        if self.p.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        with _procs_lock:
+            _live_procs.discard(self)
+        if not self.log.closed:
+            self.log.close()
 
 
 class _Signals:
@@ -589,17 +589,22 @@ def elf_phys_offset(path: str | os.PathLike, phys_addr: int) -> int:
 
 # ---------------------------------------------------------------- run
 
-def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None) -> str:
+def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
+                  kdir: Path) -> str:
     lines = ["# written by scripts/testbed.py"]
     if live:
         path = os.path.dirname(sys.executable) + ":" + os.environ.get(
             "PATH", "/usr/local/bin:/usr/bin:/bin")
         e = {"PATH": path + ":/usr/local/sbin:/usr/sbin:/sbin",
-             "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+             "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+             # the guest must not write caches into the host's checkout
+             "PYTHONDONTWRITEBYTECODE": "1"}
         if os.environ.get("PYTHONPATH"):
             e["PYTHONPATH"] = os.environ["PYTHONPATH"]
     else:
         e = {}
+    e["VMEMSPECT_RELEASE"] = (kdir / "release").read_text().strip()
+    e["VMEMSPECT_VMLINUX"] = str(kdir / "vmlinux")
     e.update(env or {})
     for k, v in e.items():
         lines.append(f"export {k}={shlex.quote(v)}")
@@ -677,7 +682,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario"]
     if guest_cmd is not None:
         (tmp / "script.sh").write_text(_guest_script(
-            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env))
+            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir))
         qemu_args += ["-fw_cfg", f"name=opt/vmemspect/script,file={tmp}/script.sh"]
     if live:
         qemu_args += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
@@ -832,7 +837,8 @@ def summary(run: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="testbed.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="list the scenarios")
+    ls = sub.add_parser("list", help="list the scenarios")
+    ls.add_argument("--names", action="store_true", help="names only, one a line")
     r = sub.add_parser("run", help="run one scenario; prints the path of run.json")
     r.add_argument("--kernel", default="7.2", help="kernel series: 6.12 or 7.2")
     r.add_argument("--scenario", default="hvo-2m", choices=list(SCENARIOS))
@@ -847,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("initramfs", help="build (or find) the initramfs of a kernel; prints its path")
     i.add_argument("--kernel", default="7.2")
     a = ap.parse_args(argv)
+    if a.cmd == "list" and a.names:
+        print("\n".join(SCENARIOS))
+        return 0
     if a.cmd == "list":
         for n, sc in SCENARIOS.items():
             print(f"{n:8} -m {sc['mem']:3}  {sc['cmdline']}\n{'':8}   {sc['desc']}")
@@ -872,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted (QEMU stopped)", file=sys.stderr)
+        return 130
     if a.summary:
         print(summary(run), file=sys.stderr)
     print(Path(run["console"]).parent / "run.json")
