@@ -355,7 +355,7 @@ class _Signals:
 class QMP:
     """A QMP client over a unix socket (stdlib only)."""
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, timeout: float = 30.0, alive=None) -> None:
         end = time.monotonic() + timeout
         while True:
             try:
@@ -364,6 +364,8 @@ class QMP:
                 break
             except OSError:
                 self.sock.close()
+                if alive is not None and not alive():
+                    raise TestbedError(f"QEMU exited before its QMP socket {path} came up")
                 if time.monotonic() > end:
                     raise TestbedError(f"cannot connect to QMP socket {path}")
                 time.sleep(0.05)
@@ -718,13 +720,15 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             t_boot = time.monotonic()
             q = _Proc(qemu_args, out_dir / "qemu.log")
             procs.append(q)
-            qmp = QMP(tmp / "qmp.sock")
-
             def fail(msg: str) -> TestbedError:
                 qlog = (out_dir / "qemu.log").read_text(errors="replace")[-2000:]
                 return TestbedError(f"{series}/{scenario}: {msg}\n--- qemu.log ---\n{qlog}"
                                     f"\n--- console tail ({console}) ---\n{con.tail()}")
 
+            try:
+                qmp = QMP(tmp / "qmp.sock", alive=q.alive)
+            except TestbedError as e:
+                raise fail(str(e)) from None
             deadline = t_boot + timeout
             truth_lines: list[str] | None = None
             cmd_lines: list[str] = []
@@ -776,7 +780,9 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 on_ready({"qmp": str(tmp / "qmp-spare.sock"), "run": run, "tmpdir": str(tmp)})
             flat = out_dir / "vmcore.kdump.flat"
             run["timings"]["dump_s"] = round(_dump(qmp, flat, "kdump-zlib", dump_timeout), 2)
+            t0 = time.monotonic()
             run["kdump_format"] = _reassemble(flat, kdump)
+            run["timings"]["reassemble_s"] = round(time.monotonic() - t0, 2)
             run["kdump"] = str(kdump)
             run["sizes"]["kdump"] = kdump.stat().st_size
             if elf:
