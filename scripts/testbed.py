@@ -285,7 +285,7 @@ class _Proc:
     """A child in its own session/process group, killed on stop()."""
 
     def __init__(self, argv: list[str], log: Path) -> None:
-        self.log = open(log, "ab")
+        self.log = open(log, "wb")
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                   stderr=subprocess.STDOUT, start_new_session=True,
                                   preexec_fn=_pdeathsig)
@@ -378,7 +378,10 @@ class QMP:
         self.cmd("qmp_capabilities")
 
     def _read(self) -> dict:
-        line = self.f.readline()
+        try:
+            line = self.f.readline()
+        except OSError as e:
+            raise TestbedError(f"QMP: {e}") from None
         if not line:
             raise TestbedError("QMP connection closed")
         return json.loads(line)
@@ -387,7 +390,10 @@ class QMP:
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise TestbedError(f"QMP {name}: {e}") from None
         while True:
             r = self._read()
             if "event" in r:
