@@ -18,6 +18,32 @@ Everything downloaded or built goes to the cache
 output directory.  QEMU (and virtiofsd) run in their own process groups and
 are killed whatever happens (``finally``, atexit, SIGTERM/SIGHUP, and
 PR_SET_PDEATHSIG as a last resort).
+
+run_scenario() returns (and writes to out_dir/run.json) a dict::
+
+  series, release, scenario, cmdline, qemu_args, vmlinux, vmlinuz, initramfs,
+  kdump        plain kdump-compressed file (QEMU's flattened output run
+               through makedumpfile -R); kdump_format says which it is
+  elf          ELF dump (paging off) or None; see elf_phys_offset()
+  console      serial log;  guest_cmd, guest_cmd_output (stdout, exact),
+  guest_cmd_stderr, guest_cmd_rc
+  timings      boot_s (QEMU start to truth), guest_cmd_s, dump_s (kdump),
+               reassemble_s, elf_dump_s, total_s (whole call)
+  sizes        kdump, elf (bytes)
+  truth        from the guest; every dict key is a string (JSON):
+    uname, cmdline, scenario, hugetlb_optimize_vmemmap (int or None)
+    meminfo      {"HugePages_Total": n, ..., "Hugepagesize": kB, "Hugetlb": kB}
+    hstates      {"2048": {"global": {nr,free,resv,surplus}_hugepages,
+                           "nodes": {"0": {nr,free,surplus}_hugepages}}, ...}
+    hugetlb_dmesg        ["HugeTLB: ...", ...]
+    vmemmap_freeable_kib {"2048": 28, "1048576": 16380}
+    vmstat       {"nr_memmap_pages": n, "nr_memmap_boot_pages": n}
+    hugetlb_folios [{"pfn", "flags" (raw /proc/kpageflags word), "nr_pages"}]
+    kpf_scanned_pfns, in_use [{"kind": "anon"|"file", "pfn", "phase"}]
+    node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
+    node_pfn_ranges {"0": [[start_pfn, end_pfn), ...]}
+    steps        run-time changes made by the guest, in order
+    errors       truth lines that were not understood (normally empty)
 """
 from __future__ import annotations
 
@@ -489,7 +515,6 @@ class _Console:
         return "\n".join(text.splitlines()[-n:])
 
 
-_SIZE_RE = re.compile(r"([\d.]+)\s*(KiB|MiB|GiB|kB|MB|GB)")
 _UNITS = {"KiB": 1, "kB": 1, "MiB": 1024, "MB": 1024, "GiB": 1024 * 1024, "GB": 1024 * 1024}
 
 
