@@ -101,15 +101,19 @@ def check(run):
                 problems.append(f"{kind}: held pfns {sorted(held)} != active list {sorted(on_active)}")
         if kind == "elf":
             addr = prog["init_uts_ns"].name.release.address_
-            phys = follow_phys(prog["init_mm"].address_of_(), addr).value_()
-            want = prog.read(phys, 64, True)
-            with open(path, "rb") as f:
-                f.seek(testbed.elf_phys_offset(path, phys))
-                got = f.read(64)
-            if got != want:
-                problems.append(f"elf: elf_phys_offset({phys:#x}) reads other bytes than drgn")
-            else:
-                notes.append(f"elf: elf_phys_offset({phys:#x}) agrees with drgn")
+            physs = [follow_phys(prog["init_mm"].address_of_(), addr).value_()]
+            # and the highest hugetlb folio (above the PCI hole in 4 GiB guests)
+            if lists:
+                physs.append(max(lists) * 4096 + 4096 - 64)
+            for phys in physs:
+                want = prog.read(phys, 64, True)
+                with open(path, "rb") as f:
+                    f.seek(testbed.elf_phys_offset(path, phys))
+                    got = f.read(64)
+                if got != want:
+                    problems.append(f"elf: elf_phys_offset({phys:#x}) reads other bytes than drgn")
+                else:
+                    notes.append(f"elf: elf_phys_offset({phys:#x}) agrees with drgn")
         notes.append(f"{kind}: opened in {t_open:.2f} s, release {rel}")
         if kind == "kdump":
             kdump_state = st

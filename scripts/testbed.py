@@ -18,6 +18,32 @@ Everything downloaded or built goes to the cache
 output directory.  QEMU (and virtiofsd) run in their own process groups and
 are killed whatever happens (``finally``, atexit, SIGTERM/SIGHUP, and
 PR_SET_PDEATHSIG as a last resort).
+
+run_scenario() returns (and writes to out_dir/run.json) a dict::
+
+  series, release, scenario, cmdline, qemu_args, vmlinux, vmlinuz, initramfs,
+  kdump        plain kdump-compressed file (QEMU's flattened output run
+               through makedumpfile -R); kdump_format says which it is
+  elf          ELF dump (paging off) or None; see elf_phys_offset()
+  console      serial log;  guest_cmd, guest_cmd_output (stdout, exact),
+  guest_cmd_stderr, guest_cmd_rc
+  timings      boot_s (QEMU start to truth), guest_cmd_s, dump_s (kdump),
+               reassemble_s, elf_dump_s, total_s (whole call)
+  sizes        kdump, elf (bytes)
+  truth        from the guest; every dict key is a string (JSON):
+    uname, cmdline, scenario, hugetlb_optimize_vmemmap (int or None)
+    meminfo      {"HugePages_Total": n, ..., "Hugepagesize": kB, "Hugetlb": kB}
+    hstates      {"2048": {"global": {nr,free,resv,surplus}_hugepages,
+                           "nodes": {"0": {nr,free,surplus}_hugepages}}, ...}
+    hugetlb_dmesg        ["HugeTLB: ...", ...]
+    vmemmap_freeable_kib {"2048": 28, "1048576": 16380}
+    vmstat       {"nr_memmap_pages": n, "nr_memmap_boot_pages": n}
+    hugetlb_folios [{"pfn", "flags" (raw /proc/kpageflags word), "nr_pages"}]
+    kpf_scanned_pfns, in_use [{"kind": "anon"|"file", "pfn", "phase"}]
+    node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
+    node_pfn_ranges {"0": [[start_pfn, end_pfn), ...]}
+    steps        run-time changes made by the guest, in order
+    errors       truth lines that were not understood (normally empty)
 """
 from __future__ import annotations
 
@@ -48,7 +74,10 @@ GUEST = SCRIPTS / "guest"
 QEMU = "qemu-system-x86_64"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 BASE_CMDLINE = "console=ttyS0 init_on_alloc=0 panic=-1"
-DEFAULT_LIVE_CMD = "python3 -m vmemspect live --json"
+# The guest script exports VMEMSPECT_VMLINUX (the DWARF vmlinux in the
+# cache, which the host's root does not have where drgn looks) and
+# VMEMSPECT_RELEASE.
+DEFAULT_LIVE_CMD = 'python3 -m vmemspect live -s "$VMEMSPECT_VMLINUX" --json'
 MARK = "@VMS "
 # Bump when the layout of the initramfs changes in testbed.py itself.
 INITRAMFS_FORMAT = "1"
@@ -255,37 +284,19 @@ def build_initramfs(kdir: Path) -> Path:
 
 # ---------------------------------------------------------------- processes
 
-_live_pgids: set[int] = set()
-_pg_lock = threading.Lock()
+_live_procs: set = set()      # _Proc objects still to be stopped
+_procs_lock = threading.Lock()
 
 
-def _kill_pgid(pgid: int, grace: float = 3.0) -> None:
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _stop_all() -> None:
+    """Backstop (atexit): stop every child process group still registered."""
+    with _procs_lock:
+        procs = list(_live_procs)
+    for p in procs:
+        p.stop(grace=1.0)
 
 
-def _kill_all_registered() -> None:
-    with _pg_lock:
-        pgids = list(_live_pgids)
-        _live_pgids.clear()
-    for g in pgids:
-        _kill_pgid(g, grace=1.0)
-
-
-atexit.register(_kill_all_registered)
+atexit.register(_stop_all)
 
 
 def _pdeathsig() -> None:
@@ -300,12 +311,12 @@ class _Proc:
     """A child in its own session/process group, killed on stop()."""
 
     def __init__(self, argv: list[str], log: Path) -> None:
-        self.log = open(log, "ab")
+        self.log = open(log, "wb")
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
                                   stderr=subprocess.STDOUT, start_new_session=True,
                                   preexec_fn=_pdeathsig)
-        with _pg_lock:
-            _live_pgids.add(self.p.pid)
+        with _procs_lock:
+            _live_procs.add(self)
 
     def alive(self) -> bool:
         return self.p.poll() is None
@@ -317,15 +328,30 @@ class _Proc:
         except subprocess.TimeoutExpired:
             return False
 
-    def stop(self) -> None:
-        _kill_pgid(self.p.pid)
-        try:
-            self.p.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        with _pg_lock:
-            _live_pgids.discard(self.p.pid)
-        self.log.close()
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds,
+        reap the leader.  (QEMU and virtiofsd leave no other processes.)"""
+        pgid = self.p.pid
+        if self.p.poll() is None:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        with _procs_lock:
+            _live_procs.discard(self)
+        if not self.log.closed:
+            self.log.close()
 
 
 class _Signals:
@@ -355,7 +381,7 @@ class _Signals:
 class QMP:
     """A QMP client over a unix socket (stdlib only)."""
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, timeout: float = 30.0, alive=None) -> None:
         end = time.monotonic() + timeout
         while True:
             try:
@@ -364,6 +390,8 @@ class QMP:
                 break
             except OSError:
                 self.sock.close()
+                if alive is not None and not alive():
+                    raise TestbedError(f"QEMU exited before its QMP socket {path} came up")
                 if time.monotonic() > end:
                     raise TestbedError(f"cannot connect to QMP socket {path}")
                 time.sleep(0.05)
@@ -376,7 +404,10 @@ class QMP:
         self.cmd("qmp_capabilities")
 
     def _read(self) -> dict:
-        line = self.f.readline()
+        try:
+            line = self.f.readline()
+        except OSError as e:
+            raise TestbedError(f"QMP: {e}") from None
         if not line:
             raise TestbedError("QMP connection closed")
         return json.loads(line)
@@ -385,7 +416,10 @@ class QMP:
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise TestbedError(f"QMP {name}: {e}") from None
         while True:
             r = self._read()
             if "event" in r:
@@ -481,7 +515,6 @@ class _Console:
         return "\n".join(text.splitlines()[-n:])
 
 
-_SIZE_RE = re.compile(r"([\d.]+)\s*(KiB|MiB|GiB|kB|MB|GB)")
 _UNITS = {"KiB": 1, "kB": 1, "MiB": 1024, "MB": 1024, "GiB": 1024 * 1024, "GB": 1024 * 1024}
 
 
@@ -589,17 +622,22 @@ def elf_phys_offset(path: str | os.PathLike, phys_addr: int) -> int:
 
 # ---------------------------------------------------------------- run
 
-def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None) -> str:
+def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
+                  kdir: Path) -> str:
     lines = ["# written by scripts/testbed.py"]
     if live:
         path = os.path.dirname(sys.executable) + ":" + os.environ.get(
             "PATH", "/usr/local/bin:/usr/bin:/bin")
         e = {"PATH": path + ":/usr/local/sbin:/usr/sbin:/sbin",
-             "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+             "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+             # the guest must not write caches into the host's checkout
+             "PYTHONDONTWRITEBYTECODE": "1"}
         if os.environ.get("PYTHONPATH"):
             e["PYTHONPATH"] = os.environ["PYTHONPATH"]
     else:
         e = {}
+    e["VMEMSPECT_RELEASE"] = (kdir / "release").read_text().strip()
+    e["VMEMSPECT_VMLINUX"] = str(kdir / "vmlinux")
     e.update(env or {})
     for k, v in e.items():
         lines.append(f"export {k}={shlex.quote(v)}")
@@ -677,7 +715,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario"]
     if guest_cmd is not None:
         (tmp / "script.sh").write_text(_guest_script(
-            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env))
+            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir))
         qemu_args += ["-fw_cfg", f"name=opt/vmemspect/script,file={tmp}/script.sh"]
     if live:
         qemu_args += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
@@ -713,13 +751,15 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             t_boot = time.monotonic()
             q = _Proc(qemu_args, out_dir / "qemu.log")
             procs.append(q)
-            qmp = QMP(tmp / "qmp.sock")
-
             def fail(msg: str) -> TestbedError:
                 qlog = (out_dir / "qemu.log").read_text(errors="replace")[-2000:]
                 return TestbedError(f"{series}/{scenario}: {msg}\n--- qemu.log ---\n{qlog}"
                                     f"\n--- console tail ({console}) ---\n{con.tail()}")
 
+            try:
+                qmp = QMP(tmp / "qmp.sock", alive=q.alive)
+            except TestbedError as e:
+                raise fail(str(e)) from None
             deadline = t_boot + timeout
             truth_lines: list[str] | None = None
             cmd_lines: list[str] = []
@@ -771,7 +811,9 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 on_ready({"qmp": str(tmp / "qmp-spare.sock"), "run": run, "tmpdir": str(tmp)})
             flat = out_dir / "vmcore.kdump.flat"
             run["timings"]["dump_s"] = round(_dump(qmp, flat, "kdump-zlib", dump_timeout), 2)
+            t0 = time.monotonic()
             run["kdump_format"] = _reassemble(flat, kdump)
+            run["timings"]["reassemble_s"] = round(time.monotonic() - t0, 2)
             run["kdump"] = str(kdump)
             run["sizes"]["kdump"] = kdump.stat().st_size
             if elf:
@@ -832,7 +874,8 @@ def summary(run: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="testbed.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="list the scenarios")
+    ls = sub.add_parser("list", help="list the scenarios")
+    ls.add_argument("--names", action="store_true", help="names only, one a line")
     r = sub.add_parser("run", help="run one scenario; prints the path of run.json")
     r.add_argument("--kernel", default="7.2", help="kernel series: 6.12 or 7.2")
     r.add_argument("--scenario", default="hvo-2m", choices=list(SCENARIOS))
@@ -847,6 +890,9 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("initramfs", help="build (or find) the initramfs of a kernel; prints its path")
     i.add_argument("--kernel", default="7.2")
     a = ap.parse_args(argv)
+    if a.cmd == "list" and a.names:
+        print("\n".join(SCENARIOS))
+        return 0
     if a.cmd == "list":
         for n, sc in SCENARIOS.items():
             print(f"{n:8} -m {sc['mem']:3}  {sc['cmdline']}\n{'':8}   {sc['desc']}")
@@ -872,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted (QEMU stopped)", file=sys.stderr)
+        return 130
     if a.summary:
         print(summary(run), file=sys.stderr)
     print(Path(run["console"]).parent / "run.json")
