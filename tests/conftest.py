@@ -68,3 +68,20 @@ def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) ->
 @pytest.fixture(scope="session")
 def runs():
     return real_run
+
+
+def live_run(series: str) -> dict:
+    """The live scenario with tests/live_guest.py run inside the guest."""
+    key = (series, "live-guest", False)
+    if key in _runs:
+        return _runs[key]
+    out = run_dir() / f"{series}-live"
+    saved = out / "run.json"
+    if os.environ.get("VMEMSPECT_REUSE_RUNS") and saved.exists():
+        run = json.loads(saved.read_text())
+    else:
+        run = testbed.run_scenario(
+            series, "live", out, guest_cmd="python3 tests/live_guest.py",
+            guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)})
+    _runs[key] = run
+    return run

@@ -116,3 +116,27 @@ def test_hvo_flag_cleared(elf):
         assert old & (1 << 4), "HPG_vmemmap_optimized was not set before"
         found = findings_of(run)
     assert found == {("flag-vs-mapping", victim["pfn"], None)}
+
+
+def test_tail_pte_to_other_nodes_shared_frame():
+    """Mask form, two nodes: one tail PTE of a node-0 folio pointed at node
+    1's shared frame of the same order. verify names that folio and both
+    frames, and nothing else (a check that only asked "is it a shared
+    frame?" would pass it)."""
+    run = real_run("7.2", "numa", elf=True)
+    folios = vmemspect_json(run, "folios", dump=run["elf"])["folios"]
+    tails = vmemspect_json(run, "tails", dump=run["elf"])["tails"]
+    frame = {(t["nid"], t["order"]): t["pfn"] for t in tails}
+    own, other = frame[(0, 9)], frame[(1, 9)]
+    assert own != other
+    victim = next(f for f in folios if f["nid"] == 0 and f["order"] == 9)
+    walker = page_table_walker(open_vmcore(run["elf"], run["vmlinux"]))
+    phys, entry = tail_pte(walker, victim, 2)
+    assert (entry & ADDR_MASK) >> 12 == own
+    with patched(run["elf"], phys, (entry & ~ADDR_MASK) | (other << 12)):
+        v = vmemspect_json(run, "verify", dump=run["elf"], check_rc=(1,))
+    assert [(f["check"], f["folio_pfn"], f["frame_pfn"]) for f in v["findings"]] == [
+        ("tail-frame", victim["pfn"], other)]
+    (f,) = v["findings"]
+    assert f"pfn {own:#x}" in f["expected"] and "node 0 DMA32" in f["expected"]
+    assert f"pfn {other:#x}" in f["found"] and "node 1 Normal order 9" in f["found"]

@@ -101,6 +101,12 @@ def test_hvo_state_per_folio(case):
             assert f["optimized"] is want, f
         assert f["remapped"] is f["optimized"]
         assert f["verdict"] == "ok", f
+    if scenario == "numa":
+        # The scenario's shape: 2 MiB folios on both nodes, in two zones, and
+        # the 1 GiB folio on node 1.
+        assert {(f["nid"], f["zone"]) for f in folios if f["order"] == 9} == {
+            (0, "DMA32"), (1, "Normal")}
+        assert [(f["nid"], f["zone"]) for f in folios if f["order"] == 18] == [(1, "Normal")]
     if scenario == "mixed":
         # 16 folios allocated with the sysctl on, 16 with it off.
         assert sum(f["optimized"] for f in folios) == 16
