@@ -37,15 +37,17 @@ def churn_and_scan():
     from vmemspect.target import open_live
 
     loop = subprocess.Popen(
+        # Growing the pool is slow and lands in one batch, shrinking is
+        # quick: hold each size a little so that scans see both.
         ["sh", "-c", f"i=0; while :; do i=$((i+1)); echo $((i % 2)) > {SYSCTL}; "
-                     f"echo 96 > {NR}; echo 48 > {NR}; done"])
+                     f"echo 96 > {NR}; sleep 0.2; echo 48 > {NR}; sleep 0.2; done"])
     scans = []
     try:
         prog = open_live(VMLINUX)
         for _ in range(SCANS):
             # The loop resizes the pool in batches: spread the scans out so
             # that they meet it in different states.
-            time.sleep(0.5)
+            time.sleep(0.3)
             t = time.monotonic()
             r = build_report(prog)
             scans.append({
