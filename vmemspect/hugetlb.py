@@ -71,7 +71,7 @@ class Hstate:
     activelist_offset: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
 class HugetlbFolio:
     """A hugetlb folio, as its head struct page and hstate describe it."""
 
@@ -89,6 +89,8 @@ class HugetlbFolio:
     #: HPG_vmemmap_optimized in folio->private.
     optimized: bool
     flags: int
+    #: compound_info/compound_head of the head struct page (0 for a head).
+    info: int
     private: int
     refcount: int
     #: The order in folio->_flags_1 (low byte of the second page's flags).
@@ -249,7 +251,7 @@ def _folio_record(
             pfn=pfn, page=page, hstate=h.name, order=h.order,
             nid=zone.nid if zone else -1, zone_idx=zone.idx if zone else -1,
             zone_name=zone.name if zone else "?", state=state, optimized=False,
-            flags=0, private=0, refcount=0, folio_order=0, list_nid=list_nid,
+            flags=0, info=0, private=0, refcount=0, folio_order=0, list_nid=list_nid,
             unreadable=f"its struct page at {page:#x} is not in the dump",
         )
     flags = _U64.unpack_from(data, model.off_flags)[0]
@@ -268,6 +270,7 @@ def _folio_record(
         state=state,
         optimized=bool(private & (1 << model.hpg_vmemmap_optimized)),
         flags=flags,
+        info=_U64.unpack_from(data, model.off_info)[0],
         private=private,
         refcount=refcount,
         folio_order=flags_1 & 0xFF,

@@ -34,7 +34,7 @@ from .kernel import (
     page_flags_nid,
     page_flags_zone,
 )
-from .pagetable import Leaf, MissingMemory, PageTableWalker, page_table_walker
+from .pagetable import LEVEL_NAMES, Leaf, MissingMemory, PageTableWalker, page_table_walker
 
 __all__ = (
     "FolioVmemmap",
@@ -53,7 +53,7 @@ __all__ = (
 _U64 = struct.Struct("<Q")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
 class TailFrame:
     """A frame that backs some of a folio's tail vmemmap pages (1..N-1)."""
 
@@ -66,7 +66,7 @@ class TailFrame:
     levels: Tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
 class FrameContents:
     """What the struct pages in one vmemmap frame say."""
 
@@ -84,7 +84,7 @@ class FrameContents:
     first_is_head: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
 class FolioVmemmap:
     """A hugetlb folio and how its vmemmap is mapped."""
 
@@ -140,13 +140,14 @@ def frame_contents(
     prog: Program,
     model: KernelModel,
     pfn: int,
-    expect_info: Callable[[int], Optional[int]],
+    tail_info: int,
+    skip_head: bool = False,
     expect_node_zone: Optional[Tuple[int, int]] = None,
 ) -> FrameContents:
     """
     Read the struct pages in the vmemmap frame ``pfn`` (one physical read)
-    and count those whose ``compound_info`` is what ``expect_info(index)``
-    returns; an index for which it returns None (a head) is skipped. With
+    and count those whose ``compound_info`` is ``tail_info``; with
+    ``skip_head``, struct page 0 (a head) is not counted. With
     ``expect_node_zone``, a tail must also carry that node and zone in its
     flags and hold TAIL_MAPPING in ``->mapping`` (a mask-form shared frame).
 
@@ -156,38 +157,43 @@ def frame_contents(
         data = prog.read(pfn << model.page_shift, model.page_size, True)
     except FaultError:
         raise MissingMemory("a vmemmap frame", pfn << model.page_shift)
-    size = model.sizeof_page
-    good = bad = 0
-    first_bad = None
-    for i in range(model.pages_per_vmemmap_page):
-        expected = expect_info(i)
-        if expected is None:
-            continue
-        base = i * size
-        info = _U64.unpack_from(data, base + model.off_info)[0]
-        flags = _U64.unpack_from(data, base + model.off_flags)[0]
-        ok = info == expected
-        if ok and expect_node_zone is not None:
-            ok = (
-                (page_flags_nid(model, flags), page_flags_zone(model, flags)) == expect_node_zone
-                and _U64.unpack_from(data, base + model.off_mapping)[0] == TAIL_MAPPING
-            )
-        if ok:
-            good += 1
-        else:
-            bad += 1
-            if first_bad is None:
-                first_bad = (i, info, flags)
-    flags0 = _U64.unpack_from(data, model.off_flags)[0]
-    info0 = _U64.unpack_from(data, model.off_info)[0]
+    words = memoryview(data).cast("Q")
+    stride = model.sizeof_page // 8
+    start = 1 if skip_head else 0
+    n = model.pages_per_vmemmap_page
+    infos = words[model.off_info // 8::stride].tolist()
+    flags = words[model.off_flags // 8::stride].tolist()
+    # The common case, all tails as expected, costs one C-level count.
+    if expect_node_zone is None and infos.count(tail_info) - (
+        infos[0] == tail_info and skip_head
+    ) == n - start:
+        good, bad, first_bad = n - start, 0, None
+    else:
+        mappings = words[model.off_mapping // 8::stride].tolist()
+        good = bad = 0
+        first_bad = None
+        for i in range(start, n):
+            ok = infos[i] == tail_info
+            if ok and expect_node_zone is not None:
+                ok = (
+                    (page_flags_nid(model, flags[i]), page_flags_zone(model, flags[i]))
+                    == expect_node_zone
+                    and mappings[i] == TAIL_MAPPING
+                )
+            if ok:
+                good += 1
+            else:
+                bad += 1
+                if first_bad is None:
+                    first_bad = (i, infos[i], flags[i])
     return FrameContents(
         pfn=pfn,
         good_tails=good,
         first_bad=first_bad,
         bad=bad,
-        flags_nid=page_flags_nid(model, flags0),
-        flags_zone=page_flags_zone(model, flags0),
-        first_is_head=bool(flags0 & (1 << model.pg_head)) and not info0 & 1,
+        flags_nid=page_flags_nid(model, flags[0]),
+        flags_zone=page_flags_zone(model, flags[0]),
+        first_is_head=bool(flags[0] & (1 << model.pg_head)) and not infos[0] & 1,
     )
 
 
@@ -225,33 +231,29 @@ def folio_vmemmap(
     try:
         if folio.unreadable:
             raise MissingMemory(folio.unreadable, folio.page)
-        leaves = walker.lookup_range(start, npages)
-        head_leaf = leaves[0]
+        entries = walker.entries(start, npages)
+        head_leaf = Leaf(start, *entries[0])
         if head_leaf.pfn is None:
             raise MissingMemory("the head's vmemmap page is not mapped; its PTE", head_leaf.table)
-        groups: "collections.OrderedDict[Optional[int], List[Leaf]]" = collections.OrderedDict()
-        for leaf in leaves[1:]:
-            groups.setdefault(leaf.pfn, []).append(leaf)
+        # pfn -> [pages, writable, levels], in order of first appearance.
+        groups: Dict[Optional[int], list] = {}
+        for level, _entry, pfn, writable, _table in entries[1:]:
+            g = groups.get(pfn)
+            if g is None:
+                groups[pfn] = g = [0, 0, set()]
+            g[0] += 1
+            g[1] += writable
+            g[2].add(level)
         tails = tuple(
-            TailFrame(
-                pfn=pfn,
-                pages=len(group),
-                writable=sum(1 for leaf in group if leaf.writable),
-                levels=tuple(sorted({leaf.level_name for leaf in group})),
-            )
-            for pfn, group in groups.items()
+            TailFrame(pfn, g[0], g[1], tuple(sorted(LEVEL_NAMES.get(lv, "none") for lv in g[2])))
+            for pfn, g in groups.items()
         )
-        distinct = len({leaf.pfn for leaf in leaves})
+        distinct = len(groups) + (head_leaf.pfn not in groups)
 
-        head_data = prog.read(folio.page, model.sizeof_page)
-        head_flags = _U64.unpack_from(head_data, model.off_flags)[0]
-        head_info = _U64.unpack_from(head_data, model.off_info)[0]
-        head_ok = bool(head_flags & (1 << model.pg_head)) and not head_info & 1
+        head_ok = bool(folio.flags & (1 << model.pg_head)) and not folio.info & 1
 
         tail_info = _expected_tail_info(model, folio)
-        head_frame = frame_contents(
-            prog, model, head_leaf.pfn, lambda i: None if i == 0 else tail_info
-        )
+        head_frame = frame_contents(prog, model, head_leaf.pfn, tail_info, skip_head=True)
 
         contents = []
         fake_heads = 0
@@ -264,7 +266,7 @@ def folio_vmemmap(
                 if tail.pfn == head_leaf.pfn:
                     c = head_frame
                 else:
-                    c = frame_contents(prog, model, tail.pfn, lambda i: tail_info)
+                    c = frame_contents(prog, model, tail.pfn, tail_info)
                 # Only shared frames are worth keeping across folios.
                 if model.form == "mask" and tail.pages > 1:
                     frame_cache[key] = c
@@ -366,7 +368,7 @@ def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedT
                 try:
                     tail = compound_info_mask(model, order)
                     contents = frame_contents(
-                        prog, model, pfn, lambda i: tail,
+                        prog, model, pfn, tail, False,
                         None if per_node else (zone.nid, zone.idx),
                     )
                 except (MissingMemory, FaultError):

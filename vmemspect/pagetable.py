@@ -54,7 +54,7 @@ class MissingMemory(Exception):
         super().__init__(f"{what} at {address:#x} is not in the dump")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
 class Leaf:
     """How one 4 KiB virtual page is mapped."""
 
@@ -102,6 +102,9 @@ class PageTableWalker:
         self._cache: "collections.OrderedDict[int, Tuple[int, ...]]" = collections.OrderedDict()
         self._cache_max = cache_tables
         self.tables_read = 0
+        # Upper-level walks, per region one PTE table maps (2 MiB).
+        self._region_shift = self.page_shift + 9
+        self._regions: dict = {}
 
     def read_table(self, phys: int) -> Tuple[int, ...]:
         """The 512 raw entries of the table at physical address ``phys``."""
@@ -121,8 +124,18 @@ class PageTableWalker:
             cache.popitem(last=False)
         return table
 
-    def lookup(self, va: int) -> Leaf:
-        """How the 4 KiB page at virtual address ``va`` is mapped."""
+    def _region(self, va: int) -> tuple:
+        """
+        Walk to the last table above ``va``'s 4 KiB page: ("pte", table,
+        table address, RW of the levels above), or ("leaf", level, entry,
+        first pfn of va's PMD-sized region, RW, table address) for a PMD or
+        PUD leaf, or ("none", entry, table address). Cached per PMD-sized
+        region, so the pages of one folio's vmemmap walk the upper levels once.
+        """
+        key = va >> self._region_shift
+        r = self._regions.get(key)
+        if r is not None:
+            return r
         level = self.levels
         table = self.top
         table_addr = self.top_address
@@ -131,21 +144,59 @@ class PageTableWalker:
             index = (va >> (self.page_shift + 9 * (level - 1))) & 511
             entry = table[index]
             if not entry & _PRESENT:
-                return Leaf(va, 0, entry, None, False, table_addr)
+                r = ("none", entry, table_addr)
+                break
             writable = writable and bool(entry & _RW)
-            if level == 1 or (level in (2, 3) and entry & _PSE):
+            if level in (2, 3) and entry & _PSE:
                 span_shift = self.page_shift + 9 * (level - 1)
                 base = entry & _ADDR_MASK & ~((1 << span_shift) - 1)
-                pfn = (base + (va & ((1 << span_shift) - 1))) >> self.page_shift
-                return Leaf(va, level, entry, pfn, writable, table_addr)
+                region = va & ((1 << span_shift) - 1) & ~((1 << self._region_shift) - 1)
+                r = ("leaf", level, entry, (base + region) >> self.page_shift, writable,
+                     table_addr)
+                break
             table_addr = entry & _ADDR_MASK
             table = self.read_table(table_addr)
             level -= 1
+            if level == 1:
+                r = ("pte", table, table_addr, writable)
+                break
+        if len(self._regions) >= self._cache_max:
+            self._regions.clear()
+        self._regions[key] = r
+        return r
+
+    def entries(self, va: int, npages: int) -> List[Tuple[int, int, Optional[int], bool, int]]:
+        """
+        ``(level, entry, pfn, writable, table)`` for ``npages`` consecutive
+        4 KiB pages from ``va``: the fields of :class:`Leaf` without making
+        one object per page (level 0 and pfn None: not mapped).
+        """
+        out = []
+        shift = self.page_shift
+        for i in range(npages):
+            v = va + (i << shift)
+            r = self._region(v)
+            kind = r[0]
+            if kind == "pte":
+                e = r[1][(v >> shift) & 511]
+                if e & _PRESENT:
+                    out.append((1, e, (e & _ADDR_MASK) >> shift, r[3] and bool(e & _RW), r[2]))
+                else:
+                    out.append((0, e, None, False, r[2]))
+            elif kind == "leaf":
+                out.append((r[1], r[2], r[3] + ((v >> shift) & 511), r[4], r[5]))
+            else:
+                out.append((0, r[1], None, False, r[2]))
+        return out
+
+    def lookup(self, va: int) -> Leaf:
+        """How the 4 KiB page at virtual address ``va`` is mapped."""
+        return Leaf(va, *self.entries(va, 1)[0])
 
     def lookup_range(self, va: int, npages: int) -> List[Leaf]:
         """:meth:`lookup` for ``npages`` consecutive 4 KiB pages from ``va``."""
         step = 1 << self.page_shift
-        return [self.lookup(va + i * step) for i in range(npages)]
+        return [Leaf(va + i * step, *e) for i, e in enumerate(self.entries(va, npages))]
 
 
 def page_table_walker(prog: Program) -> PageTableWalker:
