@@ -3,15 +3,20 @@ Opening a kernel
 ----------------
 
 :func:`open_live` and :func:`open_vmcore` return a ready :class:`drgn.Program`
-with the kernel's debug info loaded, or raise :class:`VmemspectError` with
-one line saying what is wrong and what to do.
+with the kernel's types loaded, or raise :class:`VmemspectError` with one
+line saying what is wrong and what to do. The types come from the kernel's
+DWARF vmlinux when one is given or found, else from the BTF inside the
+kernel itself (:mod:`vmemspect.btf`); ``prog.cache["vmemspect_types"]`` says
+which: ``"dwarf"`` or ``"btf"``.
 """
 
+import logging
 import os
 from typing import Optional, Sequence
 
 import drgn
 
+from .btf import load_kernel_btf
 from .errors import VmemspectError
 
 __all__ = ("open_live", "open_vmcore", "load_debug_info")
@@ -27,7 +32,8 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
     """
     Load the kernel's types: from ``vmlinux`` when given (its build ID must
     match the kernel's), else by drgn's usual search (``/usr/lib/debug``,
-    ``/boot``, ``/lib/modules/$(uname -r)``...).
+    ``/boot``, ``/lib/modules/$(uname -r)``...), else from the kernel's BTF
+    and kallsyms (no debug package needed).
     """
     if vmlinux is not None:
         if not os.path.exists(vmlinux):
@@ -47,21 +53,27 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
                 "pass the vmlinux of the kernel that wrote the dump "
                 "(Debian: linux-image-$(uname -r)-dbg)",
             )
+        prog.cache["vmemspect_types"] = "dwarf"
         return
+    # drgn warns on stderr about the missing vmlinux; BTF makes up for it.
+    drgn_log = logging.getLogger("drgn")
+    level = drgn_log.level
+    drgn_log.setLevel(logging.ERROR)
     try:
         prog.load_default_debug_info()
+        missing = False
     except drgn.MissingDebugInfoError:
         try:
             main = prog.main_module()
             missing = main.wants_debug_file()
         except LookupError:
             missing = True
-        if missing:
-            raise VmemspectError(
-                "no debug info found for the kernel",
-                "pass its DWARF vmlinux with -s/--vmlinux "
-                "(Debian: install linux-image-RELEASE-dbg)",
-            )
+    finally:
+        drgn_log.setLevel(level)
+    if missing:
+        load_kernel_btf(prog)
+    else:
+        prog.cache["vmemspect_types"] = "dwarf"
 
 
 def open_vmcore(
