@@ -26,9 +26,10 @@ from vmemspect.btf import (
     load_kernel_btf,
     read_btf_from_elf,
     read_btf_from_memory,
+    read_btf_from_sysfs,
 )
 from vmemspect.errors import VmemspectError
-from vmemspect.target import open_vmcore
+from vmemspect.target import _X86_64, open_vmcore
 
 #: Types whose layout vmemspect reads, and neighbours drgn's helpers use.
 STRUCTS = ("struct page", "struct folio", "struct hstate", "struct zone",
@@ -206,6 +207,30 @@ def test_type_lookup_forms(kernel):
         assert btf.type(name).kind == dwarf.type(name).kind, name
         assert str(btf.type(name)) == str(dwarf.type(name)), name
         assert drgn.sizeof(btf.type(name)) == drgn.sizeof(dwarf.type(name)), name
+
+
+def test_this_machines_btf_parses():
+    """The running kernel's BTF (another kernel, another pahole), if any."""
+    try:
+        data = read_btf_from_sysfs()
+    except VmemspectError:
+        pytest.skip("no /sys/kernel/btf/vmlinux here")
+    btf = Btf(data, "/sys/kernel/btf/vmlinux")
+    assert btf.ids_by_name("page") and btf.enumerator("PG_head") is not None
+    prog = drgn.Program(_X86_64)
+    from vmemspect.btf import BtfTypes
+    types = BtfTypes(prog, btf)
+    page = types.find_type(prog, {drgn.TypeKind.STRUCT}, "page", None)
+    assert page.has_member("flags") and drgn.sizeof(page) == 64
+
+
+def test_no_kernel_no_btf_is_one_clear_line():
+    with pytest.raises(VmemspectError) as e:
+        load_kernel_btf(drgn.Program(_X86_64))
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("no debug info found for the kernel, and its kallsyms")
+    assert str(e.value).endswith("pass its DWARF vmlinux with -s/--vmlinux "
+                                 "(Debian: linux-image-RELEASE-dbg)")
 
 
 # ---------------------------------------------------------------- malformed
