@@ -34,7 +34,7 @@ import array
 import os
 import struct
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import drgn
 from drgn import (
@@ -44,7 +44,6 @@ from drgn import (
     Qualifiers,
     Type,
     TypeEnumerator,
-    TypeKind,
     TypeMember,
     TypeParameter,
 )
@@ -171,9 +170,7 @@ class Btf:
         if str_len == 0 or data[s_start] != 0 or data[s_end - 1] != 0:
             raise _malformed(source, "string section does not start and end with NUL")
         self.strings = data[s_start:s_end]
-        words = array.array("I")
-        if words.itemsize != 4:  # pragma: no cover - no such platform in use
-            words = array.array("L")
+        words = array.array("I")  # 4 bytes on every platform drgn runs on
         words.frombytes(data[t_start:t_end])
         if swap:
             words.byteswap()
@@ -661,8 +658,8 @@ class BtfTypes:
         MAX_NUMNODES is ``nodemask_t.bits[]`` times 64, NR_NODE_STATES is an
         enumerator); the kallsyms "size" divided by the element's size:
         kallsyms records no sizes, drgn takes the gap to the next symbol
-        (0 when another symbol follows at the same address), an upper bound
-        only, hence last; the x86_64 default of :data:`_MACRO_DEFAULTS`.
+        (and shows 0 for hstates on 7.2), an upper bound at best, hence
+        last; the x86_64 default of :data:`_MACRO_DEFAULTS`.
         """
         if name in self._lengths:
             return self._lengths[name]
@@ -816,5 +813,5 @@ def load_kernel_btf(prog: Program) -> BtfTypes:
     if live and os.path.exists("/sys/kernel/btf/vmlinux"):
         data, source = read_btf_from_sysfs(), "/sys/kernel/btf/vmlinux"
     else:
-        data, source = read_btf_from_memory(prog), "the kernel's BTF (__start_BTF)"
+        data, source = read_btf_from_memory(prog), "__start_BTF..__stop_BTF"
     return load_btf_types(prog, Btf(data, source))
