@@ -56,6 +56,7 @@ def kernel_doc(report: Report) -> Dict[str, Any]:
         "hugetlb": m.hugetlb,
         "hvo_built": m.hvo_built,
         "hvo_enabled": report.hvo_enabled,
+        "types": report.types,
         "evidence": list(m.evidence),
     }
 
@@ -281,7 +282,8 @@ def _yes(v: Optional[bool]) -> str:
 def render_report(doc: Dict[str, Any], fmt: str) -> str:
     k = doc["kernel"]
     lines = [
-        f"kernel        {k['release']} ({k['arch']}, {k['pgtable_levels']}-level paging)",
+        f"kernel        {k['release']} ({k['arch']}, {k['pgtable_levels']}-level paging; "
+        f"types from {'its BTF' if k['types'] == 'btf' else 'DWARF' if k['types'] else '?'})",
         f"encoding      {k['form']} form ({k['info_member']}); "
         f"sizeof(struct page) = {k['sizeof_page']}",
         "evidence      " + "; ".join(k["evidence"]),

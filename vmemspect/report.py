@@ -96,6 +96,8 @@ class Report:
     savings: Savings
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Where the kernel's types came from: "dwarf" (a vmlinux) or "btf".
+    types: Optional[str] = None
     #: Live kernel: findings that did not hold on every re-read (the kernel
     #: changed the folio or its vmemmap under the scan); not violations.
     transient: List[Finding] = dataclasses.field(default_factory=list)
@@ -229,6 +231,7 @@ def _scan(
         findings=findings,
         savings=savings,
         cut_lists=cut,
+        types=prog.cache.get("vmemspect_types"),
     )
 
 

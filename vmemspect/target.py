@@ -3,8 +3,11 @@ Opening a kernel
 ----------------
 
 :func:`open_live` and :func:`open_vmcore` return a ready :class:`drgn.Program`
-with the kernel's debug info loaded, or raise :class:`VmemspectError` with
-one line saying what is wrong and what to do.
+with the kernel's types loaded, or raise :class:`VmemspectError` with one
+line saying what is wrong and what to do. The types come from the kernel's
+DWARF vmlinux when one is given or found, else from the BTF inside the
+kernel itself (:mod:`vmemspect.btf`); ``prog.cache["vmemspect_types"]`` says
+which: ``"dwarf"`` or ``"btf"``.
 """
 
 import contextlib
@@ -14,6 +17,7 @@ from typing import Iterator, Optional
 
 import drgn
 
+from .btf import load_kernel_btf
 from .errors import VmemspectError
 
 __all__ = ("open_live", "open_vmcore", "load_debug_info")
@@ -50,7 +54,8 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
     """
     Load the kernel's types: from ``vmlinux`` when given (its build ID must
     match the kernel's), else by drgn's usual search (``/usr/lib/debug``,
-    ``/boot``, ``/lib/modules/$(uname -r)``...).
+    ``/boot``, ``/lib/modules/$(uname -r)``...), else from the kernel's BTF
+    and kallsyms (no debug package needed).
     """
     if vmlinux is not None:
         if not os.path.exists(vmlinux):
@@ -71,22 +76,23 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
                 f"pass the vmlinux of {_release(prog)} "
                 f"(Debian: package linux-image-{_release(prog)}-dbg)",
             )
+        prog.cache["vmemspect_types"] = "dwarf"
         return
+    # drgn warns on stderr about the missing vmlinux; BTF makes up for it.
     try:
         with _drgn_quiet():
             prog.load_default_debug_info()
+        missing = False
     except drgn.MissingDebugInfoError:
         try:
             main = prog.main_module()
             missing = main.wants_debug_file()
         except LookupError:
             missing = True
-        if missing:
-            raise VmemspectError(
-                f"no debug info found for kernel {_release(prog)}",
-                "pass its DWARF vmlinux with -s/--vmlinux "
-                f"(Debian: install package linux-image-{_release(prog)}-dbg)",
-            )
+    if missing:
+        load_kernel_btf(prog)
+    else:
+        prog.cache["vmemspect_types"] = "dwarf"
 
 
 def open_vmcore(

@@ -1,0 +1,70 @@
+"""
+End to end without the debug package: ``vmemspect vmcore DUMP`` with no
+``-s`` (drgn's default search finds no vmlinux for these kernels, so the
+types come from the BTF inside the dump) must print the same JSON as with
+``-s VMLINUX`` (DWARF), on a 6.12 and a 7.2 dump, for every command.
+"""
+
+import json
+
+import pytest
+
+from conftest import KERNELS, real_run, vmemspect
+from vmemspect.target import open_vmcore
+
+SCENARIO = "numa"  # two nodes, 2 MiB and 1 GiB folios: the richest dump
+
+#: Keys and evidence lines that name the source of the types, the one thing
+#: allowed to differ (prog.cache["vmemspect_types"] is "btf" or "dwarf").
+_SOURCE_KEYS = {"types", "types_source", "type_source"}
+
+
+def _without_source(doc):
+    if isinstance(doc, dict):
+        return {k: _without_source(v) for k, v in doc.items() if k not in _SOURCE_KEYS}
+    if isinstance(doc, list):
+        return [_without_source(v) for v in doc
+                if not (isinstance(v, str) and ("BTF" in v or "DWARF" in v))]
+    return doc
+
+
+@pytest.fixture(scope="module", params=KERNELS)
+def run(request):
+    run = real_run(request.param, SCENARIO)
+    prog = open_vmcore(run["kdump"])
+    if prog.cache.get("vmemspect_types") != "btf":
+        pytest.skip("drgn's default search found a vmlinux for this kernel: "
+                    "without -s the types would be DWARF too")
+    return run
+
+
+@pytest.fixture(autouse=True)
+def no_debuginfod(monkeypatch):
+    # drgn would download the vmlinux if told where (it is not, here).
+    monkeypatch.delenv("DEBUGINFOD_URLS", raising=False)
+
+
+@pytest.mark.parametrize("command", ["report", "folios", "tails", "verify"])
+def test_btf_json_equals_dwarf(run, command):
+    btf = vmemspect("vmcore", run["kdump"], command, "--json", check_rc=(0, 1))
+    dwarf = vmemspect("vmcore", run["kdump"], "-s", run["vmlinux"], command, "--json",
+                      check_rc=(0, 1))
+    assert btf.returncode == dwarf.returncode
+    assert btf.stderr == ""
+    b, d = json.loads(btf.stdout), json.loads(dwarf.stdout)
+    assert _without_source(b) == _without_source(d)
+
+
+def test_btf_decode_equals_dwarf(run):
+    """decode also runs drgn's own compound_head() on the BTF types."""
+    folios = json.loads(vmemspect("vmcore", run["kdump"], "folios", "--json").stdout)["folios"]
+    pfn = folios[0]["pfn"]
+    for ref in (f"pfn:{pfn}", f"pfn:{pfn + 1}", f"pfn:{pfn + 64}", f"pfn:{pfn + 300}"):
+        btf = vmemspect("vmcore", run["kdump"], "decode", ref, "--json")
+        dwarf = vmemspect("vmcore", run["kdump"], "-s", run["vmlinux"], "decode", ref, "--json")
+        assert _without_source(json.loads(btf.stdout)) == _without_source(json.loads(dwarf.stdout))
+
+
+def test_types_source_is_marked(run):
+    assert open_vmcore(run["kdump"]).cache["vmemspect_types"] == "btf"
+    assert open_vmcore(run["kdump"], run["vmlinux"]).cache["vmemspect_types"] == "dwarf"
