@@ -27,6 +27,7 @@ __all__ = (
     "Zone",
     "for_each_hstate_record",
     "for_each_hugetlb_folio",
+    "for_each_hugetlb_folio_page",
     "hvo_enabled",
     "kernel_memmap_pages",
     "zone_of_pfn",
@@ -97,9 +98,6 @@ class HugetlbFolio:
     folio_order: int
     #: Which list the folio was found on: the freelist's node id, or -1.
     list_nid: int
-    #: Why the head's struct pages could not be read (missing from the
-    #: dump), else None; the other fields are then zero.
-    unreadable: Optional[str] = None
 
     def object(self, prog: Program) -> Object:
         """The folio as a drgn ``struct folio *``."""
@@ -205,32 +203,36 @@ def _mapped(prog: Program, address: int) -> bool:
         return True
 
 
-def _walk_list(prog: Program, head: int, limit: int) -> Iterator[int]:
+def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator[Tuple[int, bytes]]:
     """
-    Addresses of the list_head entries of the list at ``head``. An entry is
-    yielded only once its own next pointer has been read.
+    The list_head entries of the list at ``head``, each with the whole page
+    (``page_size`` bytes) that holds it: for a folio's lru, the head's
+    vmemmap page, read once for the link, the folio's record and the check
+    of the head's frame. An entry is yielded only once its own next pointer
+    has been read.
 
     :raises ListCut: where an entry is mapped but missing from the dump; a
         pointer that is not mapped at all (LIST_POISON1 from list_del(),
         garbage) ends the walk quietly, and the caller's count check reports
         the folios not found.
     """
-    read_u64 = prog.read_u64
-    pos = read_u64(head)
+    read = prog.read
+    mask = page_size - 1
+    pos = prog.read_u64(head)
     seen = 0
     while pos != head:
         try:
-            next_ = read_u64(pos)
+            data = read(pos & ~mask, page_size)
         except FaultError:
             if _mapped(prog, pos):
                 raise ListCut(f"list link at {pos:#x} is not in the dump")
             return
-        yield pos
+        yield pos, data
         seen += 1
         if seen > limit:
             # A corrupt or changing list; the caller's count check reports it.
             return
-        pos = next_
+        pos = _U64.unpack_from(data, pos & mask)[0]
 
 
 def _folio_record(
@@ -239,21 +241,13 @@ def _folio_record(
     zone_list: Sequence[Zone],
     h: Hstate,
     page: int,
+    data: bytes,
     state: str,
     list_nid: int,
 ) -> HugetlbFolio:
+    """A folio's record from its first two struct pages (at the start of
+    ``data``)."""
     pfn = model.page_pfn(page)
-    try:
-        data = prog.read(page, 2 * model.sizeof_page)
-    except FaultError:
-        zone = zone_of_pfn(zone_list, pfn)
-        return HugetlbFolio(
-            pfn=pfn, page=page, hstate=h.name, order=h.order,
-            nid=zone.nid if zone else -1, zone_idx=zone.idx if zone else -1,
-            zone_name=zone.name if zone else "?", state=state, optimized=False,
-            flags=0, info=0, private=0, refcount=0, folio_order=0, list_nid=list_nid,
-            unreadable=f"its struct page at {page:#x} is not in the dump",
-        )
     flags = _U64.unpack_from(data, model.off_flags)[0]
     private = _U64.unpack_from(data, model.off_private)[0]
     refcount = struct.unpack_from("<i", data, model.off_refcount)[0]
@@ -294,9 +288,24 @@ def for_each_hugetlb_folio(
     :param cut: where a list link is missing from the dump, (hstate name,
         reason) is appended here and the rest of that list is skipped.
     """
+    for folio, _ in for_each_hugetlb_folio_page(prog, hstate, cut):
+        yield folio
+
+
+def for_each_hugetlb_folio_page(
+    prog: Program,
+    hstate: Optional[Hstate] = None,
+    cut: Optional[List[Tuple[str, str]]] = None,
+) -> Iterator[Tuple[HugetlbFolio, bytes]]:
+    """
+    :func:`for_each_hugetlb_folio`, each folio with the bytes of the vmemmap
+    page that holds its head struct page (the scan checks that page's other
+    struct pages without reading it again). The bytes are not kept.
+    """
     model = kernel_model(prog)
     zone_list = zones(prog)
     lru = model.off_lru
+    ps = model.page_size
     for h in [hstate] if hstate else for_each_hstate_record(prog):
         limit = h.nr_huge_pages + 1024
         lists = [(h.address + h.freelists_offset + 16 * nid, "free", nid)
@@ -304,8 +313,13 @@ def for_each_hugetlb_folio(
         lists.append((h.address + h.activelist_offset, "active", -1))
         for head, state, nid in lists:
             try:
-                for entry in _walk_list(prog, head, limit):
-                    yield _folio_record(prog, model, zone_list, h, entry - lru, state, nid)
+                for entry, data in _walk_list(prog, head, limit, ps):
+                    page = entry - lru
+                    offset = page & (ps - 1)
+                    folio = _folio_record(prog, model, zone_list, h, page,
+                                          data[offset:offset + 2 * model.sizeof_page],
+                                          state, nid)
+                    yield folio, data
             except ListCut as e:
                 if cut is None:
                     raise

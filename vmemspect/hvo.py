@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from drgn import FaultError, Program
 
-from .hugetlb import HugetlbFolio, for_each_hugetlb_folio, zones
+from .hugetlb import HugetlbFolio, for_each_hugetlb_folio_page, zones
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
@@ -143,6 +143,7 @@ def frame_contents(
     tail_info: int,
     skip_head: bool = False,
     expect_node_zone: Optional[Tuple[int, int]] = None,
+    data: Optional[bytes] = None,
 ) -> FrameContents:
     """
     Read the struct pages in the vmemmap frame ``pfn`` (one physical read)
@@ -151,12 +152,14 @@ def frame_contents(
     ``expect_node_zone``, a tail must also carry that node and zone in its
     flags and hold TAIL_MAPPING in ``->mapping`` (a mask-form shared frame).
 
+    :param data: the frame's bytes when the caller has them already.
     :raises MissingMemory: if the frame is not in the dump.
     """
-    try:
-        data = prog.read(pfn << model.page_shift, model.page_size, True)
-    except FaultError:
-        raise MissingMemory("a vmemmap frame", pfn << model.page_shift)
+    if data is None:
+        try:
+            data = prog.read(pfn << model.page_shift, model.page_size, True)
+        except FaultError:
+            raise MissingMemory("a vmemmap frame", pfn << model.page_shift)
     words = memoryview(data).cast("Q")
     stride = model.sizeof_page // 8
     start = 1 if skip_head else 0
@@ -209,6 +212,7 @@ def folio_vmemmap(
     folio: HugetlbFolio,
     walker: Optional[PageTableWalker] = None,
     frame_cache: Optional[Dict[Tuple[int, int], FrameContents]] = None,
+    head_page: Optional[bytes] = None,
 ) -> FolioVmemmap:
     """
     How a hugetlb folio's vmemmap is mapped, and what its frames hold.
@@ -220,6 +224,9 @@ def folio_vmemmap(
 
     :param frame_cache: contents already read, keyed by (pfn, order); shared
         frames are read once per scan through it.
+    :param head_page: the bytes of the vmemmap page holding the head struct
+        page, when the caller read them already (through the same page
+        tables, so they are the head frame's).
     """
     model = kernel_model(prog)
     if walker is None:
@@ -229,8 +236,6 @@ def folio_vmemmap(
     npages = model.vmemmap_pages(folio.order)
     start = folio.page & ~(model.page_size - 1)
     try:
-        if folio.unreadable:
-            raise MissingMemory(folio.unreadable, folio.page)
         entries = walker.entries(start, npages)
         head_leaf = Leaf(start, *entries[0])
         if head_leaf.pfn is None:
@@ -253,7 +258,8 @@ def folio_vmemmap(
         head_ok = bool(folio.flags & (1 << model.pg_head)) and not folio.info & 1
 
         tail_info = _expected_tail_info(model, folio)
-        head_frame = frame_contents(prog, model, head_leaf.pfn, tail_info, skip_head=True)
+        head_frame = frame_contents(prog, model, head_leaf.pfn, tail_info, skip_head=True,
+                                    data=head_page)
 
         contents = []
         fake_heads = 0
@@ -287,7 +293,7 @@ def folio_vmemmap(
             unknown=None,
         )
     except (MissingMemory, FaultError) as e:
-        reason = folio.unreadable or str(e)
+        reason = str(e)
         return FolioVmemmap(
             folio=folio,
             vmemmap=start,
@@ -307,17 +313,21 @@ def scan_folios(
     prog: Program,
     folios: Optional[Iterable[HugetlbFolio]] = None,
     progress: Optional[Callable[["FolioVmemmap"], None]] = None,
+    cut: Optional[List[Tuple[str, str]]] = None,
 ) -> Iterator[FolioVmemmap]:
     """
     :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
     one page-table walker and one cache of shared frames for the whole scan.
 
     :param progress: called with each folio's record, for progress bars.
+    :param cut: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
     """
     walker = page_table_walker(prog)
     cache: Dict[Tuple[int, int], FrameContents] = {}
-    for folio in folios if folios is not None else for_each_hugetlb_folio(prog):
-        record = folio_vmemmap(prog, folio, walker, cache)
+    pairs = (((f, None) for f in folios) if folios is not None
+             else for_each_hugetlb_folio_page(prog, cut=cut))
+    for folio, head_page in pairs:
+        record = folio_vmemmap(prog, folio, walker, cache, head_page)
         if progress:
             progress(record)
         yield record

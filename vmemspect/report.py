@@ -21,7 +21,6 @@ from .hugetlb import (
     Hstate,
     Zone,
     for_each_hstate_record,
-    for_each_hugetlb_folio,
     hvo_enabled,
     kernel_memmap_pages,
     zones,
@@ -206,7 +205,7 @@ def _scan(
             "it is truncated or filtered too far; take a dump that keeps kernel data",
         )
     cut: List[Tuple[str, str]] = []
-    folios = list(scan_folios(prog, for_each_hugetlb_folio(prog, cut=cut), progress))
+    folios = list(scan_folios(prog, None, progress, cut))
     tails = shared_tails(prog, folios)
     findings = run_checks(model, zone_list, hstates, folios, tails,
                           incomplete={name for name, _ in cut})
