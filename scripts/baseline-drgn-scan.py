@@ -11,7 +11,9 @@ need), loads the vmlinux, then walks every hstate's
 vmemmap page of every folio (8 per 2 MiB folio, 4,096 per 1 GiB folio)
 with ``follow_phys(init_mm, addr)``.  Per folio it checks what such a user
 would: an HVO'd folio (``HPG_vmemmap_optimized`` in ``folio->private``) has
-vmemmap pages 1..N-1 on one frame, other than page 0's.
+vmemmap pages 1..N-1 on one frame, which is page 0's own frame before Linux
+7.1 (pointer form: the tails alias the head's copy) and another one from 7.1
+(mask form: the zone's shared ``vmemmap_tails`` frame).
 
 ``--open-only`` stops after loading the vmlinux (the fixed cost of opening
 a dump, which every tool pays before its scan).  Prints a summary line, or
@@ -52,6 +54,11 @@ def scan(prog: drgn.Program) -> dict:
     page_size = prog["PAGE_SIZE"].value_()
     struct_page = drgn.sizeof(prog.type("struct page"))
     nr_node_ids = prog["nr_node_ids"].value_()
+    # Linux 7.1 (mask form): struct page has compound_info and struct zone
+    # vmemmap_tails (pglist_data in the v4 posting); the tails map a shared frame.
+    mask_form = _has_member(prog, "struct page", "compound_info") and (
+        _has_member(prog, "struct zone", "vmemmap_tails")
+        or _has_member(prog, "struct pglist_data", "vmemmap_tails"))
     folios = optimized = vmemmap_pages = faults = mismatch = 0
     for h in for_each_hstate(prog):
         nr_vmemmap = max(1, (1 << h.order.value_()) * struct_page // page_size)
@@ -72,10 +79,19 @@ def scan(prog: drgn.Program) -> dict:
                 if folio.private.value_() >> HPG_vmemmap_optimized & 1:
                     optimized += 1
                     tails = set(phys[1:])
-                    if nr_vmemmap > 1 and (len(tails) != 1 or phys[0] in tails or None in tails):
+                    if nr_vmemmap > 1 and (len(tails) != 1 or None in tails
+                                           or (phys[0] in tails) == mask_form):
                         mismatch += 1
-    return {"folios": folios, "optimized": optimized, "vmemmap_pages": vmemmap_pages,
+    return {"form": "mask" if mask_form else "pointer", "folios": folios,
+            "optimized": optimized, "vmemmap_pages": vmemmap_pages,
             "follow_phys_faults": faults, "hvo_mismatch": mismatch}
+
+
+def _has_member(prog: drgn.Program, type_name: str, member: str) -> bool:
+    try:
+        return prog.type(type_name).has_member(member)
+    except LookupError:
+        return False
 
 
 def main() -> int:

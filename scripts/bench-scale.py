@@ -427,6 +427,7 @@ def summarize(res: dict) -> dict:
     s["folios"] = folios
     s["baseline_folios"] = (base_res or {}).get("folios")
     s["baseline_hvo_mismatch"] = (base_res or {}).get("hvo_mismatch")
+    s["baseline_form"] = (base_res or {}).get("form")
     s["vmemspect_checked_folios"] = (vm_res or {}).get("checked_folios")
     s["vmemspect_ok"] = (vm_res or {}).get("ok")
     s["vmemspect_rc"] = vm.get("rc")
@@ -439,9 +440,14 @@ def summarize(res: dict) -> dict:
     s["baseline_scan_s"] = scan(base.get("wall_s"), open_s)
     s["vmemspect_scan_s"] = scan(vm.get("wall_s"), open_s)
     s["vmemspect_scan_s_vs_own_open"] = scan(vm.get("wall_s"), vm_open_s)
+    # vmemmap pages (PTEs) per folio: 8 for 2 MiB, 4,096 for 1 GiB.
+    per_folio = _kib(res["page_size"]) * 1024 // 4096 * 64 // 4096
+    s["vmemmap_pages"] = folios * per_folio if folios else None
     for k in ("baseline", "vmemspect"):
         t = s[f"{k}_scan_s"]
         s[f"{k}_folios_per_s"] = round(folios / t) if folios and t and t > 0 else None
+        s[f"{k}_vmemmap_pages_per_s"] = round(folios * per_folio / t) \
+            if folios and t and t > 0 else None
     if vm.get("wall_s") and base.get("wall_s"):
         s["ratio_end_to_end"] = round(vm["wall_s"] / base["wall_s"], 2)
     if s["vmemspect_scan_s"] and s["baseline_scan_s"] and s["baseline_scan_s"] > 0:
@@ -473,7 +479,8 @@ def table(results: list[dict]) -> str:
                      f"(commit {r['vmemspect'].get('commit', '?')}"
                      f"{', dirty' if r['vmemspect'].get('dirty') else ''}, sources "
                      f"{','.join(r['summary']['best'].get('vmemspect', {}).get('source_hashes', [])) or '?'})")
-        rows = [("measure", "wall s", "beyond open s", "peak RSS GB", "folios/s", "samples s")]
+        rows = [("measure", "wall s", "beyond open s", "peak RSS GB", "folios/s",
+                 "vmemmap pages/s", "samples s")]
         open_s = s["best"].get("open", {}).get("wall_s")
         for which in MEASURES:
             m = s["best"].get(which)
@@ -481,9 +488,11 @@ def table(results: list[dict]) -> str:
                 continue
             beyond = "" if which in ("open",) or m["wall_s"] is None or open_s is None \
                 else f"{m['wall_s'] - open_s:.2f}"
-            fps = s.get(f"{which}_folios_per_s") if which in ("baseline", "vmemspect") else None
+            fps = s.get(f"{which}_folios_per_s")
+            pps = s.get(f"{which}_vmemmap_pages_per_s")
             rows.append((which, "ERROR" if m["wall_s"] is None else f"{m['wall_s']:.2f}", beyond,
                          gb(m["peak_rss"]), "" if fps is None else f"{fps:,}",
+                         "" if pps is None else f"{pps:,}",
                          " ".join(f"{x:.2f}" for x in m["samples_s"])))
         w = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -493,7 +502,8 @@ def table(results: list[dict]) -> str:
                      f"beyond the open cost {s.get('ratio_scan', '-')}x; "
                      f"folios: vmemspect checked {s['vmemspect_checked_folios']} "
                      f"(ok={s['vmemspect_ok']}, rc={s['vmemspect_rc']}), baseline {s['baseline_folios']} "
-                     f"(hvo mismatches {s['baseline_hvo_mismatch']})")
+                     f"({s.get('baseline_form')} form, HVO mismatches {s['baseline_hvo_mismatch']}); "
+                     f"{s.get('vmemmap_pages') or 0:,} vmemmap pages")
         vm_hashes = s["best"].get("vmemspect", {}).get("source_hashes", [])
         if len(vm_hashes) > 1:
             lines.append(f"   note: vmemspect's sources changed between or during samples "
