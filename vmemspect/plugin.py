@@ -19,7 +19,9 @@ from typing import Any, Sequence
 from drgn import Program
 from drgn.commands import ParsedCommand, custom_command, parse_shell_command
 
+from .btf import load_kernel_btf
 from .cli import run
+from .errors import VmemspectError
 
 __all__ = ("drgn_prog_set",)
 
@@ -37,7 +39,23 @@ def _parse(source: str) -> ParsedCommand[Sequence[str]]:
     parse=_parse,
 )
 def _cmd_vmemspect(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> int:
+    _ensure_types(prog)
     return run(list(args), prog=prog)
+
+
+def _ensure_types(prog: Program) -> None:
+    """drgn started without a vmlinux has no types: serve the kernel's own
+    BTF, as ``vmemspect vmcore`` does without -s."""
+    if "vmemspect_types" in prog.cache:
+        return
+    try:
+        prog.type("struct page")
+        prog.cache["vmemspect_types"] = "dwarf"
+    except LookupError:
+        try:
+            load_kernel_btf(prog)
+        except VmemspectError:
+            pass  # the command then says what is missing
 
 
 def drgn_prog_set(prog: Program) -> None:
