@@ -41,7 +41,7 @@ def test_helpers_in_drgn():
     run = real_run("7.2", "numa")
     code = ("from vmemspect.helpers import *\n"
             "k = hvo_kernel()\n"
-            "f = next(hugetlb_folios())\n"
+            "f = next(hugetlb_folios(hstate='hugepages-2048kB'))\n"
             "fv = folio_hvo(f)\n"
             "d = hvo_decode(f.page + 64)\n"
             "print(k.form, f.pfn, fv.tails[0].pages, d.info.head == f.page, len(hvo_shared_tails()),"
