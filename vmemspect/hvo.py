@@ -34,7 +34,16 @@ from .kernel import (
     page_flags_nid,
     page_flags_zone,
 )
-from .pagetable import LEVEL_NAMES, Leaf, MissingMemory, PageTableWalker, page_table_walker
+from .pagetable import (
+    ENTRY_ADDR_MASK,
+    ENTRY_PRESENT,
+    ENTRY_RW,
+    LEVEL_NAMES,
+    Leaf,
+    MissingMemory,
+    PageTableWalker,
+    page_table_walker,
+)
 
 __all__ = (
     "FolioVmemmap",
@@ -236,24 +245,44 @@ def folio_vmemmap(
     npages = model.vmemmap_pages(folio.order)
     start = folio.page & ~(model.page_size - 1)
     try:
-        entries = walker.entries(start, npages)
-        head_leaf = Leaf(start, *entries[0])
-        if head_leaf.pfn is None:
-            raise MissingMemory("the head's vmemmap page is not mapped; its PTE", head_leaf.table)
-        # pfn -> [pages, writable, levels], in order of first appearance.
-        groups: Dict[Optional[int], list] = {}
-        for level, _entry, pfn, writable, _table in entries[1:]:
-            g = groups.get(pfn)
-            if g is None:
-                groups[pfn] = g = [0, 0, set()]
-            g[0] += 1
-            g[1] += writable
-            g[2].add(level)
-        tails = tuple(
-            TailFrame(pfn, g[0], g[1], tuple(sorted(LEVEL_NAMES.get(lv, "none") for lv in g[2])))
-            for pfn, g in groups.items()
-        )
-        distinct = len(groups) + (head_leaf.pfn not in groups)
+        run = walker.pte_run(start, npages) if npages > 1 else None
+        if run is not None and run[0][1:].count(run[0][1]) == npages - 1 and run[0][1] & ENTRY_PRESENT:
+            # Every tail vmemmap page has the same PTE: what HVO leaves (one
+            # read-only frame behind all tails). One C-level count instead
+            # of a loop over the pages.
+            ptes, table, upper_rw = run
+            shift = model.page_shift
+            e0, e1 = ptes[0], ptes[1]
+            head_leaf = Leaf(start, 1 if e0 & ENTRY_PRESENT else 0, e0,
+                             (e0 & ENTRY_ADDR_MASK) >> shift if e0 & ENTRY_PRESENT else None,
+                             upper_rw and bool(e0 & ENTRY_RW) and bool(e0 & ENTRY_PRESENT), table)
+            if head_leaf.pfn is None:
+                raise MissingMemory("the head's vmemmap page is not mapped; its PTE", table)
+            tail_pfn = (e1 & ENTRY_ADDR_MASK) >> shift
+            rw = npages - 1 if upper_rw and e1 & ENTRY_RW else 0
+            tails = (TailFrame(tail_pfn, npages - 1, rw, ("pte",)),)
+            distinct = 1 + (head_leaf.pfn != tail_pfn)
+        else:
+            entries = walker.entries(start, npages)
+            head_leaf = Leaf(start, *entries[0])
+            if head_leaf.pfn is None:
+                raise MissingMemory("the head's vmemmap page is not mapped; its PTE",
+                                    head_leaf.table)
+            # pfn -> [pages, writable, levels], in order of first appearance.
+            groups: Dict[Optional[int], list] = {}
+            for level, _entry, pfn, writable, _table in entries[1:]:
+                g = groups.get(pfn)
+                if g is None:
+                    groups[pfn] = g = [0, 0, set()]
+                g[0] += 1
+                g[1] += writable
+                g[2].add(level)
+            tails = tuple(
+                TailFrame(pfn, g[0], g[1],
+                          tuple(sorted(LEVEL_NAMES.get(lv, "none") for lv in g[2])))
+                for pfn, g in groups.items()
+            )
+            distinct = len(groups) + (head_leaf.pfn not in groups)
 
         head_ok = bool(folio.flags & (1 << model.pg_head)) and not folio.info & 1
 

@@ -25,6 +25,9 @@ from .errors import VmemspectError
 from .kernel import KernelModel, kernel_model
 
 __all__ = (
+    "ENTRY_ADDR_MASK",
+    "ENTRY_PRESENT",
+    "ENTRY_RW",
     "LEVEL_NAMES",
     "Leaf",
     "MissingMemory",
@@ -32,12 +35,12 @@ __all__ = (
     "page_table_walker",
 )
 
-_PRESENT = 1 << 0
-_RW = 1 << 1
-_PSE = 1 << 7
+ENTRY_PRESENT = 1 << 0
+ENTRY_RW = 1 << 1
+ENTRY_PSE = 1 << 7
 # Physical address bits of an entry: 12..51 for a table or a PTE; a huge
 # leaf's bit 12 is PAT, so its frame starts at its own alignment.
-_ADDR_MASK = 0x000FFFFFFFFFF000
+ENTRY_ADDR_MASK = 0x000FFFFFFFFFF000
 _TABLE_ENTRIES = 512
 _UNPACK = struct.Struct("<512Q").unpack
 
@@ -143,18 +146,18 @@ class PageTableWalker:
         while True:
             index = (va >> (self.page_shift + 9 * (level - 1))) & 511
             entry = table[index]
-            if not entry & _PRESENT:
+            if not entry & ENTRY_PRESENT:
                 r = ("none", entry, table_addr)
                 break
-            writable = writable and bool(entry & _RW)
-            if level in (2, 3) and entry & _PSE:
+            writable = writable and bool(entry & ENTRY_RW)
+            if level in (2, 3) and entry & ENTRY_PSE:
                 span_shift = self.page_shift + 9 * (level - 1)
-                base = entry & _ADDR_MASK & ~((1 << span_shift) - 1)
+                base = entry & ENTRY_ADDR_MASK & ~((1 << span_shift) - 1)
                 region = va & ((1 << span_shift) - 1) & ~((1 << self._region_shift) - 1)
                 r = ("leaf", level, entry, (base + region) >> self.page_shift, writable,
                      table_addr)
                 break
-            table_addr = entry & _ADDR_MASK
+            table_addr = entry & ENTRY_ADDR_MASK
             table = self.read_table(table_addr)
             level -= 1
             if level == 1:
@@ -179,8 +182,8 @@ class PageTableWalker:
             kind = r[0]
             if kind == "pte":
                 e = r[1][(v >> shift) & 511]
-                if e & _PRESENT:
-                    out.append((1, e, (e & _ADDR_MASK) >> shift, r[3] and bool(e & _RW), r[2]))
+                if e & ENTRY_PRESENT:
+                    out.append((1, e, (e & ENTRY_ADDR_MASK) >> shift, r[3] and bool(e & ENTRY_RW), r[2]))
                 else:
                     out.append((0, e, None, False, r[2]))
             elif kind == "leaf":
@@ -188,6 +191,21 @@ class PageTableWalker:
             else:
                 out.append((0, r[1], None, False, r[2]))
         return out
+
+    def pte_run(self, va: int, npages: int) -> Optional[Tuple[Tuple[int, ...], int, bool]]:
+        """
+        The raw PTEs of ``npages`` pages from ``va`` when one PTE table maps
+        them all, with that table's address and the RW of the levels above;
+        None otherwise (a PMD or PUD leaf, a hole, or a range across tables).
+        A 2 MiB folio's 8 vmemmap pages always sit in one table.
+        """
+        r = self._region(va)
+        if r[0] != "pte":
+            return None
+        index = (va >> self.page_shift) & 511
+        if index + npages > 512:
+            return None
+        return r[1][index:index + npages], r[2], r[3]
 
     def lookup(self, va: int) -> Leaf:
         """How the 4 KiB page at virtual address ``va`` is mapped."""
