@@ -36,19 +36,24 @@ def run_dir() -> Path:
     return testbed.cache_dir() / "test-runs"
 
 
-def real_run(series: str, scenario: str, elf: bool = False) -> dict:
-    """Boot ``series`` in ``scenario`` (once per session) and return the run."""
-    key = (series, scenario, elf)
-    if key in _runs:
-        return _runs[key]
-    out = run_dir() / f"{series}-{scenario}{'-elf' if elf else ''}"
+def _run(name: str, series: str, scenario: str, **options) -> dict:
+    """Boot ``series`` in ``scenario`` once per session (or reuse an earlier
+    session's run with VMEMSPECT_REUSE_RUNS=1) into test-runs/``name``."""
+    if name in _runs:
+        return _runs[name]
+    out = run_dir() / name
     saved = out / "run.json"
     if os.environ.get("VMEMSPECT_REUSE_RUNS") and saved.exists():
         run = json.loads(saved.read_text())
     else:
-        run = testbed.run_scenario(series, scenario, out, elf=elf)
-    _runs[key] = run
+        run = testbed.run_scenario(series, scenario, out, **options)
+    _runs[name] = run
     return run
+
+
+def real_run(series: str, scenario: str, elf: bool = False) -> dict:
+    """Boot ``series`` in ``scenario`` (once per session) and return the run."""
+    return _run(f"{series}-{scenario}{'-elf' if elf else ''}", series, scenario, elf=elf)
 
 
 def vmemspect(*args: str, check_rc=(0,)) -> subprocess.CompletedProcess:
@@ -65,23 +70,9 @@ def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) ->
     return json.loads(p.stdout)
 
 
-@pytest.fixture(scope="session")
-def runs():
-    return real_run
-
-
-def live_run(series: str) -> dict:
-    """The live scenario with tests/live_guest.py run inside the guest."""
-    key = (series, "live-guest", False)
-    if key in _runs:
-        return _runs[key]
-    out = run_dir() / f"{series}-live"
-    saved = out / "run.json"
-    if os.environ.get("VMEMSPECT_REUSE_RUNS") and saved.exists():
-        run = json.loads(saved.read_text())
-    else:
-        run = testbed.run_scenario(
-            series, "live", out, guest_cmd="python3 tests/live_guest.py",
-            guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)})
-    _runs[key] = run
-    return run
+def live_run(series: str, guest_cmd: str = "python3 tests/live_guest.py",
+             name: str = "live-guest") -> dict:
+    """The live scenario running ``guest_cmd`` inside the guest, chrooted
+    in this machine's root, in this checkout with this checkout's package."""
+    return _run(f"{series}-{name}", series, "live", guest_cmd=guest_cmd,
+                guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)})

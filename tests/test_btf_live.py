@@ -9,29 +9,17 @@ taken right after it, read with the DWARF vmlinux.
 """
 
 import json
-import os
 
 import pytest
 
-from conftest import FORM, KERNELS, ROOT, real_run, vmemspect
-from testbed import DEFAULT_LIVE_CMD
+from conftest import FORM, KERNELS, vmemspect
+from conftest import live_run as conftest_live_run
 
 
 @pytest.fixture(scope="module", params=KERNELS)
 def live_run(request):
-    # The guest runs this worktree's vmemspect, whatever is pip-installed.
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + saved if saved else "")
-    try:
-        run = real_run(request.param, "live")
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
-    if run.get("guest_cmd") != DEFAULT_LIVE_CMD:
-        pytest.skip(f"a reused live run of {request.param} ran another command")
-    return run
+    # No -s: the guest's kernel has no vmlinux where drgn looks.
+    return conftest_live_run(request.param, "python3 -m vmemspect live --json", "live-btf")
 
 
 def test_live_without_debug_package(live_run):
@@ -40,6 +28,7 @@ def test_live_without_debug_package(live_run):
     doc = json.loads(run["guest_cmd_output"])
     truth = run["truth"]
     k = doc["kernel"]
+    assert k["types"] == "btf"
     assert k["release"] == truth["uname"]
     assert k["form"] == FORM[run["series"]]
     assert k["hvo_enabled"] == bool(truth["hugetlb_optimize_vmemmap"])
@@ -57,4 +46,5 @@ def test_live_btf_equals_dump_dwarf(live_run):
     run = live_run
     live = json.loads(run["guest_cmd_output"])
     dump = json.loads(vmemspect("vmcore", run["kdump"], "-s", run["vmlinux"], "--json").stdout)
+    assert (live["kernel"].pop("types"), dump["kernel"].pop("types")) == ("btf", "dwarf")
     assert live == dump
