@@ -29,6 +29,11 @@ def run72():
 
 
 @pytest.fixture(scope="module")
+def run72_elf():
+    return real_run("7.2", "hvo-2m", elf=True)
+
+
+@pytest.fixture(scope="module")
 def run612():
     return real_run("6.12", "hvo-2m")
 
@@ -92,3 +97,51 @@ def test_live_on_this_machine():
     test bed's guest."""
     line = vmemspect_fails("live")
     assert "/proc/kcore" in line or "no debug info found" in line
+
+
+def test_dump_without_vmcoreinfo(run72_elf):
+    """A QEMU ELF dump whose VMCOREINFO note is renamed (as when the guest
+    never loaded qemu_fw_cfg): one line that says so and what to do."""
+    path = run72_elf["elf"]
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    at = head.find(b"VMCOREINFO")
+    assert at > 0, "no VMCOREINFO note in the test bed's dump"
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"XMCOREINFO")
+    try:
+        line = vmemspect_fails("vmcore", path, "-s", run72_elf["vmlinux"])
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(b"VMCOREINFO")
+    assert "has no VMCOREINFO" in line and "qemu_fw_cfg" in line
+
+
+def test_unsupported_architecture(run72):
+    """vmemspect walks only x86_64 page tables: another architecture is one
+    line and exit 2 (the model is a real 7.2 one, its arch changed)."""
+    import dataclasses
+
+    from vmemspect.cli import run
+    from vmemspect.kernel import kernel_model
+    from vmemspect.target import open_vmcore
+
+    prog = open_vmcore(run72["kdump"], run72["vmlinux"])
+    prog.cache["vmemspect_model"] = dataclasses.replace(kernel_model(prog), arch="aarch64")
+    assert run(["verify"], prog=prog) == 2
+
+
+def test_kernel_without_hugetlb(run72, capsys):
+    """A kernel built without hugetlb is reported as such, not an error."""
+    import dataclasses
+
+    from vmemspect.cli import run
+    from vmemspect.kernel import kernel_model
+    from vmemspect.target import open_vmcore
+
+    prog = open_vmcore(run72["kdump"], run72["vmlinux"])
+    prog.cache["vmemspect_model"] = dataclasses.replace(kernel_model(prog), hugetlb=False)
+    assert run([], prog=prog) == 0
+    assert "hugetlb       not built in (CONFIG_HUGETLB_PAGE=n)" in capsys.readouterr().out

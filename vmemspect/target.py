@@ -125,6 +125,12 @@ def open_vmcore(
         else:
             load_debug_info(prog, vmlinux)
             return prog
+    if "vmcoreinfo" in str(last_error).lower():
+        raise VmemspectError(
+            f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
+            "take the dump with VMCOREINFO (kdump and makedumpfile add it; QEMU needs "
+            "-device vmcoreinfo and the qemu_fw_cfg module loaded in the guest)",
+        )
     raise VmemspectError(
         f"{path} is not a usable vmcore ({last_error})",
         "give an ELF or kdump-compressed kernel dump; a truncated or damaged one cannot be opened",
