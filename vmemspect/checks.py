@@ -18,7 +18,17 @@ from .hugetlb import Hstate, Zone
 from .hvo import FolioVmemmap, SharedTail
 from .kernel import KernelModel, page_flags_nid, page_flags_zone
 
-__all__ = ("CHECKS", "Finding", "check_folio", "check_hstates", "check_shared_tails", "run_checks")
+__all__ = (
+    "CHECKS",
+    "Finding",
+    "check_folio",
+    "check_hstate_counts",
+    "check_hstates",
+    "check_shared_tails",
+    "count_folio",
+    "folio_check_context",
+    "run_checks",
+)
 
 #: Check id -> one-line description (docs/checks.md has the why).
 CHECKS = {
@@ -177,10 +187,22 @@ def check_hstates(
     except for hstates in ``incomplete`` (a list cut by missing memory)."""
     found: Dict[Tuple[str, int], List[int]] = collections.defaultdict(lambda: [0, 0])
     for fv in folios:
-        entry = found[(fv.folio.hstate, fv.folio.nid)]
-        entry[0] += 1
-        if fv.folio.state == "free":
-            entry[1] += 1
+        count_folio(found, fv)
+    return check_hstate_counts(hstates, found, incomplete)
+
+
+def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap) -> None:
+    """Add a folio to (hstate, node) -> [folios, free] for check_hstate_counts()."""
+    entry = found.setdefault((fv.folio.hstate, fv.folio.nid), [0, 0])
+    entry[0] += 1
+    if fv.folio.state == "free":
+        entry[1] += 1
+
+
+def check_hstate_counts(
+    hstates: Sequence[Hstate], found: Dict[Tuple[str, int], List[int]], incomplete=frozenset()
+) -> List[Finding]:
+    """:func:`check_hstates` on counts gathered during a scan."""
     out = []
     for h in hstates:
         if h.name in incomplete:
@@ -195,6 +217,26 @@ def check_hstates(
     return out
 
 
+def folio_check_context(
+    model: KernelModel, zones: Sequence[Zone]
+) -> Tuple[Dict[Tuple[int, int], Tuple[int, ...]], Dict[int, str]]:
+    """
+    What :func:`check_folio` needs, from the zones alone (so it is known
+    before the scan): each zone's vmemmap_tails[] as frame pfns, and a name
+    for every filled slot's frame ("node 1 Normal order 9").
+    """
+    tails_by_zone = {
+        (z.nid, z.idx): tuple(model.page_pfn(p) if p else 0 for p in z.tails) for z in zones
+    }
+    names: Dict[int, str] = {}
+    for z in zones:
+        where = f"node {z.nid}" if model.tails_owner == "pglist_data" else f"node {z.nid} {z.name}"
+        for slot, pfn in enumerate(tails_by_zone[(z.nid, z.idx)]):
+            if pfn:
+                names.setdefault(pfn, f"{where} order {slot + model.tail_min_order}")
+    return tails_by_zone, names
+
+
 def run_checks(
     model: KernelModel,
     zones: Sequence[Zone],
@@ -205,12 +247,7 @@ def run_checks(
 ) -> List[Finding]:
     """Every check over a scan's records, folio checks first. ``incomplete``:
     hstates whose lists are cut short by missing memory (not counted)."""
-    tails_by_zone = {
-        (z.nid, z.idx): tuple(model.page_pfn(p) if p else 0 for p in z.tails) for z in zones
-    }
-    shared_frames = {
-        t.pfn: f"node {t.nid} {t.zone_name} order {t.order}" for t in tails if t.pfn is not None
-    }
+    tails_by_zone, shared_frames = folio_check_context(model, zones)
     out: List[Finding] = []
     for fv in folios:
         out.extend(check_folio(model, fv, tails_by_zone, shared_frames))

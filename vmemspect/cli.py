@@ -77,14 +77,14 @@ class _Context:
             self._prog = self._opener()
         return self._prog
 
-    def report(self) -> Report:
+    def report(self, keep_folios: bool = True) -> Report:
         prog = self.prog
         model = kernel_model(prog)
         if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
-            return build_report(prog)
+            return build_report(prog, keep_folios=keep_folios)
         total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
         with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
-            return build_report(prog, progress=lambda _: bar.update(1))
+            return build_report(prog, progress=lambda _: bar.update(1), keep_folios=keep_folios)
 
     def emit(self, doc: Dict[str, Any], table: Callable[[Dict[str, Any], str], str]) -> None:
         click.echo(render_json(doc) if self.as_json else table(doc, self.fmt))
@@ -162,7 +162,8 @@ def decode_cmd(page, as_json, fmt, no_progress) -> None:
 def verify_cmd(as_json, fmt, no_progress) -> None:
     """Check every HVO invariant; exit 1 if any does not hold."""
     c = _ctx(as_json, fmt, no_progress)
-    report = c.report()
+    # verify needs the findings, not every folio's record.
+    report = c.report(keep_folios=False)
     c.emit(verify_doc(report), render_verify)
     if report.findings:
         sys.exit(EXIT_FINDINGS)

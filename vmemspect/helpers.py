@@ -131,4 +131,4 @@ def hvo_report(prog: Program) -> Report:
 @takes_program_or_default
 def hvo_verify(prog: Program) -> List[Finding]:
     """Every HVO invariant of the kernel's form; an empty list when all hold."""
-    return build_report(prog).findings
+    return build_report(prog, keep_folios=False).findings

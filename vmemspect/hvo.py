@@ -51,6 +51,7 @@ __all__ = (
     "PageDecode",
     "SharedTail",
     "TailFrame",
+    "TailTally",
     "decode_page",
     "folio_vmemmap",
     "frame_contents",
@@ -362,11 +363,37 @@ def scan_folios(
         yield record
 
 
-def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedTail]:
+class TailTally:
+    """
+    What :func:`shared_tails` needs from a scan, gathered folio by folio so
+    that a scan need not keep its folios: how many folios map each frame at
+    tail positions, and how many optimized folios each (node, zone, order)
+    has (zone -1 where the slots are per node).
+    """
+
+    def __init__(self, per_node: bool = False) -> None:
+        self.per_node = per_node
+        self.mapped: Dict[int, int] = collections.Counter()
+        self.expected: Dict[Tuple[int, int, int], int] = collections.Counter()
+
+    def add(self, fv: FolioVmemmap) -> None:
+        for pfn in {t.pfn for t in fv.tails if t.pfn is not None}:
+            self.mapped[pfn] += 1
+        # A folio whose mapping could not be read maps nothing known: it is
+        # unknown, so it is no more expected than counted.
+        if fv.folio.optimized and fv.unknown is None:
+            zone_idx = -1 if self.per_node else fv.folio.zone_idx
+            self.expected[(fv.folio.nid, zone_idx, fv.folio.order)] += 1
+
+
+def shared_tails(
+    prog: Program, scanned: Iterable[FolioVmemmap] = (), tally: Optional[TailTally] = None
+) -> List[SharedTail]:
     """
     The ``vmemmap_tails[]`` slots of every zone (mask form) that are filled
     or that optimized folios need, with the number of folios whose tail
-    vmemmap pages map each slot's frame, counted from ``scanned``.
+    vmemmap pages map each slot's frame, counted from ``scanned`` (or from a
+    :class:`TailTally` gathered during the scan).
 
     Empty on pointer-form kernels (before 7.1), which have no shared tails.
     """
@@ -377,17 +404,11 @@ def shared_tails(prog: Program, scanned: Sequence[FolioVmemmap]) -> List[SharedT
     # node (zone -1), and not by zone bits in their flags, which that code
     # leaves zero (prep_compound_tail() on a zeroed page).
     per_node = model.tails_owner == "pglist_data"
-    mapped: Dict[int, int] = collections.Counter()
-    expected: Dict[Tuple[int, int, int], int] = collections.Counter()
-    for fv in scanned:
-        seen = {t.pfn for t in fv.tails if t.pfn is not None}
-        for pfn in seen:
-            mapped[pfn] += 1
-        # A folio whose mapping could not be read maps nothing known: it is
-        # unknown, so it is no more expected than counted.
-        if fv.folio.optimized and fv.unknown is None:
-            zone_idx = -1 if per_node else fv.folio.zone_idx
-            expected[(fv.folio.nid, zone_idx, fv.folio.order)] += 1
+    if tally is None:
+        tally = TailTally(per_node)
+        for fv in scanned:
+            tally.add(fv)
+    mapped, expected = tally.mapped, tally.expected
     result = []
     done_nodes = set()
     for zone in zones(prog):

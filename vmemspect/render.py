@@ -114,7 +114,7 @@ def _summary(report: Report) -> Dict[str, Any]:
         "unknown": len(unknown),
         "unknown_lists": len(report.cut_lists),
         "transient": len(report.transient),
-        "checked_folios": len(report.folios) - len(unknown),
+        "checked_folios": report.scanned - len(unknown),
     }
 
 

@@ -15,7 +15,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 from drgn import FaultError, Program, ProgramFlags
 from drgn.helpers.linux.mmzone import for_each_present_section
 
-from .checks import Finding, run_checks
+from .checks import (
+    Finding,
+    check_folio,
+    check_hstate_counts,
+    check_shared_tails,
+    count_folio,
+    folio_check_context,
+)
 from .errors import VmemspectError
 from .hugetlb import (
     Hstate,
@@ -25,7 +32,7 @@ from .hugetlb import (
     kernel_memmap_pages,
     zones,
 )
-from .hvo import FolioVmemmap, SharedTail, scan_folios, shared_tails, vmemmap_savings
+from .hvo import FolioVmemmap, SharedTail, TailTally, scan_folios, shared_tails, vmemmap_savings
 from .kernel import KernelModel, kernel_model
 
 __all__ = (
@@ -89,6 +96,10 @@ class Report:
     hvo_enabled: Optional[bool]
     hstates: List[Hstate]
     zones: List[Zone]
+    #: Folios scanned, and those whose memory was missing.
+    scanned: int
+    unknown: List[FolioVmemmap]
+    #: Every folio's record, unless the scan was told not to keep them.
     folios: List[FolioVmemmap]
     tails: List[SharedTail]
     findings: List[Finding]
@@ -100,10 +111,6 @@ class Report:
     #: Live kernel: findings that did not hold on every re-read (the kernel
     #: changed the folio or its vmemmap under the scan); not violations.
     transient: List[Finding] = dataclasses.field(default_factory=list)
-
-    @property
-    def unknown(self) -> List[FolioVmemmap]:
-        return [fv for fv in self.folios if fv.unknown is not None]
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then pfn order."""
@@ -167,6 +174,7 @@ def build_report(
     prog: Program,
     progress: Optional[Callable[[FolioVmemmap], None]] = None,
     live_rereads: int = 3,
+    keep_folios: bool = True,
 ) -> Report:
     """
     Scan every hugetlb folio, the shared tail frames and the counters, and
@@ -176,13 +184,17 @@ def build_report(
     scan that found anything is repeated up to ``live_rereads`` times: a
     finding is kept only if every scan finds it; the others are reported as
     transient, never as violations.
+
+    :param keep_folios: keep every folio's record (for ``folios``, ``tails``
+        and the per-group table); without, memory does not grow with the
+        number of folios, which is what ``verify`` needs on large hosts.
     """
-    report = _scan(prog, progress)
+    report = _scan(prog, progress, keep_folios)
     if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
         return report
     confirmed = {_finding_key(f) for f in report.findings}
     for _ in range(live_rereads):
-        again = _scan(prog, None)
+        again = _scan(prog, None, False)
         confirmed &= {_finding_key(f) for f in again.findings}
         if not confirmed:
             break
@@ -194,6 +206,7 @@ def build_report(
 def _scan(
     prog: Program,
     progress: Optional[Callable[[FolioVmemmap], None]] = None,
+    keep_folios: bool = True,
 ) -> Report:
     model = kernel_model(prog)
     try:
@@ -205,12 +218,31 @@ def _scan(
             "it is truncated or filtered too far; take a dump that keeps kernel data",
         )
     cut: List[Tuple[str, str]] = []
-    folios = list(scan_folios(prog, None, progress, cut))
-    tails = shared_tails(prog, folios)
-    findings = run_checks(model, zone_list, hstates, folios, tails,
-                          incomplete={name for name, _ in cut})
-    saved = sum(vmemmap_savings(model, fv.folio.order) for fv in folios if fv.folio.optimized)
-    possible = sum(vmemmap_savings(model, fv.folio.order) for fv in folios)
+    tails_by_zone, shared_names = folio_check_context(model, zone_list)
+    tally = TailTally(model.tails_owner == "pglist_data")
+    found: Dict[Tuple[str, int], List[int]] = {}
+    findings: List[Finding] = []
+    folios: List[FolioVmemmap] = []
+    unknown: List[FolioVmemmap] = []
+    scanned = saved = possible = 0
+    # Each folio is judged as it is read; it is kept only if asked, so that
+    # verify's memory does not grow with the folios.
+    for fv in scan_folios(prog, None, progress, cut):
+        scanned += 1
+        findings.extend(check_folio(model, fv, tails_by_zone, shared_names))
+        tally.add(fv)
+        count_folio(found, fv)
+        per_folio = vmemmap_savings(model, fv.folio.order)
+        possible += per_folio
+        if fv.folio.optimized:
+            saved += per_folio
+        if keep_folios:
+            folios.append(fv)
+        if fv.unknown is not None:
+            unknown.append(fv)
+    tails = shared_tails(prog, tally=tally)
+    findings.extend(check_shared_tails(model, tails))
+    findings.extend(check_hstate_counts(hstates, found, {name for name, _ in cut}))
     kernel_now, without = kernel_memmap_saved(prog, model)
     savings = Savings(
         saved_pages=saved,
@@ -225,6 +257,8 @@ def _scan(
         hvo_enabled=hvo_enabled(prog),
         hstates=hstates,
         zones=zone_list,
+        scanned=scanned,
+        unknown=unknown,
         folios=folios,
         tails=tails,
         findings=findings,
