@@ -10,9 +10,8 @@ reading is tested on real dumps. Each check's id, and the kernel code it
 comes from, is documented in ``docs/checks.md``.
 """
 
-import collections
 import dataclasses
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .hugetlb import Hstate, Zone
 from .hvo import FolioVmemmap, SharedTail
@@ -23,11 +22,9 @@ __all__ = (
     "Finding",
     "check_folio",
     "check_hstate_counts",
-    "check_hstates",
     "check_shared_tails",
     "count_folio",
     "folio_check_context",
-    "run_checks",
 )
 
 #: Check id -> one-line description (docs/checks.md has the why).
@@ -180,17 +177,6 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
     return out
 
 
-def check_hstates(
-    hstates: Sequence[Hstate], folios: Iterable[FolioVmemmap], incomplete=frozenset()
-) -> List[Finding]:
-    """The folios found on each hstate's lists against its own counters,
-    except for hstates in ``incomplete`` (a list cut by missing memory)."""
-    found: Dict[Tuple[str, int], List[int]] = collections.defaultdict(lambda: [0, 0])
-    for fv in folios:
-        count_folio(found, fv)
-    return check_hstate_counts(hstates, found, incomplete)
-
-
 def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap) -> None:
     """Add a folio to (hstate, node) -> [folios, free] for check_hstate_counts()."""
     entry = found.setdefault((fv.folio.hstate, fv.folio.nid), [0, 0])
@@ -235,22 +221,3 @@ def folio_check_context(
             if pfn:
                 names.setdefault(pfn, f"{where} order {slot + model.tail_min_order}")
     return tails_by_zone, names
-
-
-def run_checks(
-    model: KernelModel,
-    zones: Sequence[Zone],
-    hstates: Sequence[Hstate],
-    folios: Sequence[FolioVmemmap],
-    tails: Sequence[SharedTail],
-    incomplete=frozenset(),
-) -> List[Finding]:
-    """Every check over a scan's records, folio checks first. ``incomplete``:
-    hstates whose lists are cut short by missing memory (not counted)."""
-    tails_by_zone, shared_frames = folio_check_context(model, zones)
-    out: List[Finding] = []
-    for fv in folios:
-        out.extend(check_folio(model, fv, tails_by_zone, shared_frames))
-    out.extend(check_shared_tails(model, tails))
-    out.extend(check_hstates(hstates, folios, incomplete))
-    return out

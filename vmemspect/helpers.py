@@ -28,10 +28,10 @@ from drgn import Object, Program
 from drgn.helpers.common.prog import takes_program_or_default
 
 from .checks import Finding
-from .hugetlb import HugetlbFolio, for_each_hstate_record, for_each_hugetlb_folio, zones
+from .hugetlb import HugetlbFolio, for_each_hstate_record, for_each_hugetlb_folio
 from .hvo import FolioVmemmap, PageDecode, SharedTail, decode_page, folio_vmemmap, scan_folios
 from .hvo import shared_tails as _shared_tails
-from .kernel import CompoundInfo, KernelModel, decode_compound_info, kernel_model
+from .kernel import KernelModel, decode_compound_info, kernel_model
 from .pagetable import Leaf, page_table_walker
 from .report import Report, build_report
 

@@ -19,7 +19,7 @@ read-only, one frame for every folio of that order in the zone.
 import collections
 import dataclasses
 import struct
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program
 

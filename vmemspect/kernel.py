@@ -22,12 +22,14 @@ from drgn import FaultError, Program, offsetof, sizeof
 from drgn.helpers.linux.mm import pfn_to_page
 
 from .errors import VmemspectError
+from .target import vmcoreinfo_release
 
 __all__ = (
     "CompoundInfo",
     "KernelModel",
     "compound_info_mask",
     "decode_compound_info",
+    "has_object",
     "kernel_model",
     "page_flags_nid",
     "page_flags_zone",
@@ -117,7 +119,8 @@ def _has_type(prog: Program, name: str) -> bool:
         return False
 
 
-def _has_object(prog: Program, name: str) -> bool:
+def has_object(prog: Program, name: str) -> bool:
+    """The program can find an object (variable, constant, macro) ``name``."""
     try:
         prog.object(name)
         return True
@@ -149,11 +152,7 @@ def _release(prog: Program) -> str:
     try:
         return prog["init_uts_ns"].name.release.string_().decode()
     except (KeyError, LookupError, FaultError):
-        pass
-    try:
-        return prog["UTS_RELEASE"].string_().decode()
-    except (KeyError, LookupError, FaultError):
-        return "unknown"
+        return vmcoreinfo_release(prog) or "unknown"
 
 
 def _detect(prog: Program) -> KernelModel:
@@ -167,7 +166,7 @@ def _detect(prog: Program) -> KernelModel:
             "pass the kernel's DWARF vmlinux with -s/--vmlinux",
         )
     sizeof_page = sizeof(page_type)
-    page_shift = prog["PAGE_SHIFT"].value_() if _has_object(prog, "PAGE_SHIFT") else 12
+    page_shift = prog["PAGE_SHIFT"].value_() if has_object(prog, "PAGE_SHIFT") else 12
 
     # Linux 7.1 renamed compound_head to compound_info (commit d50569612c29).
     if page_type.has_member("compound_info"):
@@ -205,9 +204,9 @@ def _detect(prog: Program) -> KernelModel:
         form = "pointer"
     evidence.append(f"sizeof(struct page) = {sizeof_page}")
 
-    hugetlb = _has_type(prog, "struct hstate") and _has_object(prog, "hstates")
+    hugetlb = _has_type(prog, "struct hstate") and has_object(prog, "hstates")
     evidence.append("hstates[] present" if hugetlb else "no hstates[] (CONFIG_HUGETLB_PAGE=n)")
-    hvo_built = _has_object(prog, "vmemmap_optimize_enabled")
+    hvo_built = has_object(prog, "vmemmap_optimize_enabled")
     evidence.append(
         "vmemmap_optimize_enabled present (CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y)"
         if hvo_built else
@@ -233,9 +232,9 @@ def _detect(prog: Program) -> KernelModel:
     zones_pgoff = nodes_pgoff - zones_shift
 
     levels = 4
-    if _has_object(prog, "pgdir_shift"):
+    if has_object(prog, "pgdir_shift"):
         levels = 5 if prog["pgdir_shift"].value_() == 48 else 4
-    elif _has_object(prog, "__pgtable_l5_enabled"):
+    elif has_object(prog, "__pgtable_l5_enabled"):
         levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
     elif b"NUMBER(pgtable_l5_enabled)=1\n" in _vmcoreinfo(prog):
         # Kernels without those variables still say it in VMCOREINFO, which

@@ -211,11 +211,6 @@ class PageTableWalker:
         """How the 4 KiB page at virtual address ``va`` is mapped."""
         return Leaf(va, *self.entries(va, 1)[0])
 
-    def lookup_range(self, va: int, npages: int) -> List[Leaf]:
-        """:meth:`lookup` for ``npages`` consecutive 4 KiB pages from ``va``."""
-        step = 1 << self.page_shift
-        return [Leaf(va + i * step, *e) for i, e in enumerate(self.entries(va, npages))]
-
 
 def page_table_walker(prog: Program) -> PageTableWalker:
     """

@@ -33,7 +33,7 @@ from .hugetlb import (
     zones,
 )
 from .hvo import FolioVmemmap, SharedTail, TailTally, scan_folios, shared_tails, vmemmap_savings
-from .kernel import KernelModel, kernel_model
+from .kernel import KernelModel, has_object, kernel_model
 
 __all__ = (
     "GroupSummary",
@@ -152,18 +152,10 @@ def kernel_memmap_saved(prog: Program, model: KernelModel) -> Tuple[Optional[int
     if counters is None:
         return None, None
     section_pages = 1 << (prog["SECTION_SIZE_BITS"].value_() - model.page_shift) \
-        if _has(prog, "SECTION_SIZE_BITS") else 1 << (27 - model.page_shift)
+        if has_object(prog, "SECTION_SIZE_BITS") else 1 << (27 - model.page_shift)
     per_section = section_pages * model.sizeof_page // model.page_size
     sections = sum(1 for _ in for_each_present_section(prog))
     return sum(counters), sections * per_section
-
-
-def _has(prog: Program, name: str) -> bool:
-    try:
-        prog[name]
-        return True
-    except KeyError:
-        return False
 
 
 def _finding_key(f: Finding) -> Tuple[str, Optional[int], Optional[int], str]:

@@ -20,7 +20,7 @@ import drgn
 from .btf import load_kernel_btf
 from .errors import VmemspectError
 
-__all__ = ("open_live", "open_vmcore", "load_debug_info")
+__all__ = ("open_live", "open_vmcore", "load_debug_info", "vmcoreinfo_release")
 
 _X86_64 = drgn.Platform(
     drgn.Architecture.X86_64,
@@ -42,12 +42,17 @@ def _drgn_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _release(prog: drgn.Program) -> str:
-    """The kernel release from VMCOREINFO, readable without debug info."""
+def vmcoreinfo_release(prog: drgn.Program) -> Optional[str]:
+    """The kernel release from VMCOREINFO (drgn's ``UTS_RELEASE``), readable
+    without debug info; None if the program has none."""
     try:
         return prog["UTS_RELEASE"].string_().decode()
     except Exception:
-        return "RELEASE"
+        return None
+
+
+def _release(prog: drgn.Program) -> str:
+    return vmcoreinfo_release(prog) or "RELEASE"
 
 
 def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
