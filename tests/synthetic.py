@@ -593,14 +593,27 @@ class _Types:
             M(atomic_t, "_refcount", 416),
             M(ulong, "memcg_data", 448),
         ))
-        folio_second = p.struct_type(None, 64, (
-            M(ulong, "_flags_1", 0),
-            M(ulong, "_head_1", 64),
-            M(atomic_t, "_large_mapcount", 128),
-            M(atomic_t, "_nr_pages_mapped", 160),
-            M(atomic_t, "_entire_mapcount", 192),
-            M(atomic_t, "_pincount", 224),
-        ))
+        uchar = p.int_type("unsigned char", 1, False)
+        if cfg.order_field == "folio_order":
+            # 5.16-6.5 (Debian 12's 6.1): the order has a byte of its own.
+            folio_second = p.struct_type(None, 64, (
+                M(ulong, "_flags_1", 0),
+                M(ulong, "__head", 64),
+                M(uchar, "_folio_dtor", 128),
+                M(uchar, "_folio_order", 136),
+                M(atomic_t, "_total_mapcount", 160),
+                M(atomic_t, "_pincount", 192),
+                M(uint, "_folio_nr_pages", 224),
+            ))
+        else:
+            folio_second = p.struct_type(None, 64, (
+                M(ulong, "_flags_1", 0),
+                M(ulong, "_head_1", 64),
+                M(atomic_t, "_large_mapcount", 128),
+                M(atomic_t, "_nr_pages_mapped", 160),
+                M(atomic_t, "_entire_mapcount", 192),
+                M(atomic_t, "_pincount", 224),
+            ))
         folio_third = p.struct_type(None, 64, (
             M(ulong, "_flags_2", 0),
             M(ulong, "_head_2", 64),
@@ -729,6 +742,17 @@ class _Types:
         self.vmemmap_populate = p.function_type(int_, (
             TypeParameter(ulong, "start"), TypeParameter(ulong, "end"),
             TypeParameter(int_, "node"), TypeParameter(voidp, "altmap")))
+        # HVO's entry point: per folio (6.6+) or per head page (6.1).
+        self.hvo_optimize = p.function_type(p.void_type(), (
+            TypeParameter(voidp, "h"),
+            TypeParameter(p.pointer_type(folio if cfg.order_field == "flags_1" else page),
+                          "folio" if cfg.order_field == "flags_1" else "head")))
+        # struct static_key_false { struct static_key key; } (jump labels).
+        static_key = p.struct_type("static_key", 16, (
+            M(atomic_t, "enabled", 0), M(ulong, "type", 64)))
+        self.static_key_false = p.struct_type("static_key_false", 16, (M(static_key, "key", 0),))
+        self.by_key[(TypeKind.STRUCT, "static_key")] = static_key
+        self.by_key[(TypeKind.STRUCT, "static_key_false")] = self.static_key_false
 
         for t in (list_head, page, folio, hstate, zone, pglist_data, mm, utsname,
                   self.uts_namespace, mem_section, address_space):
@@ -762,6 +786,7 @@ class _Config:
     sizeof_page: int
     flags_type: str
     pgd_type: str
+    order_field: str = "flags_1"
 
 
 def build_kernel(
@@ -785,6 +810,8 @@ def build_kernel(
     pgd_type: str = "struct",
     tails_len: int = NR_VMEMMAP_TAILS,
     spare_frames: int = 4,
+    generation: str = "default",
+    hvo_key: Optional[int] = None,
 ) -> SyntheticKernel:
     """
     Build a synthetic kernel.
@@ -819,6 +846,13 @@ def build_kernel(
     :param flags_type: "ulong" or "memdesc" (memdesc_flags_t, Linux 6.18+).
     :param pgd_type: "struct" (pgd_t is a struct) or "ulong".
     :param spare_frames: zeroed frames kept for :meth:`SyntheticKernel.alloc_frame`.
+    :param generation: "default" (6.6+: order in folio->_flags_1's low byte,
+        hugetlb_vmemmap_optimize_folio()) or "6.1" (Debian 12: order in
+        folio->_folio_order, hugetlb_vmemmap_optimize(struct page *), the
+        pointer form, no memmap counters).
+    :param hvo_key: the count of ``hugetlb_optimize_vmemmap_key`` (5.18-7.0),
+        or None to leave it out; "default" generation pointer-form kernels
+        get it only when given.
     """
     assert form in ("mask", "pointer") and levels in (4, 5)
     assert vmemmap_mapping in ("pmd", "pte")
@@ -835,6 +869,7 @@ def build_kernel(
         shared_flags = "none" if tails_owner == "pglist_data" else "zone"
     if release is None:
         release = "7.2.13+deb14-cloud-amd64" if info_member == "compound_info" \
+            else "6.1.0-56-cloud-amd64" if generation == "6.1" \
             else "6.12.117+deb13-cloud-amd64"
     if folios is None:
         folios = default_folios()
@@ -845,8 +880,11 @@ def build_kernel(
         vmemmap_base = layout["vmemmap"]
     assert vmemmap_base % (1 << 28) == 0, "vmemmap must be aligned for the mask form"
 
+    assert generation in ("default", "6.1")
+    if generation == "6.1":
+        assert form == "pointer" and info_member == "compound_head" and memmap_counters is None
     cfg = _Config(form, levels, info_member, tails_owner, tails_len, sizeof_page, flags_type,
-                  pgd_type)
+                  pgd_type, "folio_order" if generation == "6.1" else "flags_1")
     k = SyntheticKernel()
     k.form, k.levels, k.tails_owner, k.info_member = form, levels, tails_owner, info_member
     k.vmemmap_base, k.page_offset = vmemmap_base, layout["page_offset"]
@@ -971,7 +1009,14 @@ def build_kernel(
     def head_frame_bytes(f: FolioInfo) -> bytes:
         head = struct_page(flags=page_flags(f.nid, f.zone, 1 << PG_HEAD), info=0,
                            private=f.private, refcount=1 if f.state == "active" else 0)
-        return head + tail_page(f, f.order) + tail_page(f) * (PAGES_PER_FRAME - 2)
+        if cfg.order_field == "folio_order":
+            # page[1]: compound_dtor (HUGETLB_PAGE_DTOR = 2), compound_order.
+            first = bytearray(tail_page(f))
+            first[16], first[17] = 2, f.order
+            first = bytes(first)
+        else:
+            first = tail_page(f, f.order)
+        return head + first + tail_page(f) * (PAGES_PER_FRAME - 2)
 
     def shared_tail(f: FolioInfo) -> int:
         key = (f.nid, None if tails_owner == "pglist_data" else f.zone, f.order)
@@ -1082,6 +1127,9 @@ def build_kernel(
                          1 if levels == 5 else 0)
     if hvo_built:
         mem.buf[kvar("vmemmap_optimize_enabled", types.bool)] = 1 if hvo_enabled else 0
+    if hvo_key is not None:
+        struct.pack_into("<i", mem.buf, kvar("hugetlb_optimize_vmemmap_key",
+                                             types.static_key_false), hvo_key)
     if memmap_counters is not None:
         mem.set_u64(kvar("nr_memmap_boot_pages", types.atomic_long_t), memmap_counters[0])
         mem.set_u64(kvar("nr_memmap_pages", types.atomic_long_t), memmap_counters[1])
@@ -1148,6 +1196,10 @@ def build_kernel(
 
     constants = types.constants
     functions = {"vmemmap_populate": (types.vmemmap_populate, START_KERNEL_MAP + 0x1100000)}
+    if hvo_built:
+        functions["hugetlb_vmemmap_optimize" if generation == "6.1"
+                  else "hugetlb_vmemmap_optimize_folio"] = (types.hvo_optimize,
+                                                            START_KERNEL_MAP + 0x1200000)
 
     def find_object(prog_, name, flags, filename):
         if flags & FindObjectFlags.CONSTANT and name in constants:

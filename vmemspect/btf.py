@@ -443,6 +443,7 @@ GLOBALS: Dict[str, Tuple[str, Optional[str]]] = {
     "hstates": ("struct hstate", "HUGE_MAX_HSTATE"),
     "hugetlb_max_hstate": ("int", None),
     "vmemmap_optimize_enabled": ("bool", None),
+    "hugetlb_optimize_vmemmap_key": ("struct static_key_false", None),
     "nr_memmap_pages": ("atomic_long_t", None),
     "nr_memmap_boot_pages": ("atomic_long_t", None),
     "pgdir_shift": ("unsigned int", None),
@@ -463,6 +464,8 @@ GLOBALS: Dict[str, Tuple[str, Optional[str]]] = {
     # mem_section is a pointer to the array of roots.
     "mem_section": ("struct mem_section **", None),
     "__highest_present_section_nr": ("unsigned long", None),
+    # drgn's get_printk_records() (the kernel's HVO boot lines, before 6.10).
+    "prb": ("struct printk_ringbuffer *", None),
     # drgn's own "jiffies" object is found from this.
     "jiffies_64": ("u64", None),
 }

@@ -22,6 +22,7 @@ __all__ = (
     "Finding",
     "check_folio",
     "check_hstate_counts",
+    "check_kernel_counts",
     "check_shared_tails",
     "count_folio",
     "folio_check_context",
@@ -42,6 +43,8 @@ CHECKS = {
     "tails-slot": "every zone and order with optimized folios has a vmemmap_tails[] frame",
     "shared-frame": "every struct page in a shared tail frame is a tail of that order carrying "
     "the zone's node and zone, with TAIL_MAPPING",
+    "kernel-count": "the kernel's own count of optimized folios (hugetlb_optimize_vmemmap_key, "
+    "5.18-7.0) equals the folios that carry HPG_vmemmap_optimized",
 }
 
 
@@ -56,9 +59,40 @@ class Finding:
     found: str
     folio_pfn: Optional[int] = None
     frame_pfn: Optional[int] = None
+    #: What the kernel will do when it acts on this state (frees, demotes or
+    #: writes the folio), as far as the kernel's code says.
+    consequence: Optional[str] = None
 
     def line(self) -> str:
         return f"{self.check}: {self.subject}: expected {self.expected}; found {self.found}"
+
+
+def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Optional[str]:
+    """What the kernel does with a folio in the state a finding describes
+    (mm/hugetlb.c, mm/hugetlb_vmemmap.c)."""
+    if check == "flag-vs-mapping" and flag_set:
+        if model.hvo_key:
+            return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
+                    "kernel restore vmemmap it never freed; that decrements "
+                    "hugetlb_optimize_vmemmap_key for a folio it never counted (underflow: "
+                    "WARNING in static_key_dec_not_one) and corrupts page state (Bad page "
+                    "state), as seen on 6.12.117")
+        return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
+                "kernel restore vmemmap it never freed")
+    if check == "flag-vs-mapping":
+        return ("vmemmap remapped, flag clear: freeing this folio skips the restore and hands "
+                "its pages to the buddy allocator with read-only tail struct pages: the first "
+                "write to one oopses")
+    if check == "tail-readonly":
+        shared = ("every folio of this zone and order" if model.form == "mask"
+                  else "the folio's head page")
+        return f"a write through this mapping changes {shared}, which share the frame"
+    if check == "tail-frame":
+        return ("the folio's tail struct pages read another frame's contents: compound_head(), "
+                "page_zone() and folio lookups of its pages answer for that frame")
+    if check == "shared-frame":
+        return "every tail struct page of every folio mapping this frame reads the bad word"
+    return None
 
 
 def _folio_subject(fv: FolioVmemmap) -> str:
@@ -85,7 +119,8 @@ def check_folio(
     subject = _folio_subject(fv)
 
     def add(check: str, expected: str, found: str, frame: Optional[int] = None) -> None:
-        out.append(Finding(check, subject, expected, found, f.pfn, frame))
+        out.append(Finding(check, subject, expected, found, f.pfn, frame,
+                           _consequence(model, check, f.optimized)))
 
     if fv.unknown is not None:
         return out  # counted as unknown by the caller, never a violation
@@ -173,7 +208,7 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
                 f"zone {t.zone_idx}",
                 f"{t.contents.bad} bad, first struct page {i}: compound_info {info:#x}, "
                 f"flags node {page_flags_nid(model, flags)} zone {page_flags_zone(model, flags)}",
-                frame_pfn=t.pfn))
+                frame_pfn=t.pfn, consequence=_consequence(model, "shared-frame")))
     return out
 
 
@@ -221,3 +256,34 @@ def folio_check_context(
             if pfn:
                 names.setdefault(pfn, f"{where} order {slot + model.tail_min_order}")
     return tails_by_zone, names
+
+
+def check_kernel_counts(model: KernelModel, savings) -> List[Finding]:
+    """
+    The kernel's own count of optimized folios against the folios flagged
+    optimized (kernels with ``hugetlb_optimize_vmemmap_key``, 5.18-7.0).
+
+    HVO increments the key for every folio it optimizes and decrements it
+    for every folio whose vmemmap it restores, which it does for every
+    flagged folio it frees or demotes. More flagged folios than the count
+    means that freeing them will take the key below zero.
+
+    :param savings: a :class:`~vmemspect.report.Savings` (duck-typed: the
+        checks layer does not import the report).
+    """
+    key = savings.kernel_optimized_folios
+    if key is None or key == savings.flagged_folios:
+        return []
+    extra = savings.flagged_folios - key
+    if extra > 0:
+        then = (f"freeing the flagged folios decrements the key {savings.flagged_folios} "
+                f"times, {extra} more than its count: it underflows (WARNING in "
+                "static_key_dec_not_one)")
+    else:
+        then = (f"the key counts {-extra} optimized folios that carry no flag: their "
+                "vmemmap will never be restored, nor the key decremented")
+    return [Finding(
+        "kernel-count", "hugetlb_optimize_vmemmap_key",
+        f"its count ({key}) = folios with HPG_vmemmap_optimized",
+        f"{savings.flagged_folios} flagged folios ({savings.remapped_folios} with remapped "
+        f"vmemmap)", consequence=then)]

@@ -158,13 +158,15 @@ def decode_cmd(page, as_json, fmt, no_progress) -> None:
 
 
 @click.command("verify")
+@click.option("--all", "show_all", is_flag=True,
+              help="List every finding (default: grouped by check, the first few of each).")
 @_output_options
-def verify_cmd(as_json, fmt, no_progress) -> None:
+def verify_cmd(show_all, as_json, fmt, no_progress) -> None:
     """Check every HVO invariant; exit 1 if any does not hold."""
     c = _ctx(as_json, fmt, no_progress)
     # verify needs the findings, not every folio's record.
     report = c.report(keep_folios=False)
-    c.emit(verify_doc(report), render_verify)
+    c.emit(verify_doc(report), lambda doc, f: render_verify(doc, f, show_all))
     if report.findings:
         sys.exit(EXIT_FINDINGS)
 

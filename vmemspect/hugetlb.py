@@ -12,6 +12,7 @@ one read per folio rather than a drgn Object per field.
 
 import bisect
 import dataclasses
+import re
 import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,7 +30,9 @@ __all__ = (
     "for_each_hugetlb_folio",
     "for_each_hugetlb_folio_page",
     "hvo_enabled",
+    "kernel_freeable_kib",
     "kernel_memmap_pages",
+    "kernel_optimized_folios",
     "zone_of_pfn",
     "zones",
 )
@@ -94,7 +97,8 @@ class HugetlbFolio:
     info: int
     private: int
     refcount: int
-    #: The order in folio->_flags_1 (low byte of the second page's flags).
+    #: The order the folio's first tail page records (kernel_model().off_order:
+    #: folio->_flags_1's low byte on 6.6+, folio->_folio_order before).
     folio_order: int
     #: Which list the folio was found on: the freelist's node id, or -1.
     list_nid: int
@@ -251,7 +255,6 @@ def _folio_record(
     flags = _U64.unpack_from(data, model.off_flags)[0]
     private = _U64.unpack_from(data, model.off_private)[0]
     refcount = struct.unpack_from("<i", data, model.off_refcount)[0]
-    flags_1 = _U64.unpack_from(data, model.sizeof_page + model.off_flags)[0]
     zone = zone_of_pfn(zone_list, pfn)
     return HugetlbFolio(
         pfn=pfn,
@@ -267,7 +270,7 @@ def _folio_record(
         info=_U64.unpack_from(data, model.off_info)[0],
         private=private,
         refcount=refcount,
-        folio_order=flags_1 & 0xFF,
+        folio_order=data[model.off_order],
         list_nid=list_nid,
     )
 
@@ -349,3 +352,53 @@ def kernel_memmap_pages(prog: Program) -> Optional[Tuple[int, int]]:
     except (KeyError, LookupError, AttributeError):
         return None
     return boot, runtime
+
+
+def kernel_optimized_folios(prog: Program) -> Optional[int]:
+    """
+    The number of folios the kernel counts as optimized by HVO: the count of
+    the static key ``hugetlb_optimize_vmemmap_key``, which HVO increments for
+    every folio it optimizes and decrements for every folio it restores
+    (Linux 5.18 to 7.0, e.g. Debian's 6.1 and 6.12; it gates the fake-head
+    handling of the pointer form). None on kernels without it (7.1+).
+    """
+    if not kernel_model(prog).hvo_key:
+        return None
+    try:
+        return prog["hugetlb_optimize_vmemmap_key"].key.enabled.counter.value_()
+    except (KeyError, LookupError, AttributeError, FaultError):
+        return None
+
+
+_FREEABLE = re.compile(
+    rb"HugeTLB: ([0-9.]+) KiB vmemmap can be freed for a ([0-9.]+) (KiB|MiB|GiB) page")
+_KIB = {b"KiB": 1, b"MiB": 1024, b"GiB": 1024 * 1024}
+
+
+def kernel_freeable_kib(prog: Program) -> Dict[int, int]:
+    """
+    What the kernel's own boot lines say HVO frees per folio: huge page size
+    in kB -> KiB of vmemmap ("HugeTLB: 28 KiB vmemmap can be freed for a 2.00
+    MiB page", printed by hugetlb_vmemmap_init() or report_hugepages() since
+    5.18). Read from the kernel log in memory; empty when the lines have
+    been overwritten or the log cannot be read. Read only on kernels without
+    the memmap counters (before 6.10), where it is the kernel's own figure
+    for the savings; cached per program.
+    """
+    if "vmemspect_freeable" in prog.cache:
+        return prog.cache["vmemspect_freeable"]
+    out: Dict[int, int] = {}
+    if kernel_model(prog).hvo_built and kernel_memmap_pages(prog) is None:
+        try:
+            from drgn.helpers.linux.printk import get_printk_records
+
+            for record in get_printk_records(prog):
+                m = _FREEABLE.search(record.text)
+                if m:
+                    size_kib = round(float(m[2]) * _KIB[m[3]])
+                    out[size_kib] = round(float(m[1]))
+        except Exception:  # noqa: BLE001 - the log is a bonus, never an error
+            out = {}
+    if not prog.flags & ProgramFlags.IS_LIVE:
+        prog.cache["vmemspect_freeable"] = out
+    return out

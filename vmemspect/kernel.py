@@ -67,6 +67,18 @@ class KernelModel:
     hugetlb: bool
     #: CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP=y (vmemmap_optimize_enabled exists).
     hvo_built: bool
+    #: What the hstate lists link and HVO acts on: "folio" (6.6+:
+    #: hugetlb_vmemmap_optimize_folio()), "page" (before: 6.1's
+    #: hugetlb_vmemmap_optimize(struct page *)), or None if neither is known.
+    #: Both link through ->lru at the same offset (FOLIO_MATCH(lru, lru)).
+    hugetlb_unit: Optional[str]
+    #: hugetlb_optimize_vmemmap_key exists (before 7.1): a static key whose
+    #: count is the number of folios HVO has optimized.
+    hvo_key: bool
+    #: Offset, from the head struct page, of the byte that holds the folio's
+    #: order, and where it comes from (see _order_location()).
+    off_order: int
+    order_source: str
     #: Lines saying which types and symbols decided the above.
     evidence: Tuple[str, ...]
     # Offsets inside struct page / struct folio.
@@ -155,6 +167,50 @@ def _release(prog: Program) -> str:
         return vmcoreinfo_release(prog) or "unknown"
 
 
+def _order_location(page_type, folio_type, sizeof_page: int) -> Tuple[int, str]:
+    """
+    Where a large folio keeps its order: the offset, from the head struct
+    page, of the byte that holds it, and a line saying where that came from.
+
+    Linux 6.6 (commit ebc1baf5c9b4, "mm: free up a word in the first tail
+    page") moved the order into the low byte of folio->_flags_1; before, the
+    first tail page had a byte of its own: folio->_folio_order (5.16-6.5,
+    e.g. Debian 12's 6.1), page[1].compound_order before struct folio.
+    """
+    if folio_type.has_member("_folio_order"):
+        return (_member_offset(folio_type, "_folio_order"),
+                "struct folio has _folio_order (order in its own byte of the first tail)")
+    if folio_type.has_member("_flags_1"):
+        return (_member_offset(folio_type, "_flags_1"),
+                "struct folio has _flags_1 and no _folio_order (order in its low byte)")
+    if page_type.has_member("compound_order"):
+        return (sizeof_page + _member_offset(page_type, "compound_order"),
+                "no struct folio; order in page[1].compound_order")
+    raise VmemspectError(
+        "cannot find where this kernel keeps a folio's order (no _flags_1, _folio_order "
+        "or compound_order)",
+        "report the kernel release to the vmemspect developers",
+    )
+
+
+def _hugetlb_unit(prog: Program) -> Optional[str]:
+    """What HVO and the hstate lists act on, from the kernel's own functions:
+    "folio" (6.6+: hugetlb_vmemmap_optimize_folio()), "page" (6.1:
+    hugetlb_vmemmap_optimize(struct page *)), None when neither is found
+    (HVO not built in). Reading is the same either way: a folio is its head
+    page and both link through ->lru at offset 8."""
+    for name, unit in (("hugetlb_vmemmap_optimize_folio", "folio"),
+                       ("hugetlb_vmemmap_optimize", "page")):
+        try:
+            prog.symbol(name)
+            return unit
+        except LookupError:
+            pass
+        if has_object(prog, name):
+            return unit
+    return None
+
+
 def _detect(prog: Program) -> KernelModel:
     evidence = []
     arch = prog.platform.arch.name.lower() if prog.platform else "unknown"
@@ -219,6 +275,17 @@ def _detect(prog: Program) -> KernelModel:
 
     folio_type = prog.type("struct folio") if _has_type(prog, "struct folio") else page_type
     off_private = _member_offset(folio_type, "private")
+    off_order, order_source = _order_location(page_type, folio_type, sizeof_page)
+    evidence.append(order_source)
+
+    hugetlb_unit = _hugetlb_unit(prog)
+    if hugetlb_unit == "folio":
+        evidence.append("hugetlb_vmemmap_optimize_folio() present (lists link folios)")
+    elif hugetlb_unit == "page":
+        evidence.append("hugetlb_vmemmap_optimize() present (lists link pages)")
+    hvo_key = has_object(prog, "hugetlb_optimize_vmemmap_key")
+    if hvo_key:
+        evidence.append("hugetlb_optimize_vmemmap_key present (counts optimized folios)")
 
     # Page flags layout with SPARSEMEM_VMEMMAP: node bits at the top, then zone.
     try:
@@ -253,6 +320,10 @@ def _detect(prog: Program) -> KernelModel:
         tail_min_order=tail_min_order,
         hugetlb=hugetlb,
         hvo_built=hvo_built,
+        hugetlb_unit=hugetlb_unit,
+        hvo_key=hvo_key,
+        off_order=off_order,
+        order_source=order_source,
         evidence=tuple(evidence),
         off_flags=_member_offset(page_type, "flags"),
         off_info=_member_offset(page_type, info_member) if info_member else 8,

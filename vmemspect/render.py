@@ -56,6 +56,9 @@ def kernel_doc(report: Report) -> Dict[str, Any]:
         "hugetlb": m.hugetlb,
         "hvo_built": m.hvo_built,
         "hvo_enabled": report.hvo_enabled,
+        "hugetlb_unit": m.hugetlb_unit,
+        "hvo_key": m.hvo_key,
+        "order_source": m.order_source,
         "types": report.types,
         "evidence": list(m.evidence),
     }
@@ -69,6 +72,7 @@ def finding_doc(f: Finding) -> Dict[str, Any]:
         "found": f.found,
         "folio_pfn": f.folio_pfn,
         "frame_pfn": f.frame_pfn,
+        "consequence": f.consequence,
     }
 
 
@@ -197,6 +201,13 @@ def report_doc(report: Report) -> Dict[str, Any]:
             "kernel_memmap_pages": s.kernel_memmap_pages,
             "memmap_pages_without_hvo": s.memmap_pages_without_hvo,
             "kernel_saved_pages": s.kernel_saved_pages,
+            "remapped_folios": s.remapped_folios,
+            "flagged_folios": s.flagged_folios,
+            "flagged_pages": s.flagged_pages,
+            "kernel_optimized_folios": s.kernel_optimized_folios,
+            "kernel_freeable_kib": {str(k): v for k, v in sorted(s.kernel_freeable_kib.items())},
+            "kernel_source": s.kernel_source,
+            "kernel_agrees": s.kernel_agrees,
         },
         "tails": tails_doc(report)["tails"],
         "verify": _summary(report),
@@ -305,15 +316,10 @@ def render_report(doc: Dict[str, Any], fmt: str) -> str:
                                "if all opt."], fmt))
     s = doc["savings"]
     lines.append("")
-    kernel = ("not kept by this kernel" if s["kernel_saved_pages"] is None else
-              f"{s['kernel_saved_pages']} pages "
-              f"({s['kernel_saved_pages'] * k['page_size'] // 1024} KiB): "
-              f"{s['memmap_pages_without_hvo']} memmap pages without HVO - "
-              f"{s['kernel_memmap_pages']} in nr_memmap_boot_pages + nr_memmap_pages")
     lines.append(f"saved         {s['saved_pages']} vmemmap pages ({s['saved_bytes'] // 1024} KiB)"
                  + (f", less {s['shared_frame_pages']} shared tail frame(s)"
                     if k["form"] == "mask" else ""))
-    lines.append(f"kernel says   {kernel}")
+    lines.extend(_kernel_says(s, k["page_size"]))
     lines.append("")
     lines.append(render_tails({"form": k["form"], "tails": doc["tails"]}, fmt, brief=True))
     v = doc["verify"]
@@ -324,6 +330,41 @@ def render_report(doc: Dict[str, Any], fmt: str) -> str:
         + ("" if v["ok"] else " (run 'verify' for the list)")
     )
     return "\n".join(lines)
+
+
+def _agreement(agrees: Optional[bool]) -> str:
+    return "" if agrees is None else ("; agrees" if agrees else "; DIFFERS from vmemspect's count")
+
+
+def _kernel_says(s: Dict[str, Any], page_size: int) -> List[str]:
+    """The kernel's own figures for the savings, and which ones they are:
+    the memmap counters (6.10+), else hugetlb_optimize_vmemmap_key's count of
+    optimized folios (5.18-7.0) and the boot lines' KiB per folio."""
+    out = []
+    if s["kernel_saved_pages"] is not None:
+        out.append(f"kernel says   {s['kernel_saved_pages']} pages "
+                   f"({s['kernel_saved_pages'] * page_size // 1024} KiB): "
+                   f"{s['memmap_pages_without_hvo']} memmap pages without HVO - "
+                   f"{s['kernel_memmap_pages']} in nr_memmap_boot_pages + nr_memmap_pages"
+                   + _agreement(s["kernel_agrees"]))
+    if s["kernel_optimized_folios"] is not None:
+        agrees = s["kernel_optimized_folios"] == s["remapped_folios"]
+        out.append(f"kernel says   {s['kernel_optimized_folios']} optimized folios "
+                   f"(hugetlb_optimize_vmemmap_key); vmemspect finds {s['remapped_folios']} "
+                   f"remapped, {s['flagged_folios']} flagged" + _agreement(agrees))
+    for size, kib in s["kernel_freeable_kib"].items():
+        out.append(f"kernel says   {kib} KiB vmemmap freed per {_size(int(size))} folio "
+                   "(its boot line)")
+    if not out:
+        out.append("kernel says   nothing: this kernel keeps no count of what HVO saved")
+    return out
+
+
+def _size(kib: int) -> str:
+    for unit, n in (("GiB", 1 << 20), ("MiB", 1 << 10)):
+        if kib >= n and kib % n == 0:
+            return f"{kib // n} {unit}"
+    return f"{kib} KiB"
 
 
 def render_folios(doc: Dict[str, Any], fmt: str) -> str:
@@ -373,19 +414,58 @@ def render_tails(doc: Dict[str, Any], fmt: str, brief: bool = False) -> str:
                                         "aliases", "fake heads"], fmt)
 
 
-def render_verify(doc: Dict[str, Any], fmt: str) -> str:
-    lines = [f"{f['check']}: {f['subject']}: expected {f['expected']}; found {f['found']}"
-             for f in doc["findings"]]
+#: Findings shown per check in the grouped text output (``--all``: every one).
+EXAMPLES_PER_CHECK = 3
+
+
+def _finding_line(f: Dict[str, Any]) -> str:
+    return f"{f['check']}: {f['subject']}: expected {f['expected']}; found {f['found']}"
+
+
+def _grouped_findings(findings: List[Dict[str, Any]]) -> List[str]:
+    """Findings grouped by check, with counts: how many, on how many folios,
+    the first few in full, and once per check what the kernel will do."""
+    by_check: Dict[str, List[Dict[str, Any]]] = {}
+    for f in findings:
+        by_check.setdefault(f["check"], []).append(f)
+    lines = []
+    for check, fs in by_check.items():
+        folios = list(dict.fromkeys(f["folio_pfn"] for f in fs if f["folio_pfn"] is not None))
+        what = f"{len(fs)} finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
+        lines.append(f"{check}: {what}")
+        for f in fs[:EXAMPLES_PER_CHECK]:
+            lines.append(f"  {f['subject']}: expected {f['expected']}; found {f['found']}")
+        if len(fs) > EXAMPLES_PER_CHECK:
+            more = folios[EXAMPLES_PER_CHECK:] if len(folios) > EXAMPLES_PER_CHECK else []
+            lines.append(f"  ... {len(fs) - EXAMPLES_PER_CHECK} more"
+                         + (f" (folios {', '.join(hex(p) for p in more[:8])}"
+                            + (", ..." if len(more) > 8 else "") + ")" if more else "")
+                         + "; --all lists every one")
+        consequences = list(dict.fromkeys(f["consequence"] for f in fs if f.get("consequence")))
+        for c in consequences[:2]:
+            lines.append(f"  then: {c}")
+    return lines
+
+
+def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
+    """The verdict: findings grouped by check with counts (``show_all``:
+    one line per finding), unknowns, transient findings, a summary line."""
+    if show_all:
+        lines = [_finding_line(f) + (f" (then: {f['consequence']})" if f.get("consequence")
+                                     else "") for f in doc["findings"]]
+    else:
+        lines = _grouped_findings(doc["findings"])
     for u in doc["unknown_folios"]:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
     for u in doc["unknown_lists"]:
         lines.append(f"unknown: {u['reason']}; the rest of that list was not checked")
     for f in doc["transient"]:
-        lines.append(f"transient (changed while read, not a violation): {f['check']}: "
-                     f"{f['subject']}: expected {f['expected']}; found {f['found']}")
+        lines.append(f"transient (changed while read, not a violation): {_finding_line(f)}")
+    folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "
-        f"finding(s), {doc['checked_folios']} folios checked, {doc['unknown']} unknown"
+        f"finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
+        + f", {doc['checked_folios']} folios checked, {doc['unknown']} unknown"
     )
     return "\n".join(lines)
 

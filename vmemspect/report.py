@@ -18,6 +18,7 @@ from drgn.helpers.linux.mmzone import for_each_present_section
 from .checks import (
     Finding,
     check_folio,
+    check_kernel_counts,
     check_hstate_counts,
     check_shared_tails,
     count_folio,
@@ -29,7 +30,9 @@ from .hugetlb import (
     Zone,
     for_each_hstate_record,
     hvo_enabled,
+    kernel_freeable_kib,
     kernel_memmap_pages,
+    kernel_optimized_folios,
     zones,
 )
 from .hvo import FolioVmemmap, SharedTail, TailTally, scan_folios, shared_tails, vmemmap_savings
@@ -60,7 +63,8 @@ class GroupSummary:
     optimized: int
     not_optimized: int
     unknown: int
-    #: Vmemmap pages HVO freed for these folios (optimized ones).
+    #: Vmemmap pages HVO freed for these folios (those whose vmemmap the page
+    #: tables show remapped).
     saved_pages: int
     #: Vmemmap pages HVO would free if every folio here were optimized.
     possible_pages: int
@@ -70,7 +74,8 @@ class GroupSummary:
 class Savings:
     """Memory HVO saves, by vmemspect's count and by the kernel's counters."""
 
-    #: Vmemmap pages freed: (vmemmap pages - 1) per optimized folio.
+    #: Vmemmap pages freed, from the page tables: (vmemmap pages - 1) per
+    #: folio whose vmemmap is remapped.
     saved_pages: int
     #: Pages the shared tail frames take (mask form), one per zone and order.
     shared_frame_pages: int
@@ -81,13 +86,46 @@ class Savings:
     kernel_memmap_pages: Optional[int]
     #: Memmap pages of all present sections without HVO.
     memmap_pages_without_hvo: Optional[int]
+    #: Folios whose vmemmap the page tables show remapped, and folios that
+    #: carry HPG_vmemmap_optimized (equal on a healthy kernel).
+    remapped_folios: int = 0
+    flagged_folios: int = 0
+    #: (vmemmap pages - 1) per flagged folio: what the kernel believes it saved
+    #: and will restore when it frees those folios.
+    flagged_pages: int = 0
+    #: The count of hugetlb_optimize_vmemmap_key (5.18-7.0), None without it.
+    kernel_optimized_folios: Optional[int] = None
+    #: Per huge page size in kB: the KiB the kernel's boot line says HVO frees
+    #: per folio ("HugeTLB: 28 KiB vmemmap can be freed for a 2.00 MiB page"),
+    #: when that line is still in the log.
+    kernel_freeable_kib: Dict[int, int] = dataclasses.field(default_factory=dict)
 
     @property
     def kernel_saved_pages(self) -> Optional[int]:
-        """What the kernel's counters say HVO freed."""
+        """What the kernel's memmap counters say HVO freed (6.10+)."""
         if self.kernel_memmap_pages is None or self.memmap_pages_without_hvo is None:
             return None
         return self.memmap_pages_without_hvo - self.kernel_memmap_pages
+
+    @property
+    def kernel_source(self) -> Optional[str]:
+        """Which of the kernel's own counters the savings are compared with."""
+        if self.kernel_saved_pages is not None:
+            return "nr_memmap_boot_pages + nr_memmap_pages"
+        if self.kernel_optimized_folios is not None:
+            return "hugetlb_optimize_vmemmap_key"
+        return None
+
+    @property
+    def kernel_agrees(self) -> Optional[bool]:
+        """vmemspect's measured savings equal the kernel's own figure (the
+        memmap counters on 6.10+, else the key's count of optimized folios);
+        None when the kernel keeps neither."""
+        if self.kernel_saved_pages is not None:
+            return self.kernel_saved_pages == self.saved_pages
+        if self.kernel_optimized_folios is not None:
+            return self.kernel_optimized_folios == self.remapped_folios
+        return None
 
 
 @dataclasses.dataclass
@@ -124,6 +162,7 @@ class Report:
             order = order_of.get(hstate, fvs[0].folio.order)
             per = vmemmap_savings(self.model, order)
             opt = sum(1 for fv in fvs if fv.folio.optimized)
+            remapped = sum(1 for fv in fvs if fv.remapped)
             out.append(GroupSummary(
                 hstate=hstate,
                 order=order,
@@ -135,7 +174,7 @@ class Report:
                 optimized=opt,
                 not_optimized=len(fvs) - opt,
                 unknown=sum(1 for fv in fvs if fv.unknown is not None),
-                saved_pages=per * opt,
+                saved_pages=per * remapped,
                 possible_pages=per * len(fvs),
             ))
         return out
@@ -216,7 +255,7 @@ def _scan(
     findings: List[Finding] = []
     folios: List[FolioVmemmap] = []
     unknown: List[FolioVmemmap] = []
-    scanned = saved = possible = 0
+    scanned = saved = possible = flagged_pages = remapped = flagged = 0
     # Each folio is judged as it is read; it is kept only if asked, so that
     # verify's memory does not grow with the folios.
     for fv in scan_folios(prog, None, progress, cut):
@@ -226,8 +265,12 @@ def _scan(
         count_folio(found, fv)
         per_folio = vmemmap_savings(model, fv.folio.order)
         possible += per_folio
-        if fv.folio.optimized:
+        if fv.remapped:
             saved += per_folio
+            remapped += 1
+        if fv.folio.optimized:
+            flagged_pages += per_folio
+            flagged += 1
         if keep_folios:
             folios.append(fv)
         if fv.unknown is not None:
@@ -243,7 +286,15 @@ def _scan(
         page_size=model.page_size,
         kernel_memmap_pages=kernel_now,
         memmap_pages_without_hvo=without,
+        remapped_folios=remapped,
+        flagged_folios=flagged,
+        flagged_pages=flagged_pages,
+        kernel_optimized_folios=kernel_optimized_folios(prog),
+        kernel_freeable_kib=kernel_freeable_kib(prog),
     )
+    # Counts over the whole population: meaningless if a list was cut.
+    if not cut:
+        findings.extend(check_kernel_counts(model, savings))
     return Report(
         model=model,
         hvo_enabled=hvo_enabled(prog),
