@@ -691,7 +691,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  guest_cwd: str | None = None, guest_env: dict | None = None,
                  timeout: float = 180.0, cmd_timeout: float = 1200.0,
                  dump_timeout: float = 900.0, dbg: bool = True,
-                 on_ready=None, extra_cmdline: str = "", mem: str | None = None) -> dict:
+                 on_ready=None, extra_cmdline: str = "", mem: str | None = None,
+                 capture=None) -> dict:
     """Boot ``series`` in ``scenario``, collect truth, dump memory, stop QEMU.
 
     Returns the run dict (also written to out_dir/run.json).  ``guest_cmd``
@@ -699,7 +700,11 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     in ``guest_cwd``, default the current directory; elsewhere in the
     initramfs's busybox).  ``on_ready(info)`` is called once the guest is
     ready and before the dump, with info["qmp"] the path of a spare QMP
-    socket (e.g. for ``drgn --qemu``).  Raises TestbedError on failure.
+    socket (e.g. for ``drgn --qemu``).  ``capture``: another dump source
+    instead of QEMU's dumps (scripts/testbed_kdump.py's KdumpCapture: the
+    guest panics into a kdump capture kernel); it may change the initramfs,
+    the command line and QEMU's arguments (prepare) and takes the dump once
+    the guest is ready (collect).  Raises TestbedError on failure.
     """
     t_start = time.monotonic()
     if scenario not in SCENARIOS:
@@ -727,7 +732,16 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             p.unlink()
     tmp = Path(tempfile.mkdtemp(prefix="vmemspect-"))
     (tmp / "scenario").write_text(scenario)
-    machine = "q35,accel=tcg"
+    cap: dict = {}
+    if capture is not None:
+        try:
+            cap = capture.prepare(kdir=kdir, mem=mem, tmp=tmp, out_dir=out_dir, initrd=initrd)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        initrd = cap.get("initrd", initrd)
+        cmdline = " ".join(x for x in (cmdline, cap.get("cmdline")) if x)
+    machine = "q35" if cap.get("accel") else "q35,accel=tcg"
     qemu_args = [QEMU, "-cpu", "max", "-smp", "2", "-m", mem,
                  "-nodefaults", "-display", "none", "-no-reboot",
                  "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd), "-append", cmdline,
@@ -749,12 +763,16 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
         qemu_args += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
         machine += ",memory-backend=mem"
     qemu_args += sc.get("qemu", [])
+    qemu_args += cap.get("qemu", [])
+    if cap.get("accel"):
+        qemu_args += ["-accel", cap["accel"]]
     qemu_args[1:1] = ["-machine", machine]
 
     run: dict = {"series": series, "release": release,
                  "vmlinux": str(kdir / "vmlinux") if (kdir / "vmlinux").is_file() else None,
                  "vmlinuz": str(kdir / "vmlinuz"), "initramfs": str(initrd),
                  "scenario": scenario, "cmdline": cmdline, "qemu_args": qemu_args,
+                 "dump_source": capture.name if capture is not None else "qemu",
                  "kdump": None, "elf": None, "console": str(console),
                  "truth": None, "guest_cmd": guest_cmd, "guest_cmd_output": None,
                  "guest_cmd_stderr": None, "guest_cmd_rc": None,
@@ -835,23 +853,10 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 run["timings"]["guest_cmd_s"] = round(t_ready - (t_cmd or t_ready), 2)
             if on_ready:
                 on_ready({"qmp": str(tmp / "qmp-spare.sock"), "run": run, "tmpdir": str(tmp)})
-            flat = out_dir / "vmcore.kdump.flat"
-            run["timings"]["dump_s"] = round(_dump(qmp, flat, "kdump-zlib", dump_timeout), 2)
-            t0 = time.monotonic()
-            run["kdump_format"] = _reassemble(flat, kdump)
-            run["timings"]["reassemble_s"] = round(time.monotonic() - t0, 2)
-            run["kdump"] = str(kdump)
-            run["sizes"]["kdump"] = kdump.stat().st_size
-            if elf:
-                run["timings"]["elf_dump_s"] = round(_dump(qmp, elf_path, None, dump_timeout), 2)
-                os.chmod(elf_path, 0o644)
-                run["elf"] = str(elf_path)
-                run["sizes"]["elf"] = elf_path.stat().st_size
-            try:
-                qmp.cmd("quit")
-            except (TestbedError, OSError):
-                pass
-            q.wait(10)
+            if capture is not None:
+                capture.collect(q=q, qmp=qmp, con=con, run=run, fail=fail)
+            else:
+                _qemu_dumps(qmp, q, run, out_dir, kdump, elf_path, elf, dump_timeout)
     finally:
         if qmp:
             qmp.close()
@@ -861,6 +866,28 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     run["timings"]["total_s"] = round(time.monotonic() - t_start, 2)
     (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     return json.loads(json.dumps(run))
+
+
+def _qemu_dumps(qmp: QMP, q: _Proc, run: dict, out_dir: Path, kdump: Path, elf_path: Path,
+                elf: bool, dump_timeout: float) -> None:
+    """QEMU's dumps over QMP (kdump-zlib, and ELF if asked), then quit."""
+    flat = out_dir / "vmcore.kdump.flat"
+    run["timings"]["dump_s"] = round(_dump(qmp, flat, "kdump-zlib", dump_timeout), 2)
+    t0 = time.monotonic()
+    run["kdump_format"] = _reassemble(flat, kdump)
+    run["timings"]["reassemble_s"] = round(time.monotonic() - t0, 2)
+    run["kdump"] = str(kdump)
+    run["sizes"]["kdump"] = kdump.stat().st_size
+    if elf:
+        run["timings"]["elf_dump_s"] = round(_dump(qmp, elf_path, None, dump_timeout), 2)
+        os.chmod(elf_path, 0o644)
+        run["elf"] = str(elf_path)
+        run["sizes"]["elf"] = elf_path.stat().st_size
+    try:
+        qmp.cmd("quit")
+    except (TestbedError, OSError):
+        pass
+    q.wait(10)
 
 
 # ---------------------------------------------------------------- CLI

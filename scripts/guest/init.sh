@@ -151,4 +151,7 @@ fi
 
 sync
 say "READY"
+# "kdump capture" runs (scripts/testbed_kdump.py) add this: load a capture
+# kernel and panic into it.
+[ -e /kdump/arm.sh ] && . /kdump/arm.sh
 while :; do sleep 3600; done
