@@ -644,6 +644,7 @@ class KdumpCapture:
         self.record = {
             "source": self.name, "variant": self.variant, "option": VARIANTS[self.variant],
             "requested_compression": "none" if self.variant == "elf" else self.variant,
+            "requested_format": "elf" if self.variant == "elf" else "kdump-compressed",
             "makedumpfile": {"build": self.build, **self.mdf.describe()},
             "kexec": self.kexec.describe(), "crashkernel": self.crashkernel,
             "capture_cmdline": append, "dump_level": self.dump_level,
@@ -715,6 +716,9 @@ class KdumpCapture:
         rec.update(dump=str(out), size=out.stat().st_size, format=info["format"],
                    actual_compression=info["compression"], dump_info=info,
                    compression_fallback=(rec["requested_compression"] != info["compression"]))
+        if info["format"] != rec["requested_format"]:
+            raise fail(f"kdump capture: asked makedumpfile for {rec['requested_format']}, "
+                       f"got {info['format']} ({out})")
         if info["format"] == "elf":
             run["elf"] = str(out)
             run["sizes"]["elf"] = rec["size"]

@@ -38,7 +38,8 @@ level=31
 for a in $(cat /proc/cmdline); do
 	case "$a" in
 	vmemspect.mdf=*) mdf=${a#vmemspect.mdf=} ;;
-	vmemspect.opt=*) opt=$(echo "${a#vmemspect.opt=}" | tr , ' ') ;;
+	# (not through echo: busybox's echo takes -E and -e as its own options)
+	vmemspect.opt=*) opt=${a#vmemspect.opt=}; opt=${opt//,/ } ;;
 	vmemspect.level=*) level=${a#vmemspect.level=} ;;
 	esac
 done
