@@ -576,6 +576,8 @@ def reassemble(disk: Path, out: Path) -> float:
     with open(disk, "rb") as f:
         if f.read(12) != b"makedumpfile":
             raise TestbedError(f"{disk}: no flattened dump on the capture disk")
+    if out.exists():
+        out.unlink()      # makedumpfile -R will not overwrite
     t0 = time.monotonic()
     with open(disk, "rb") as src:
         p = subprocess.run([mdf, "-R", str(out)], stdin=src, stdout=subprocess.PIPE,
