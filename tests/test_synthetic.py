@@ -745,3 +745,101 @@ def test_drgn_command(capsys):
         k.prog, "vmemspect verify --json", globals={}) == 1
     doc = json.loads(capsys.readouterr().out)
     assert [(f["check"], f["folio_pfn"]) for f in doc["findings"]] == [("tail-readonly", 0x10000)]
+
+
+# ---------------------------------------------------------------------------
+# 7. Kernel generations (docs/kernels.md): each difference found by type
+
+
+def test_generation_6_1_order_in_folio_order():
+    """Debian 12's 6.1 keeps a folio's order in folio->_folio_order, not in
+    _flags_1's low byte (Linux 6.6 moved it): read there, a healthy 6.1
+    kernel has no finding (it had one per folio: "folio order 0")."""
+    k = build_kernel(form="pointer", generation="6.1", hvo_key=6)
+    m = kernel_model(k.prog)
+    assert m.off_order == 64 + 17 and m.hugetlb_unit == "page" and m.hvo_key is True
+    assert "struct folio has _folio_order (order in its own byte of the first tail)" in m.evidence
+    folios = list(for_each_hugetlb_folio(k.prog))
+    assert sorted((f.pfn, f.folio_order) for f in folios) == sorted(
+        (f.pfn, f.order) for f in folios)
+    r = build_report(k.prog)
+    assert (r.findings, len(r.unknown), r.scanned) == ([], 0, 9)
+    s = r.savings
+    assert (s.kernel_source, s.kernel_optimized_folios, s.kernel_agrees) == (
+        "hugetlb_optimize_vmemmap_key", 6, True)
+    assert (s.remapped_folios, s.flagged_folios, s.kernel_saved_pages) == (6, 6, None)
+
+
+def test_generation_6_6_order_in_flags_1():
+    k = build_kernel(form="pointer")
+    m = kernel_model(k.prog)
+    assert m.off_order == 64 and m.hugetlb_unit == "folio" and m.hvo_key is False
+    assert "struct folio has _flags_1 and no _folio_order (order in its low byte)" in m.evidence
+
+
+@pytest.mark.parametrize("generation", ["default", "6.1"])
+@pytest.mark.parametrize("key, found", [(6, False), (5, True), (7, True)])
+def test_kernel_count(generation, key, found):
+    """hugetlb_optimize_vmemmap_key counts the folios HVO optimized; a
+    different number of flagged folios is a finding that says what freeing
+    them does to the key."""
+    k = build_kernel(form="pointer", generation=generation, hvo_key=key)
+    r = build_report(k.prog)
+    got = [f for f in r.findings if f.check == "kernel-count"]
+    assert len(got) == found and len(r.findings) == found
+    if found:
+        assert got[0].found.startswith("6 flagged folios (6 with remapped vmemmap)")
+        assert ("underflows" in got[0].consequence) == (key < 6)
+    assert r.savings.kernel_agrees is (key == 6)
+
+
+def test_flag_without_remap_names_the_key_and_its_count():
+    """The 6.12 demotion bug: a folio flagged optimized whose vmemmap was
+    never remapped. flag-vs-mapping names it and what freeing it does; the
+    key's count agrees with the remapped folios, not with the flagged ones;
+    the measured savings leave it out."""
+    k = build_kernel(form="pointer", hvo_key=6)
+    k.set_optimized_flag(0x18000, True)
+    r = build_report(k.prog)
+    checks = collections.Counter(f.check for f in r.findings)
+    assert checks["kernel-count"] == 1 and checks["flag-vs-mapping"] == 1
+    fvm = [f for f in r.findings if f.check == "flag-vs-mapping"][0]
+    assert fvm.folio_pfn == 0x18000
+    assert "hugetlb_optimize_vmemmap_key" in fvm.consequence
+    s = r.savings
+    assert (s.remapped_folios, s.flagged_folios, s.kernel_optimized_folios) == (6, 7, 6)
+    assert s.saved_pages == 7 * 5 + 4095 and s.flagged_pages == 7 * 6 + 4095
+
+
+def test_verify_text_groups_findings(capsys):
+    """Many findings: grouped by check with counts and the first few; --all
+    lists each; JSON keeps each, with what the kernel will do."""
+    k = build_kernel(form="pointer")
+    for pfn in OPT_2M_NODE0 + OPT_2M_NODE1:
+        k.set_optimized_flag(pfn, False)
+    assert run(["verify"], prog=k.prog) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "flag-vs-mapping: 5 finding(s) on 5 folio(s)"
+    assert len([ln for ln in out if ln.startswith("  folio pfn ")]) == 3
+    assert any(ln.startswith("  ... 2 more (folios 0x") for ln in out)
+    assert any(ln.startswith("  then: vmemmap remapped, flag clear") for ln in out)
+    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s)")
+    assert run(["verify", "--all"], prog=k.prog) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len([ln for ln in out if ln.startswith("flag-vs-mapping: folio pfn ")]) == 5
+    assert run(["verify", "--json"], prog=k.prog) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["findings"]) == 5
+    assert all(f["consequence"].startswith("vmemmap remapped, flag clear")
+               for f in doc["findings"])
+
+
+def test_report_says_which_kernel_counter(capsys):
+    k = build_kernel(form="pointer", generation="6.1", hvo_key=6)
+    assert run([], prog=k.prog) == 0
+    out = capsys.readouterr().out
+    assert ("kernel says   6 optimized folios (hugetlb_optimize_vmemmap_key); vmemspect finds "
+            "6 remapped, 6 flagged; agrees") in out
+    k = build_kernel(form="mask")
+    assert run([], prog=k.prog) == 0
+    assert "kernel says   nothing: this kernel keeps no count" in capsys.readouterr().out
