@@ -593,17 +593,25 @@ def test_corrupt_head_flags_name_another_node():
     assert keys(build_report(k.prog).findings) == {("folio-node", 0x10200, None)}
 
 
-@pytest.mark.parametrize("bad_next", [0xDEAD000000000100, 0x00000000DEADBEE0])
-def test_corrupt_list_pointer(bad_next):
+@pytest.mark.parametrize("bad_next, why", [
+    (0xDEAD000000000100, "LIST_POISON1 (an entry list_del() removed)"),
+    (0x00000000DEADBEE0, "PGD entry 0x0 at phys"),
+])
+def test_corrupt_list_pointer(bad_next, why):
     # LIST_POISON1 (list_del()) or garbage in a free folio's lru.next: the
-    # walk stops there and the hstate's counters tell what was not found.
+    # walk stops there; the finding names the folio, the link and why, and
+    # what the counters say lies beyond.
     k = build_kernel(form="mask")
     f = k.folio(0x10200)
     k.write_frame_page(f.head_frame, 0, info=bad_next)
     r = build_report(k.prog)
     assert sorted(fv.folio.pfn for fv in r.folios) == sorted(set(k.folios) - {0x10600})
-    assert keys(r.findings) == {("hstate-count", None, None)}
-    assert r.findings[0].subject == f"hstate {HNAME[9]} node 0"
+    assert keys(r.findings) == {("hstate-list", None, None)}
+    f0 = r.findings[0]
+    assert f0.subject == f"hstate {HNAME[9]} free list of node 0"
+    assert f0.found.startswith(f"the lru.next of folio pfn 0x10200 points at {bad_next:#x}, "
+                               f"which is not mapped: {why}")
+    assert f0.found.endswith("say 1 more lie beyond")
     assert run(["verify"], prog=k.prog) == 1
 
 
@@ -843,3 +851,63 @@ def test_report_says_which_kernel_counter(capsys):
     k = build_kernel(form="mask")
     assert run([], prog=k.prog) == 0
     assert "kernel says   nothing: this kernel keeps no count" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# 8. Corrupt lists: every walk ends, each folio is counted once
+
+
+def _free_list_2m_node0(k):
+    """The 2 MiB free list of node 0 as the kernel links it (pfns in order)."""
+    return [f.pfn for f in for_each_hugetlb_folio(k.prog)
+            if f.order == 9 and f.state == "free" and f.list_nid == 0]
+
+
+@pytest.mark.parametrize("huge_counters", [False, True], ids=["counters", "counters-2^40"])
+def test_list_loops_back(huge_counters):
+    """The last free folio's lru.next points back at the first: the finding
+    says the list loops at that folio, each folio is checked once, and the
+    walk does not trust the (corrupted) counters to end."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    assert len(order) >= 3
+    first, last = order[0], order[-1]
+    k.write_frame_page(k.folio(last).head_frame, 0, info=k.folio(first).page + 8)
+    if huge_counters:
+        for member in ("nr_huge_pages", "free_huge_pages"):
+            k.set_hstate_counter(9, member, None, 1 << 40)
+        for member in ("nr_huge_pages_node", "free_huge_pages_node"):
+            k.set_hstate_counter(9, member, 0, 0xFFFFFFFF)
+    k.invalidate()
+    r = build_report(k.prog)
+    pfns = [fv.folio.pfn for fv in r.folios]
+    assert len(pfns) == len(set(pfns)) == len(k.folios) - (
+        sum(1 for p in k.folios if k.folio(p).order == 9 and k.folio(p).state == "free"
+            and k.folio(p).nid == 0) - len(order))
+    lists = [f for f in r.findings if f.check == "hstate-list"]
+    assert len(lists) == 1
+    assert lists[0].found.startswith(
+        f"a loop: the lru.next of folio pfn {last:#x} points back at an entry already on the list")
+    assert f"{len(order)} folio(s) read before it" in lists[0].found
+    assert {f.check for f in r.findings} == {"hstate-list"}
+
+
+def test_list_cycle_that_links_back_consistently():
+    """Two corrupted words make a cycle whose links agree both ways and that
+    never passes the list head: its entry's prev names its cycle
+    predecessor, not the entry the walk came from, so the walk ends there."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    a, b = order[0], order[1]
+    # b.next = a and a.prev = b: a two-entry cycle off the head.
+    k.write_frame_page(k.folio(b).head_frame, 0, info=k.folio(a).page + 8)
+    k.write_frame_page(k.folio(a).head_frame, 0, prev=k.folio(b).page + 8)
+    k.invalidate()
+    r = build_report(k.prog)
+    lists = [f for f in r.findings if f.check == "hstate-list"]
+    assert len(lists) == 1
+    assert not [fv for fv in r.folios if fv.folio.pfn in order]
+    # The head's next (a) no longer links back to the head: caught at once.
+    assert lists[0].found.startswith(
+        f"the list head's next points at {k.folio(a).page + 8:#x}, whose lru.prev "
+        f"({k.folio(b).page + 8:#x}) does not point back; 0 folio(s) read before it")

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program
 
-from .hugetlb import HugetlbFolio, for_each_hugetlb_folio_page, zones
+from .hugetlb import HugetlbFolio, ListBreak, for_each_hugetlb_folio_page, zones
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
@@ -344,18 +344,19 @@ def scan_folios(
     folios: Optional[Iterable[HugetlbFolio]] = None,
     progress: Optional[Callable[["FolioVmemmap"], None]] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
 ) -> Iterator[FolioVmemmap]:
     """
     :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
     one page-table walker and one cache of shared frames for the whole scan.
 
     :param progress: called with each folio's record, for progress bars.
-    :param cut: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
+    :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
     """
     walker = page_table_walker(prog)
     cache: Dict[Tuple[int, int], FrameContents] = {}
     pairs = (((f, None) for f in folios) if folios is not None
-             else for_each_hugetlb_folio_page(prog, cut=cut))
+             else for_each_hugetlb_folio_page(prog, cut=cut, broken=broken))
     for folio, head_page in pairs:
         record = folio_vmemmap(prog, folio, walker, cache, head_page)
         if progress:

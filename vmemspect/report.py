@@ -20,6 +20,7 @@ from .checks import (
     check_folio,
     check_kernel_counts,
     check_hstate_counts,
+    check_hstate_lists,
     check_shared_tails,
     count_folio,
     folio_check_context,
@@ -27,6 +28,7 @@ from .checks import (
 from .errors import VmemspectError
 from .hugetlb import (
     Hstate,
+    ListBreak,
     Zone,
     for_each_hstate_record,
     hvo_enabled,
@@ -144,6 +146,8 @@ class Report:
     savings: Savings
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Each hstate list found corrupt (a finding too: hstate-list).
+    broken_lists: List[ListBreak] = dataclasses.field(default_factory=list)
     #: Where the kernel's types came from: "dwarf" (a vmlinux) or "btf".
     types: Optional[str] = None
     #: Live kernel: findings that did not hold on every re-read (the kernel
@@ -258,7 +262,8 @@ def _scan(
     scanned = saved = possible = flagged_pages = remapped = flagged = 0
     # Each folio is judged as it is read; it is kept only if asked, so that
     # verify's memory does not grow with the folios.
-    for fv in scan_folios(prog, None, progress, cut):
+    broken: List[ListBreak] = []
+    for fv in scan_folios(prog, None, progress, cut, broken):
         scanned += 1
         findings.extend(check_folio(model, fv, tails_by_zone, shared_names))
         tally.add(fv)
@@ -277,7 +282,11 @@ def _scan(
             unknown.append(fv)
     tails = shared_tails(prog, tally=tally)
     findings.extend(check_shared_tails(model, tails))
-    findings.extend(check_hstate_counts(hstates, found, {name for name, _ in cut}))
+    findings.extend(check_hstate_lists(hstates, broken))
+    # A cut or broken list holds fewer folios than the counters by nature;
+    # hstate-list says how many.
+    findings.extend(check_hstate_counts(
+        hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}))
     kernel_now, without = kernel_memmap_saved(prog, model)
     savings = Savings(
         saved_pages=saved,
@@ -293,7 +302,7 @@ def _scan(
         kernel_freeable_kib=kernel_freeable_kib(prog),
     )
     # Counts over the whole population: meaningless if a list was cut.
-    if not cut:
+    if not cut and not broken:
         findings.extend(check_kernel_counts(model, savings))
     return Report(
         model=model,
@@ -307,6 +316,7 @@ def _scan(
         findings=findings,
         savings=savings,
         cut_lists=cut,
+        broken_lists=broken,
         types=prog.cache.get("vmemspect_types"),
     )
 
