@@ -622,14 +622,24 @@ def test_corrupt_head_pte_read_only():
     assert keys(build_report(k.prog).findings) == {("head-mapping", 0x100000, f.head_frame)}
 
 
-def test_unreadable_tail_frame_is_unknown_not_a_finding():
-    # A tail PTE naming a frame the dump does not hold: the folio cannot be
-    # judged; it is reported as unknown, and nothing else is judged on it.
+@pytest.mark.parametrize("pfn, why", [
+    # Beyond every present section (the issue's pfn 0xfffff00 in a 2 GiB guest).
+    (0xFFFFF00, "not in the machine (in no present memory section)"),
+    # Inside node 1's Normal zone, but past what the (synthetic) dump holds.
+    (0x170000, "not in the dump"),
+])
+def test_tail_pte_to_unreadable_frame_is_a_finding(pfn, why):
+    # Which frame a PTE names is known without reading the frame: a tail PTE
+    # onto any frame but the shared one is a finding, whether or not that
+    # frame can be read; only the frame's contents are unknown.
     k = build_kernel(form="mask")
-    k.remap(k.folio(0x10200).vmemmap_page(4), 0x7FFF000)
+    k.remap(k.folio(0x10200).vmemmap_page(4), pfn)
     r = build_report(k.prog)
-    assert [fv.folio.pfn for fv in r.unknown] == [0x10200]
-    assert r.findings == []
+    assert r.unknown == []
+    assert keys(r.findings) == {("tail-frame", 0x10200, pfn)}
+    assert r.findings[0].found == f"1 tail vmemmap page(s) on pfn {pfn:#x} ({why})"
+    fv = [fv for fv in r.folios if fv.folio.pfn == 0x10200][0]
+    assert fv.unreadable == ((pfn, why),)
 
 
 # ---------------------------------------------------------------------------

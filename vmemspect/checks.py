@@ -167,6 +167,7 @@ def check_folio(
         else:
             want = head.pfn if head is not None else 0
             want_name = f"the folio's head frame (pfn {want:#x})"
+        absent = dict(fv.unreadable)
         for t in fv.tails:
             if want and t.pfn != want:
                 where = ""
@@ -174,6 +175,8 @@ def check_folio(
                     where = " (not mapped)"
                 elif t.pfn in shared_frames:
                     where = f" (the shared tail frame of {shared_frames[t.pfn]})"
+                elif t.pfn in absent:
+                    where = f" ({absent[t.pfn]})"
                 add("tail-frame", want_name,
                     f"{t.pages} tail vmemmap page(s) on pfn "
                     f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn)
@@ -203,6 +206,11 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
                                f"an empty slot, needed by {t.folios_expected} optimized folios"))
             continue
         subject = f"frame pfn {t.pfn:#x}, " + subject
+        if t.unreadable is not None and t.unreadable.startswith("not in the machine"):
+            # A frame that does not exist is a wrong slot, not missing memory.
+            out.append(Finding(
+                "shared-frame", subject, "a frame of the machine", t.unreadable,
+                frame_pfn=t.pfn, consequence=_consequence(model, "shared-frame")))
         if t.contents is not None and t.contents.bad:
             i, info, flags = t.contents.first_bad
             out.append(Finding(

@@ -54,6 +54,7 @@ __all__ = (
     "TailTally",
     "decode_page",
     "folio_vmemmap",
+    "frame_absence",
     "frame_contents",
     "scan_folios",
     "shared_tails",
@@ -119,6 +120,9 @@ class FolioVmemmap:
     tail_contents: Tuple[FrameContents, ...]
     #: Why the mapping could not be read (missing memory), else None.
     unknown: Optional[str]
+    #: Frames the mapping names whose contents could not be read, with why
+    #: (frame_absence()): the mapping is still judged, their contents not.
+    unreadable: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def remapped(self) -> bool:
@@ -144,6 +148,8 @@ class SharedTail:
     #: Folios of this zone and order flagged optimized.
     folios_expected: int
     contents: Optional[FrameContents]
+    #: Why the frame could not be read (frame_absence()), else None.
+    unreadable: Optional[str] = None
 
 
 def frame_contents(
@@ -210,6 +216,39 @@ def frame_contents(
     )
 
 
+def frame_absence(prog: Program, pfn: int) -> str:
+    """
+    Why frame ``pfn`` cannot be read: "not in the machine" when no memory
+    exists there (at or beyond ``max_pfn``, or in no present SPARSEMEM
+    section: a page-table entry naming it is wrong whatever else the dump
+    holds), else "not in the dump" (filtered or truncated away).
+    """
+    from drgn.helpers.linux.mmzone import for_each_present_section
+
+    model = kernel_model(prog)
+    try:
+        max_pfn = prog["max_pfn"].value_()
+    except (KeyError, LookupError, FaultError):
+        max_pfn = None
+    if max_pfn and pfn >= max_pfn:
+        return f"not in the machine (beyond max_pfn {max_pfn:#x})"
+    present = prog.cache.get("vmemspect_present_sections")
+    if present is None:
+        try:
+            present = frozenset(nr for nr, _ in for_each_present_section(prog))
+        except (KeyError, LookupError, FaultError):
+            present = frozenset()
+        prog.cache["vmemspect_present_sections"] = present
+    section_shift = 27 - model.page_shift
+    try:
+        section_shift = prog["SECTION_SIZE_BITS"].value_() - model.page_shift
+    except (KeyError, LookupError):
+        pass
+    if present and (pfn >> section_shift) not in present:
+        return "not in the machine (in no present memory section)"
+    return "not in the dump"
+
+
 def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
     """compound_info of a tail of ``folio`` in the kernel's form."""
     if model.form == "mask":
@@ -221,7 +260,7 @@ def folio_vmemmap(
     prog: Program,
     folio: HugetlbFolio,
     walker: Optional[PageTableWalker] = None,
-    frame_cache: Optional[Dict[Tuple[int, int], FrameContents]] = None,
+    frame_cache: Optional[Dict[Tuple[int, int], object]] = None,
     head_page: Optional[bytes] = None,
 ) -> FolioVmemmap:
     """
@@ -232,8 +271,9 @@ def folio_vmemmap(
     as the folio's own head frame (whose first struct page is then a fake
     head at each tail position).
 
-    :param frame_cache: contents already read, keyed by (pfn, order); shared
-        frames are read once per scan through it.
+    :param frame_cache: contents already read, keyed by (pfn, order), or
+        why a frame could not be read (a str); shared frames are read once
+        per scan through it.
     :param head_page: the bytes of the vmemmap page holding the head struct
         page, when the caller read them already (through the same page
         tables, so they are the head frame's).
@@ -292,6 +332,7 @@ def folio_vmemmap(
                                     data=head_page)
 
         contents = []
+        unreadable = []
         fake_heads = 0
         for tail in tails:
             if tail.pfn is None:
@@ -302,10 +343,18 @@ def folio_vmemmap(
                 if tail.pfn == head_leaf.pfn:
                     c = head_frame
                 else:
-                    c = frame_contents(prog, model, tail.pfn, tail_info)
+                    try:
+                        c = frame_contents(prog, model, tail.pfn, tail_info)
+                    except (MissingMemory, FaultError):
+                        # Which frame the PTE names is known without reading
+                        # it: only its contents are unknown.
+                        c = frame_absence(prog, tail.pfn)
                 # Only shared frames are worth keeping across folios.
                 if model.form == "mask" and tail.pages > 1:
                     frame_cache[key] = c
+            if isinstance(c, str):
+                unreadable.append((tail.pfn, c))
+                continue
             contents.append(c)
             if model.form == "pointer" and c.first_is_head:
                 fake_heads += tail.pages
@@ -321,6 +370,7 @@ def folio_vmemmap(
             head_frame=head_frame,
             tail_contents=tuple(contents),
             unknown=None,
+            unreadable=tuple(unreadable),
         )
     except (MissingMemory, FaultError) as e:
         reason = str(e)
@@ -425,6 +475,7 @@ def shared_tails(
                 continue
             pfn = model.page_pfn(page) if page else None
             contents = None
+            unreadable = None
             if pfn is not None:
                 try:
                     tail = compound_info_mask(model, order)
@@ -433,7 +484,7 @@ def shared_tails(
                         None if per_node else (zone.nid, zone.idx),
                     )
                 except (MissingMemory, FaultError):
-                    contents = None
+                    unreadable = frame_absence(prog, pfn)
             result.append(
                 SharedTail(
                     nid=zone.nid,
@@ -446,6 +497,7 @@ def shared_tails(
                     folios=mapped.get(pfn, 0) if pfn is not None else 0,
                     folios_expected=need,
                     contents=contents,
+                    unreadable=unreadable,
                 )
             )
     return result

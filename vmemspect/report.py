@@ -146,6 +146,10 @@ class Report:
     savings: Savings
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: (pfn, what it is, why) of each frame a mapping names whose contents
+    #: could not be read (missing from the dump): its struct pages are not
+    #: judged, the mappings to it are.
+    unknown_frames: List[Tuple[int, str, str]] = dataclasses.field(default_factory=list)
     #: Each hstate list found corrupt (a finding too: hstate-list).
     broken_lists: List[ListBreak] = dataclasses.field(default_factory=list)
     #: Where the kernel's types came from: "dwarf" (a vmlinux) or "btf".
@@ -263,7 +267,12 @@ def _scan(
     # Each folio is judged as it is read; it is kept only if asked, so that
     # verify's memory does not grow with the folios.
     broken: List[ListBreak] = []
+    unknown_frames: Dict[int, Tuple[int, str, str]] = {}
     for fv in scan_folios(prog, None, progress, cut, broken):
+        for pfn, why in fv.unreadable:
+            if not why.startswith("not in the machine"):  # else a finding
+                unknown_frames.setdefault(pfn, (pfn, f"a tail frame of folio pfn "
+                                                     f"{fv.folio.pfn:#x}", why))
         scanned += 1
         findings.extend(check_folio(model, fv, tails_by_zone, shared_names))
         tally.add(fv)
@@ -282,6 +291,10 @@ def _scan(
             unknown.append(fv)
     tails = shared_tails(prog, tally=tally)
     findings.extend(check_shared_tails(model, tails))
+    for t in tails:
+        if t.unreadable is not None and not t.unreadable.startswith("not in the machine"):
+            unknown_frames[t.pfn] = (t.pfn, f"vmemmap_tails[{t.slot}] of node {t.nid} "
+                                            f"{t.zone_name} (order {t.order})", t.unreadable)
     findings.extend(check_hstate_lists(hstates, broken))
     # A cut or broken list holds fewer folios than the counters by nature;
     # hstate-list says how many.
@@ -317,6 +330,7 @@ def _scan(
         savings=savings,
         cut_lists=cut,
         broken_lists=broken,
+        unknown_frames=list(unknown_frames.values()),
         types=prog.cache.get("vmemspect_types"),
     )
 
