@@ -79,8 +79,9 @@ def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) ->
 
 
 def live_run(series: str, guest_cmd: str = "python3 tests/live_guest.py",
-             name: str = "live-guest") -> dict:
+             name: str = "live-guest", extra_cmdline: str = "") -> dict:
     """The live scenario running ``guest_cmd`` inside the guest, chrooted
     in this machine's root, in this checkout with this checkout's package."""
     return _run(f"{series}-{name}", series, "live", guest_cmd=guest_cmd,
-                guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)})
+                guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)},
+                extra_cmdline=extra_cmdline)

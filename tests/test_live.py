@@ -56,3 +56,19 @@ def test_live_churn_no_false_violations(live):
     assert len({s["folios"] for s in scans}) > 1, scans
     # ...and no scan reported a violation that did not hold.
     assert all(s["findings"] == [] for s in scans), scans
+
+
+def test_live_under_lockdown_confidentiality():
+    """As root on a kernel booted with lockdown=confidentiality, /proc/kcore
+    is forbidden by the lockdown, not by permissions: the one-line error
+    says so and points to a kdump vmcore, exit 2."""
+    run = live_run("7.2", 'cat /sys/kernel/security/lockdown; id -u; '
+                          'python3 -m vmemspect live verify; echo "rc=$?"',
+                   name="live-lockdown", extra_cmdline="lockdown=confidentiality")
+    out = run["guest_cmd_output"].splitlines()
+    assert out[0] == "none integrity [confidentiality]" and out[1] == "0", out
+    assert out[-1] == "rc=2", out
+    err = run["guest_cmd_stderr"].strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("vmemspect: error: the kernel's lockdown (confidentiality")
+    assert "vmemspect vmcore DUMP" in err[0]

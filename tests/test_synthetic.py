@@ -921,3 +921,33 @@ def test_list_cycle_that_links_back_consistently():
     assert lists[0].found.startswith(
         f"the list head's next points at {k.folio(a).page + 8:#x}, whose lru.prev "
         f"({k.folio(b).page + 8:#x}) does not point back; 0 folio(s) read before it")
+
+
+# ---------------------------------------------------------------------------
+# 9. Clear errors for input that is not what vmemspect needs
+
+
+def test_folios_unknown_hstate_names_those_that_exist(capsys):
+    k = build_kernel()
+    assert run(["folios", "--hstate", "3M"], prog=k.prog) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmemspect: error: this kernel has no hstate '3M'")
+    assert "hugepages-2048kB, hugepages-1048576kB" in err and len(err.splitlines()) == 1
+
+
+def test_not_a_kernel(capsys):
+    """drgn attached to a user-space program: %vmemspect says vmemspect needs
+    a kernel, exit 2 (it said 'internal error: ObjectNotFoundError')."""
+    prog = drgn.Program()
+    prog.set_pid(os.getpid())
+    assert run(["verify"], prog=prog) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmemspect: error: this program is not a Linux kernel")
+    assert "/proc/kcore" in err and len(err.splitlines()) == 1
+
+
+def test_folios_table_writes_the_count_apart(capsys):
+    k = build_kernel()
+    assert run(["folios", "--hstate", "1G"], prog=k.prog) == 0
+    out = capsys.readouterr().out
+    assert f"{k.folio(OPT_1G).frames[1]:#x} ×4095 RO pte" in out

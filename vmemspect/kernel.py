@@ -18,7 +18,7 @@ needs nothing but the model.
 import dataclasses
 from typing import Optional, Tuple
 
-from drgn import FaultError, Program, offsetof, sizeof
+from drgn import FaultError, Program, ProgramFlags, offsetof, sizeof
 from drgn.helpers.linux.mm import pfn_to_page
 
 from .errors import VmemspectError
@@ -214,6 +214,12 @@ def _hugetlb_unit(prog: Program) -> Optional[str]:
 
 
 def _detect(prog: Program) -> KernelModel:
+    if not prog.flags & ProgramFlags.IS_LINUX_KERNEL:
+        raise VmemspectError(
+            "this program is not a Linux kernel (drgn has a user-space process or core open)",
+            "vmemspect needs a kernel: a vmcore, the running kernel (/proc/kcore) or a "
+            "QEMU guest (drgn --qemu)",
+        )
     evidence = []
     arch = prog.platform.arch.name.lower() if prog.platform else "unknown"
     try:

@@ -375,8 +375,8 @@ def render_folios(doc: Dict[str, Any], fmt: str) -> str:
     for f in doc["folios"]:
         head = f["head_frame"]
         tails = "; ".join(
-            f"{t['pfn']:#x}x{t['pages']} {'RW' if t['writable'] else 'RO'} {','.join(t['levels'])}"
-            if t["pfn"] is not None else f"unmapped x{t['pages']}"
+            f"{t['pfn']:#x} ×{t['pages']} {'RW' if t['writable'] else 'RO'} {','.join(t['levels'])}"
+            if t["pfn"] is not None else f"unmapped ×{t['pages']}"
             for t in f["tail_frames"][:3]
         ) + (" ..." if len(f["tail_frames"]) > 3 else "")
         rows.append([

@@ -360,7 +360,14 @@ def select_folios(
 
     :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
     :param state: "free" or "in-use" (the kernel's active list).
+    :raises VmemspectError: if the kernel has no such hstate.
     """
+    if hstate is not None and not any(
+        _hstate_matches(h.name, h.order, report.model.page_shift, hstate) for h in report.hstates
+    ):
+        names = ", ".join(h.name for h in report.hstates) or "none (no hugetlb)"
+        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
+                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
     out = []
     for fv in report.folios:
         f = fv.folio

@@ -215,12 +215,31 @@ def open_vmcore(
     )
 
 
+def _lockdown(path: str = "/sys/kernel/security/lockdown") -> Optional[str]:
+    """The kernel's lockdown mode ("none", "integrity", "confidentiality"):
+    the bracketed word of ``path``; None if it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
 def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
     """Open the running kernel through /proc/kcore (needs root)."""
     prog = drgn.Program()
     try:
         prog.set_kernel()
     except PermissionError:
+        lockdown = _lockdown()
+        if os.geteuid() == 0 and lockdown == "confidentiality":
+            raise VmemspectError(
+                "the kernel's lockdown (confidentiality, /sys/kernel/security/lockdown) "
+                "forbids reading /proc/kcore, even as root",
+                "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
         raise VmemspectError(
             "cannot read /proc/kcore: permission denied",
             "run vmemspect live as root (e.g. with sudo)",
