@@ -951,3 +951,19 @@ def test_folios_table_writes_the_count_apart(capsys):
     assert run(["folios", "--hstate", "1G"], prog=k.prog) == 0
     out = capsys.readouterr().out
     assert f"{k.folio(OPT_1G).frames[1]:#x} ×4095 RO pte" in out
+
+
+def test_head_pte_onto_a_frame_the_machine_lacks_is_a_finding():
+    """The PTE of a folio's head vmemmap page points at a frame beyond the
+    machine: the list link to it cannot be read, and that is corruption (a
+    hstate-list finding), not memory missing from the dump (unknown)."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    victim = order[1]
+    k.remap(k.folio(victim).vmemmap, 0xFFFFF00, writable=True)
+    r = build_report(k.prog)
+    assert r.cut_lists == [] and r.unknown == []
+    (f,) = [f for f in r.findings if f.check == "hstate-list"]
+    assert f.found.startswith(f"the lru.next of folio pfn {order[0]:#x} points at ")
+    assert "its PTE maps frame 0xfffff00, not in the machine (in no present memory section)" \
+        in f.found

@@ -17,7 +17,7 @@ import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Object, Program, ProgramFlags, offsetof
-from drgn.helpers.linux.mmzone import for_each_online_pgdat
+from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
 from .pagetable import MissingMemory, page_table_walker
@@ -30,6 +30,7 @@ __all__ = (
     "for_each_hstate_record",
     "for_each_hugetlb_folio",
     "for_each_hugetlb_folio_page",
+    "frame_absence",
     "hvo_enabled",
     "kernel_freeable_kib",
     "kernel_memmap_pages",
@@ -234,6 +235,37 @@ class ListBreak:
     found: int
 
 
+def frame_absence(prog: Program, pfn: int) -> str:
+    """
+    Why frame ``pfn`` cannot be read: "not in the machine" when no memory
+    exists there (at or beyond ``max_pfn``, or in no present SPARSEMEM
+    section: a page-table entry naming it is wrong whatever else the dump
+    holds), else "not in the dump" (filtered or truncated away).
+    """
+    model = kernel_model(prog)
+    try:
+        max_pfn = prog["max_pfn"].value_()
+    except (KeyError, LookupError, FaultError):
+        max_pfn = None
+    if max_pfn and pfn >= max_pfn:
+        return f"not in the machine (beyond max_pfn {max_pfn:#x})"
+    present = prog.cache.get("vmemspect_present_sections")
+    if present is None:
+        try:
+            present = frozenset(nr for nr, _ in for_each_present_section(prog))
+        except (KeyError, LookupError, FaultError):
+            present = frozenset()
+        prog.cache["vmemspect_present_sections"] = present
+    section_shift = 27 - model.page_shift
+    try:
+        section_shift = prog["SECTION_SIZE_BITS"].value_() - model.page_shift
+    except (KeyError, LookupError):
+        pass
+    if present and (pfn >> section_shift) not in present:
+        return "not in the machine (in no present memory section)"
+    return "not in the dump"
+
+
 def _unmapped_reason(prog: Program, address: int) -> Optional[str]:
     """Why ``address`` cannot be read although the dump is whole there: not
     mapped (naming the page-table entry), or list_del()'s poison. None if it
@@ -241,7 +273,17 @@ def _unmapped_reason(prog: Program, address: int) -> Optional[str]:
     if address in (LIST_POISON1, LIST_POISON2):
         return f"LIST_POISON{1 if address == LIST_POISON1 else 2} (an entry list_del() removed)"
     try:
-        return page_table_walker(prog).explain_unmapped(address & ~0xFFF)
+        walker = page_table_walker(prog)
+        why = walker.explain_unmapped(address & ~0xFFF)
+        if why is not None:
+            return why
+        # Mapped: onto a frame the machine has (then it is missing from the
+        # dump) or onto one it does not (a corrupt entry).
+        leaf = walker.lookup(address & ~0xFFF)
+        absence = frame_absence(prog, leaf.pfn) if leaf.pfn is not None else ""
+        if absence.startswith("not in the machine"):
+            return f"its {leaf.level_name.upper()} maps frame {leaf.pfn:#x}, {absence}"
+        return None
     except MissingMemory:
         return None
 

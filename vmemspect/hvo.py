@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program
 
-from .hugetlb import HugetlbFolio, ListBreak, for_each_hugetlb_folio_page, zones
+from .hugetlb import HugetlbFolio, ListBreak, for_each_hugetlb_folio_page, frame_absence, zones
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
@@ -54,7 +54,6 @@ __all__ = (
     "TailTally",
     "decode_page",
     "folio_vmemmap",
-    "frame_absence",
     "frame_contents",
     "scan_folios",
     "shared_tails",
@@ -214,39 +213,6 @@ def frame_contents(
         flags_zone=page_flags_zone(model, flags[0]),
         first_is_head=bool(flags[0] & (1 << model.pg_head)) and not infos[0] & 1,
     )
-
-
-def frame_absence(prog: Program, pfn: int) -> str:
-    """
-    Why frame ``pfn`` cannot be read: "not in the machine" when no memory
-    exists there (at or beyond ``max_pfn``, or in no present SPARSEMEM
-    section: a page-table entry naming it is wrong whatever else the dump
-    holds), else "not in the dump" (filtered or truncated away).
-    """
-    from drgn.helpers.linux.mmzone import for_each_present_section
-
-    model = kernel_model(prog)
-    try:
-        max_pfn = prog["max_pfn"].value_()
-    except (KeyError, LookupError, FaultError):
-        max_pfn = None
-    if max_pfn and pfn >= max_pfn:
-        return f"not in the machine (beyond max_pfn {max_pfn:#x})"
-    present = prog.cache.get("vmemspect_present_sections")
-    if present is None:
-        try:
-            present = frozenset(nr for nr, _ in for_each_present_section(prog))
-        except (KeyError, LookupError, FaultError):
-            present = frozenset()
-        prog.cache["vmemspect_present_sections"] = present
-    section_shift = 27 - model.page_shift
-    try:
-        section_shift = prog["SECTION_SIZE_BITS"].value_() - model.page_shift
-    except (KeyError, LookupError):
-        pass
-    if present and (pfn >> section_shift) not in present:
-        return "not in the machine (in no present memory section)"
-    return "not in the dump"
 
 
 def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
