@@ -240,6 +240,15 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
                 "forbids reading /proc/kcore, even as root",
                 "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
             )
+        if os.geteuid() == 0:
+            # Root is refused only by a security policy: lockdown (whose mode
+            # cannot be read without securityfs) or an LSM.
+            raise VmemspectError(
+                "cannot read /proc/kcore although running as root: the kernel's lockdown "
+                "or a security module forbids it (mount securityfs to see "
+                "/sys/kernel/security/lockdown)",
+                "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
         raise VmemspectError(
             "cannot read /proc/kcore: permission denied",
             "run vmemspect live as root (e.g. with sudo)",
