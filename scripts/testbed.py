@@ -168,9 +168,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VMEMSPECT_CACHE") or Path.home() / ".cache" / "vmemspect")
 
 
+# series -> (series, flavour, suite) for fetch-kernel.sh
+_KERNELS = {"6.12": ("6.12", "cloud", "trixie"), "7.2": ("7.2", "cloud", "sid")}
+
+
 def fetch_kernel(series: str, dbg: bool = True) -> Path:
     """Run fetch-kernel.sh (a cache hit when present); return the kernel's dir."""
-    cmd = [str(SCRIPTS / "fetch-kernel.sh"), series] + ([] if dbg else ["--no-dbg"])
+    if series not in _KERNELS:
+        raise ValueError(f"unknown kernel {series!r}; have {', '.join(_KERNELS)}")
+    cmd = [str(SCRIPTS / "fetch-kernel.sh"), *_KERNELS[series]] + ([] if dbg else ["--no-dbg"])
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         raise TestbedError(f"fetch-kernel.sh {series} failed ({p.returncode}):\n{p.stderr[-3000:]}")
