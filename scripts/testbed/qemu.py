@@ -26,10 +26,18 @@ VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
 
 def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
-    """The QEMU binary and the machine (TCG: /dev/kvm exists here but does
-    not run these kernels, see hvo-facts.md)."""
-    machine = arch.machine + ",accel=tcg" + (f",{machine_opts}" if machine_opts else "")
-    return [arch.qemu, "-machine", machine,
+    """The QEMU binary and the machine: TCG with every vCPU in one host
+    thread (``-accel tcg,thread=single``; no accel= in -machine).
+
+    Why: multi-threaded TCG has been seen to oops a guest while the guest
+    patches its own code (static keys, alternatives): "Oops: int3" in
+    sched_clock_cpu, a torn jump at RIP in kfree.  One thread runs the vCPUs
+    in turn, so no vCPU runs code that another is rewriting.  -smp stays 2
+    (two CPUs in the guest: per-CPU state, NUMA).  Boots take about as long
+    (docs/testbed.md).  No KVM: /dev/kvm exists here but does not run these
+    kernels (hvo-facts.md)."""
+    machine = arch.machine + (f",{machine_opts}" if machine_opts else "")
+    return [arch.qemu, "-machine", machine, "-accel", "tcg,thread=single",
             "-cpu", arch.cpu, "-smp", str(arch.smp), "-m", mem,
             "-nodefaults", "-display", "none", "-no-reboot"]
 
