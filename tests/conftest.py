@@ -1,5 +1,5 @@
 """
-Shared fixtures. Real-kernel runs come from scripts/testbed.py: each
+Shared fixtures. Real-kernel runs come from scripts/testbed (the package): each
 (kernel, scenario) is booted once per test session under QEMU, its ground
 truth parsed from the guest's console, and its memory dumped.
 
@@ -25,8 +25,9 @@ for _path in (str(ROOT / "scripts"), str(ROOT / "tests"), str(ROOT)):
 
 import testbed  # noqa: E402
 
-#: The encoding each Debian kernel of the test bed uses (hvo-facts.md).
-FORM = {"6.12": "pointer", "7.2": "mask"}
+#: The encoding each Debian kernel of the test bed uses (hvo-facts.md), from
+#: the test bed's kernel registry (scripts/testbed/kernels.py).
+FORM = {k.id: k.form for k in testbed.KERNELS.values()}
 KERNELS = ("6.12", "7.2")
 
 _runs = {}
