@@ -10,7 +10,7 @@ usage::
 
 A configuration is a kernel series and a huge page size; ``--all`` runs
 7.2/2M, 7.2/1G and 6.12/2M.  For each one the test bed
-(``scripts/testbed.py``, scenarios scale-2m and scale-1g) boots the guest
+(``scripts/testbed``, scenarios scale-2m and scale-1g) boots the guest
 under QEMU TCG (256 GiB in a ``memory-backend-ram,...,reserve=off``, kernel
 command line ``init_on_alloc=0 hugetlb_free_vmemmap=on hugepagesz=2M
 hugepages=120000``, or ``hugepagesz=1G hugepages=200``), dumps it as

@@ -12,7 +12,7 @@ cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
 for k in 7.2 6.12; do
   out=$cache/demo/$k-numa
   echo "== booting Debian $k on a two-node guest with HVO (QEMU TCG)..." >&2
-  python3 scripts/testbed.py run --kernel "$k" --scenario numa --out "$out" >/dev/null
+  python3 scripts/testbed run --kernel "$k" --scenario numa --out "$out" >/dev/null
   vmlinux=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vmlinux'])" "$out/run.json")
   echo "\$ vmemspect vmcore $out/vmcore.kdump -s $vmlinux"
   vmemspect vmcore "$out/vmcore.kdump" -s "$vmlinux"

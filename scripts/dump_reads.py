@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vmemspect import cli, pagetable  # noqa: E402
 from vmemspect.target import open_vmcore  # noqa: E402
-from testbed_kdump import elf_filtered_ranges  # noqa: E402
+from testbed import elf_filtered_ranges  # noqa: E402
 
 PAGE = 4096
 _PRESENT, _PSE = 1, 1 << 7

@@ -1,90 +1,161 @@
 #!/usr/bin/env bash
-# Download one Debian cloud kernel (boot image, qemu_fw_cfg.ko, DWARF
-# vmlinux) into a cache outside the repository, keyed by kernel release.
+# Download one Debian kernel (boot image, qemu_fw_cfg.ko, optionally the
+# DWARF vmlinux of its -dbg package, and its config when cheap) into a cache
+# outside the repository, keyed by kernel release.  Nothing is installed.
 #
-# usage: scripts/fetch-kernel.sh 6.12|7.2 [--no-dbg]
+# usage: scripts/fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg]
+#   e.g. fetch-kernel.sh 7.2 cloud sid
+#        fetch-kernel.sh 6.1 cloud bookworm-security
+#        fetch-kernel.sh 6.12 rt trixie --no-dbg
 # prints the cache directory of that kernel on stdout (last line).
-# Environment: VMEMSPECT_CACHE (default ~/.cache/vmemspect).
+#
+# No version is written down anywhere: the newest package of the series and
+# flavour in that suite's package index is taken.  The suites come from a
+# private apt source list whose archive URIs are the ones this machine's apt
+# already uses (so no archive host is named in the repository, and a site's
+# own mirror or proxy is used as configured).
+#
+# Environment:
+#   VMEMSPECT_CACHE                default ~/.cache/vmemspect
+#   VMEMSPECT_APT_MIRROR           main archive URI (default: from /etc/apt)
+#   VMEMSPECT_APT_SECURITY_MIRROR  security archive URI (default: from /etc/apt)
 set -euo pipefail
-series=${1:?usage: fetch-kernel.sh 6.12|7.2 [--no-dbg]}
+usage="usage: fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg]"
+series=${1:?$usage}; flavour=${2:?$usage}; suite=${3:?$usage}
 want_dbg=1
-[ "${2:-}" = --no-dbg ] && want_dbg=0
+[ "${4:-}" = --no-dbg ] && want_dbg=0
+arch=amd64
 cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
-aptdir=$cache/apt
-mkdir -p "$aptdir/lists/partial" "$cache/debs"
+die() { echo "fetch-kernel.sh: $*" >&2; exit 1; }
+mkdir -p "$cache/debs"
 
-# A private apt configuration, so the host's sources stay as they are.
-cat > "$aptdir/sources.list" <<SRC
-deb http://deb.debian.org/debian sid main
-deb http://deb.debian.org/debian trixie main
-SRC
-apt_opts=(-o Dir::Etc::SourceList="$aptdir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o Dir::State::Lists="$aptdir/lists" -o Dir::Cache="$aptdir/cache"
-          -o APT::Sandbox::User=root)
-mkdir -p "$aptdir/cache/archives/partial"
-# Refresh the package lists at most once a day.
-stamp=$aptdir/lists/.stamp
-if [ ! -e "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
-  apt-get "${apt_opts[@]}" update >&2
-  touch "$stamp"
-fi
-
-# The newest cloud-amd64 kernel of the series, from the package index.
-case "$series" in
-  7.*) pat="^linux-binary-unsigned-${series//./\\.}\.[0-9]+\+deb[0-9]+-cloud-amd64\$" ;;
-  6.*) pat="^linux-image-${series//./\\.}\.[0-9]+\+deb[0-9]+-cloud-amd64-unsigned\$" ;;
-  *) echo "fetch-kernel.sh: unknown series '$series' (want 6.12 or 7.2)" >&2; exit 2 ;;
+# The private apt configuration (apt_opts, SUITES, SECURITY_SUITES, sec_uri):
+# archive URIs from this machine's apt sources, lists refreshed at most once
+# a day.
+. "$(dirname "$0")/debian-apt.sh"
+case " $SECURITY_SUITES " in
+  *" $suite "*) [ -n "$sec_uri" ] ||
+    die "no Debian security archive in $apt_etc/sources.list{,.d/*.list,.d/*.sources}: set VMEMSPECT_APT_SECURITY_MIRROR to its URI" ;;
+  *) case " $SUITES " in
+       *" $suite "*) ;;
+       *) die "unknown suite '$suite' (have: $SUITES $SECURITY_SUITES)" ;;
+     esac ;;
 esac
-pkg=$(apt-cache "${apt_opts[@]}" pkgnames | grep -E "$pat" | sort -V | tail -n 1 || true)
-[ -n "$pkg" ] || { echo "fetch-kernel.sh: no package matching $pat on the mirror" >&2; exit 1; }
+
+# The suite's own package index, so that suites with kernels of the same
+# series (trixie and bookworm-backports) are not mixed up.
+index=$(apt-get "${apt_opts[@]}" indextargets --format '$(FILENAME)' \
+          'Identifier: Packages' "Release: $suite" "Architecture: $arch" | head -n 1)
+[ -n "$index" ] && [ -e "$index" ] || die "no package index for $suite/$arch (apt-get update failed?)"
+# "Package Version Size SHA256" of every package of the suite.
+packages=$(/usr/lib/apt/apt-helper cat-file "$index" | awk '
+  /^Package: / { p = $2 } /^Version: / { v = $2 } /^Size: / { s = $2 } /^SHA256: / { h = $2 }
+  /^$/ { if (p != "") print p, v, s, h; p = v = s = h = "" }
+  END { if (p != "") print p, v, s, h }')
+
+# ---- the newest kernel of the series and flavour ----
+# Releases: 6.1.0-56-cloud-amd64, 6.12.117+deb13-rt-amd64, 7.2.13+deb14-cloud-amd64.
+krel="${series//./\\.}(\\.[0-9]+)?(-[0-9]+)?(\\+deb[0-9.]+)?-${flavour}-${arch}"
+pick=$(awk -v re="^(linux-image-${krel}-unsigned|linux-binary-unsigned-${krel})\$" \
+         '$1 ~ re { print $2, $1 }' <<<"$packages" | sort -V | tail -n 1)
+[ -n "$pick" ] || die "no $series $flavour-$arch kernel in $suite"
+pkg=${pick#* }
 case "$pkg" in
   linux-binary-unsigned-*) kver=${pkg#linux-binary-unsigned-} ;;
   *) kver=${pkg#linux-image-}; kver=${kver%-unsigned} ;;
 esac
 dir=$cache/kernels/$kver
 mkdir -p "$dir"
+echo "fetch-kernel.sh: $suite: $pkg ${pick%% *}" >&2
 
-fetch() {  # fetch PACKAGE -> path of its .deb in the cache
-  local p=$1 f
-  f=$(ls "$cache/debs/${p}_"*.deb 2>/dev/null | head -n 1 || true)
-  if [ -z "$f" ]; then
-    (cd "$cache/debs" && apt-get "${apt_opts[@]}" download "$p" >&2)
-    f=$(ls "$cache/debs/${p}_"*.deb | head -n 1)
+have() { awk -v p="$1" '$1 == p { found = 1 } END { exit !found }' <<<"$packages"; }
+field() { awk -v p="$1" -v i="$2" '$1 == p { print $i; exit }' <<<"$packages"; }
+fetch() {  # fetch PACKAGE -> path of its .deb (of this suite's version) in the cache
+  local p=$1 v s h f tmp
+  v=$(field "$p" 2); s=$(field "$p" 3); h=$(field "$p" 4)
+  [ -n "$v" ] || die "$p is not in $suite"
+  f=$cache/debs/${p}_${v//:/%3a}_$arch.deb
+  if [ ! -e "$f" ]; then
+    # Into a directory of this process first: the cache is shared, and a
+    # half-downloaded .deb must never carry the final name.
+    tmp=$(mktemp -d "$cache/debs/.dl.XXXXXX")
+    (cd "$tmp" && apt-get "${apt_opts[@]}" download "$p=$v" >&2) || { rm -rf "$tmp"; die "download of $p=$v failed"; }
+    mv "$tmp"/*.deb "$f"
+    rmdir "$tmp"
+    echo "$f" >> "$work/fetched"
+  fi
+  [ "$(stat -c %s "$f")" = "$s" ] ||
+    die "$f has $(stat -c %s "$f") bytes, the index says $s (still being downloaded by another process, or broken)"
+  if [ -n "$h" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" != "$h" ]; then
+    die "$f does not match the SHA256 of the index"
   fi
   echo "$f"
 }
-extract() {  # extract DEB PATH-IN-DEB DEST
-  dpkg-deb --fsys-tarfile "$1" | tar -xO "./$2" > "$3.tmp" && mv "$3.tmp" "$3"
+# extract DEB DESTDIR PATTERN...: the members matching the (tar) patterns,
+# in one pass over the archive, into DESTDIR.  Patterns that match nothing
+# are not an error.
+extract() {
+  local deb=$1 dest=$2; shift 2
+  mkdir -p "$dest"
+  dpkg-deb --fsys-tarfile "$deb" | { tar -x -C "$dest" --wildcards "$@" 2>/dev/null || true; }
+}
+# first FILE...: the first that is a regular file (not a symlink: the 6.1 -dbg
+# package links lib/modules/KVER/vmlinux to boot/vmlinux-KVER).
+first() { local f; for f in "$@"; do [ -f "$f" ] && [ ! -L "$f" ] && { echo "$f"; return 0; }; done; return 1; }
+unpack_ko() {  # unpack_ko FILE DEST: qemu_fw_cfg.ko, .ko.xz or .ko.zst
+  case "$1" in
+    *.xz)  xz -dc "$1" > "$2.tmp" ;;
+    *.zst) zstd -qdc "$1" > "$2.tmp" ;;
+    *)     cat "$1" > "$2.tmp" ;;
+  esac
+  mv "$2.tmp" "$2"
 }
 
-if [ ! -s "$dir/vmlinuz" ] || [ ! -s "$dir/qemu_fw_cfg.ko" ]; then
-  case "$pkg" in
-    linux-binary-unsigned-*)
-      deb=$(fetch "$pkg"); mdeb=$(fetch "linux-modules-$kver")
-      extract "$deb" "usr/lib/modules/$kver/vmlinuz.unsigned" "$dir/vmlinuz"
-      src=$mdeb ;;
-    *)
-      deb=$(fetch "$pkg")
-      extract "$deb" "boot/vmlinuz-$kver" "$dir/vmlinuz"
-      src=$deb ;;
-  esac
-  # List first, then grep: an early-closing pipe would fail under pipefail.
-  list=$(dpkg-deb --fsys-tarfile "$src" | tar -tf -)
-  ko=$(grep -m1 -E '/qemu_fw_cfg\.ko(\.xz|\.zst)?$' <<<"$list")
-  case "$ko" in
-    *.xz)  dpkg-deb --fsys-tarfile "$src" | tar -xO "$ko" | xz -d > "$dir/qemu_fw_cfg.ko" ;;
-    *.zst) dpkg-deb --fsys-tarfile "$src" | tar -xO "$ko" | zstd -d > "$dir/qemu_fw_cfg.ko" ;;
-    *)     dpkg-deb --fsys-tarfile "$src" | tar -xO "$ko" > "$dir/qemu_fw_cfg.ko" ;;
-  esac
+work=$(mktemp -d "$dir/.work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+# (A kernel fetched before configs were kept has no "package" file: look
+# for its config once more.)
+if [ ! -s "$dir/vmlinuz" ] || [ ! -s "$dir/qemu_fw_cfg.ko" ] || { [ ! -s "$dir/config" ] && [ ! -e "$dir/package" ]; }; then
+  # Boot image, config and the module, wherever this layout keeps them:
+  #   linux-image-*-unsigned: boot/vmlinuz-KVER, boot/config-KVER, modules inside
+  #   linux-binary-unsigned-*: usr/lib/modules/KVER/vmlinuz.unsigned;
+  #     modules in linux-modules-KVER, config in linux-base-KVER
+  pats=("./boot/vmlinuz-$kver" "./boot/config-$kver" "./usr/lib/modules/$kver/vmlinuz*"
+        "./usr/lib/modules/$kver/config" "*/qemu_fw_cfg.ko*")
+  deb=$(fetch "$pkg")
+  extract "$deb" "$work/img" "${pats[@]}"
+  ko=$(find "$work" -name 'qemu_fw_cfg.ko*' | head -n 1)
+  if [ -z "$ko" ] && have "linux-modules-$kver"; then
+    deb=$(fetch "linux-modules-$kver")
+    extract "$deb" "$work/mod" "*/qemu_fw_cfg.ko*"
+    ko=$(find "$work" -name 'qemu_fw_cfg.ko*' | head -n 1)
+  fi
+  cfg=$(first "$work/img/boot/config-$kver" "$work/img/usr/lib/modules/$kver/config" || true)
+  # linux-base is small (well under a MB): worth it for the config.
+  if [ -z "$cfg" ] && have "linux-base-$kver" && [ "$(field "linux-base-$kver" 3)" -lt 5000000 ]; then
+    deb=$(fetch "linux-base-$kver")
+    extract "$deb" "$work/base" "./usr/lib/modules/$kver/config" "./boot/config-$kver"
+    cfg=$(first "$work/base/usr/lib/modules/$kver/config" "$work/base/boot/config-$kver" || true)
+  fi
+  img=$(first "$work/img/boot/vmlinuz-$kver" "$work/img/usr/lib/modules/$kver/vmlinuz.unsigned" \
+              "$work/img/usr/lib/modules/$kver/vmlinuz") || die "no boot image for $kver in $pkg"
+  [ -n "$ko" ] || die "no qemu_fw_cfg.ko for $kver (in $pkg or linux-modules-$kver)"
+  mv "$img" "$dir/vmlinuz"
+  unpack_ko "$ko" "$dir/qemu_fw_cfg.ko"
+  if [ -n "$cfg" ]; then mv "$cfg" "$dir/config"; else echo "fetch-kernel.sh: no config for $kver (skipped)" >&2; fi
 fi
 if [ "$want_dbg" = 1 ] && [ ! -s "$dir/vmlinux" ]; then
-  dbg=$(fetch "linux-image-$kver-dbg")
-  list=$(dpkg-deb --fsys-tarfile "$dbg" | tar -tf -)
-  # grep -F: the release contains '+', a regex operator.
-  path=$(grep -m1 -xF -e "./usr/lib/debug/lib/modules/$kver/vmlinux" -e "./usr/lib/debug/boot/vmlinux-$kver" <<<"$list")
-  extract "$dbg" "${path#./}" "$dir/vmlinux"
-  # The .deb is large and no longer needed once its vmlinux is out.
-  rm -f "$dbg"
+  dbg_pkg=linux-image-$kver-dbg
+  have "$dbg_pkg" || die "$dbg_pkg is not in $suite"
+  dbg=$(fetch "$dbg_pkg")
+  extract "$dbg" "$work/dbg" "./usr/lib/debug/lib/modules/$kver/vmlinux" "./usr/lib/debug/boot/vmlinux-$kver"
+  v=$(first "$work/dbg/usr/lib/debug/lib/modules/$kver/vmlinux" "$work/dbg/usr/lib/debug/boot/vmlinux-$kver") ||
+    die "no vmlinux in $dbg"
+  mv "$v" "$dir/vmlinux"
+  # The -dbg .deb is large and not needed once its vmlinux is out; only one
+  # this process downloaded is removed (the cache is shared).
+  if grep -qxF "$dbg" "$work/fetched" 2>/dev/null; then rm -f "$dbg"; fi
 fi
 echo "$kver" > "$dir/release"
+echo "$suite $pkg ${pick%% *}" > "$dir/package"
 echo "$dir"

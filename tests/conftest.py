@@ -1,5 +1,5 @@
 """
-Shared fixtures. Real-kernel runs come from scripts/testbed.py: each
+Shared fixtures. Real-kernel runs come from scripts/testbed (the package): each
 (kernel, scenario) is booted once per test session under QEMU, its ground
 truth parsed from the guest's console, and its memory dumped.
 
@@ -25,8 +25,9 @@ for _path in (str(ROOT / "scripts"), str(ROOT / "tests"), str(ROOT)):
 
 import testbed  # noqa: E402
 
-#: The encoding each Debian kernel of the test bed uses (hvo-facts.md).
-FORM = {"6.12": "pointer", "7.2": "mask"}
+#: The encoding each Debian kernel of the test bed uses (hvo-facts.md), from
+#: the test bed's kernel registry (scripts/testbed/kernels.py).
+FORM = {k.id: k.form for k in testbed.KERNELS.values()}
 KERNELS = ("6.12", "7.2")
 
 _runs = {}
@@ -79,8 +80,9 @@ def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) ->
 
 
 def live_run(series: str, guest_cmd: str = "python3 tests/live_guest.py",
-             name: str = "live-guest") -> dict:
+             name: str = "live-guest", extra_cmdline: str = "") -> dict:
     """The live scenario running ``guest_cmd`` inside the guest, chrooted
     in this machine's root, in this checkout with this checkout's package."""
     return _run(f"{series}-{name}", series, "live", guest_cmd=guest_cmd,
-                guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)})
+                guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)},
+                extra_cmdline=extra_cmdline)

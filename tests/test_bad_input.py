@@ -145,3 +145,37 @@ def test_kernel_without_hugetlb(run72, capsys):
     prog.cache["vmemspect_model"] = dataclasses.replace(kernel_model(prog), hugetlb=False)
     assert run([], prog=prog) == 0
     assert "hugetlb       not built in (CONFIG_HUGETLB_PAGE=n)" in capsys.readouterr().out
+
+
+def _elf_core(tmp_path, loads):
+    """A minimal ELF64 core file: just the header and PT_LOAD headers
+    (paddr, vaddr, filesz, memsz)."""
+    import struct as st
+    phoff, phentsize = 64, 56
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    st.pack_into("<HHIQQQIHHHHHH", ehdr, 16, 4, 62, 1, 0, phoff, 0, 0, 64, phentsize,
+                 len(loads), 0, 0, 0)
+    table = b"".join(st.pack("<IIQQQQQQ", 1, 4, 0x1000, vaddr, paddr, filesz, memsz, 4096)
+                     for paddr, vaddr, filesz, memsz in loads)
+    path = tmp_path / "core.elf"
+    path.write_bytes(bytes(ehdr) + table)
+    return str(path)
+
+
+def test_elf_filtered_ranges(tmp_path):
+    """makedumpfile -E leaves filtered pages past p_filesz inside p_memsz;
+    those are the ranges vmemspect makes fault, less what another segment
+    holds."""
+    from vmemspect.target import elf_filtered_ranges
+    path = _elf_core(tmp_path, [
+        (0x0, 0xffff888000000000, 0x3000, 0x8000),   # gap 0x3000-0x8000 ...
+        (0x5000, 0xffff888000005000, 0x1000, 0x1000),  # ... less 0x5000-0x6000
+        (0x10000, 0, 0x2000, 0x2000),                 # whole: no gap
+    ])
+    assert elf_filtered_ranges(path) == [
+        (0x3000, 0x5000, 0xffff888000003000), (0x6000, 0x8000, 0xffff888000006000)]
+    assert elf_filtered_ranges(_elf_core(tmp_path, [(0, 0, 0x1000, 0x1000)])) == []
+    not_elf = tmp_path / "x"
+    not_elf.write_bytes(b"KDUMP   " + bytes(100))
+    assert elf_filtered_ranges(str(not_elf)) == []

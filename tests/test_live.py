@@ -56,3 +56,23 @@ def test_live_churn_no_false_violations(live):
     assert len({s["folios"] for s in scans}) > 1, scans
     # ...and no scan reported a violation that did not hold.
     assert all(s["findings"] == [] for s in scans), scans
+
+
+def test_live_under_lockdown_confidentiality():
+    """As root on a kernel booted with lockdown=confidentiality, /proc/kcore
+    is forbidden by the lockdown, not by permissions: the one-line error
+    says so and points to a kdump vmcore, exit 2."""
+    run = live_run("7.2", 'id -u; python3 -m vmemspect live verify; echo "rc=$?"; '
+                          'mount -t securityfs none /sys/kernel/security; '
+                          'cat /sys/kernel/security/lockdown; '
+                          'python3 -m vmemspect live verify; echo "rc=$?"',
+                   name="live-lockdown", extra_cmdline="lockdown=confidentiality")
+    out = run["guest_cmd_output"].splitlines()
+    assert out == ["0", "rc=2", "none integrity [confidentiality]", "rc=2"], out
+    err = run["guest_cmd_stderr"].strip().splitlines()
+    assert len(err) == 2, err
+    # Without securityfs the mode cannot be read: root refused, said so.
+    assert err[0].startswith("vmemspect: error: cannot read /proc/kcore although running "
+                             "as root: the kernel's lockdown")
+    assert err[1].startswith("vmemspect: error: the kernel's lockdown (confidentiality")
+    assert all("vmemspect vmcore DUMP" in e for e in err)

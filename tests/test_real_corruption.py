@@ -108,14 +108,22 @@ def test_struct_page_in_tail_frame(elf):
 
 
 def test_hvo_flag_cleared(elf):
-    _, run, folios, _, _ = elf
+    _, run, folios, _, walker = elf
     victim = folios[20]
     page = int(victim["page"], 16)
     private = victim["head_frame"]["pfn"] * 4096 + (page & 0xFFF) + 40
     with patched(run["elf"], private, 0) as old:
         assert old & (1 << 4), "HPG_vmemmap_optimized was not set before"
         found = findings_of(run)
-    assert found == {("flag-vs-mapping", victim["pfn"], None)}
+    expected = {("flag-vs-mapping", victim["pfn"], None)}
+    try:
+        # 5.18-7.0: the kernel's own count of optimized folios (64) no longer
+        # matches the 63 flagged ones.
+        walker.prog["hugetlb_optimize_vmemmap_key"]
+        expected.add(("kernel-count", None, None))
+    except KeyError:
+        pass
+    assert found == expected
 
 
 def test_tail_pte_to_other_nodes_shared_frame():
@@ -140,3 +148,117 @@ def test_tail_pte_to_other_nodes_shared_frame():
     (f,) = v["findings"]
     assert f"pfn {own:#x}" in f["expected"] and "node 0 DMA32" in f["expected"]
     assert f"pfn {other:#x}" in f["found"] and "node 1 Normal order 9" in f["found"]
+
+
+# ---------------------------------------------------------------------------
+# Corruption that used to hang vmemspect or hide behind "unknown" (each run
+# is timed: a walk must never trust a bound read from the dump).
+
+import time  # noqa: E402
+
+from vmemspect.pagetable import ENTRY_ADDR_MASK, ENTRY_PRESENT  # noqa: E402
+
+#: Seconds a verify of a 2 GiB guest's dump may take, corrupted or not
+#: (it takes 1-3 s here; the looped walk used to run until killed).
+BOUND_S = 60
+
+
+def timed_verify(run) -> dict:
+    t0 = time.monotonic()
+    v = vmemspect_json(run, "verify", dump=run["elf"], check_rc=(1,))
+    assert time.monotonic() - t0 < BOUND_S
+    assert v["ok"] is False
+    return v
+
+
+def kernel_phys(walker, va: int) -> int:
+    """Physical address of kernel virtual address ``va`` (any mapping level)."""
+    leaf = walker.lookup(va & ~0xFFF)
+    assert leaf.pfn is not None, f"{va:#x} is not mapped"
+    return (leaf.pfn << 12) | (va & 0xFFF)
+
+
+def lru_next_phys(folio: dict) -> int:
+    """Physical address of a folio's lru.next (in its head vmemmap frame)."""
+    return folio["head_frame"]["pfn"] * 4096 + (int(folio["page"], 16) & 0xFFF) + 8
+
+
+@pytest.mark.parametrize("huge_counters", [False, True], ids=["loop", "loop-counters-2^40"])
+def test_free_list_loops_back(elf, huge_counters):
+    """A free folio's lru.next points back at an earlier folio: verify ends
+    in seconds, says the list loops at that folio, and checks each folio
+    once -- also when the hstate's counters say 2^40 folios."""
+    series, run, folios, _, walker = elf
+    at, back = folios[40], folios[10]
+    prog = walker.prog
+    h = prog["hstates"][0]
+    patches = [(lru_next_phys(at), int(back["page"], 16) + 8)]
+    if huge_counters:
+        for member in ("nr_huge_pages", "free_huge_pages"):
+            patches.append((kernel_phys(walker, h.member_(member).address_), 1 << 40))
+        for member in ("nr_huge_pages_node", "free_huge_pages_node"):
+            # unsigned int[]: the word holds node 0 and node 1's counters.
+            patches.append((kernel_phys(walker, h.member_(member).address_), 0xFFFFFFFF))
+    with contextlib.ExitStack() as stack:
+        for phys, value in patches:
+            stack.enter_context(patched(run["elf"], phys, value))
+        v = timed_verify(run)
+    lists = [f for f in v["findings"] if f["check"] == "hstate-list"]
+    assert len(lists) == 1, v["findings"]
+    assert lists[0]["subject"] == "hstate hugepages-2048kB free list of node 0"
+    assert lists[0]["found"].startswith(
+        f"a loop: the lru.next of folio pfn {at['pfn']:#x} points back at an entry "
+        "already on the list")
+    assert "41 folio(s) read before it" in lists[0]["found"]
+    assert {f["check"] for f in v["findings"]} == {"hstate-list"}
+    assert v["checked_folios"] == 41
+
+
+def test_tail_pte_beyond_the_machine(elf):
+    """One tail PTE of an HVO'd folio points at pfn 0xfffff00, beyond the end
+    of a 2 GiB guest: a finding that names the folio and says no such frame
+    exists, not an unknown folio."""
+    _, run, folios, _, walker = elf
+    victim = folios[12]
+    phys, entry = tail_pte(walker, victim, 5)
+    with patched(run["elf"], phys, (entry & ~ADDR_MASK) | (0xFFFFF00 << 12)):
+        v = timed_verify(run)
+    assert [(f["check"], f["folio_pfn"], f["frame_pfn"]) for f in v["findings"]] == [
+        ("tail-frame", victim["pfn"], 0xFFFFF00)]
+    assert "not in the machine" in v["findings"][0]["found"]
+    assert v["unknown"] == 0
+
+
+def pmd_entry(walker, va: int):
+    """(physical address, value) of the PMD entry that maps ``va``."""
+    table, table_addr = walker.top, walker.top_address
+    for level in range(walker.levels, 2, -1):
+        entry = table[(va >> (12 + 9 * (level - 1))) & 511]
+        assert entry & ENTRY_PRESENT
+        table_addr = entry & ENTRY_ADDR_MASK
+        table = walker.read_table(table_addr)
+    index = (va >> 21) & 511
+    return table_addr + 8 * index, table[index]
+
+
+def test_pmd_above_folios_vmemmap_cleared(elf):
+    """The PMD entry above one folio's vmemmap PTE table is cleared: the
+    finding names where the walk was cut (the folio whose link points into
+    the unmapped vmemmap), why (which PMD entry is not present), and how many
+    folios the counters say lie beyond."""
+    _, run, folios, _, walker = elf
+    target = int(folios[30]["vmemmap"], 16)
+    phys, entry = pmd_entry(walker, target)
+    assert entry & ENTRY_PRESENT
+    # In list order, the first folio whose vmemmap lies under that PMD.
+    first = next(i for i, f in enumerate(folios) if int(f["vmemmap"], 16) >> 21 == target >> 21)
+    with patched(run["elf"], phys, 0):
+        v = timed_verify(run)
+    lists = [f for f in v["findings"] if f["check"] == "hstate-list"]
+    assert len(lists) == 1, v["findings"]
+    where = ("the list head's next" if first == 0
+             else f"the lru.next of folio pfn {folios[first - 1]['pfn']:#x}")
+    assert lists[0]["found"].startswith(f"{where} points at ")
+    assert f"PMD entry 0x0 at phys {phys:#x} is not present" in lists[0]["found"]
+    assert lists[0]["found"].endswith(f"say {64 - first} more lie beyond")
+    assert v["checked_folios"] == first

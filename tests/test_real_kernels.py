@@ -1,5 +1,5 @@
 """
-vmemspect against real Debian kernels booted under QEMU (scripts/testbed.py):
+vmemspect against real Debian kernels booted under QEMU (scripts/testbed):
 6.12 (pointer form) and 7.2 (mask form), each in every scenario. Expected
 values come from what the guest said about itself on its console (sysfs,
 /proc/meminfo, /proc/vmstat, /proc/kpageflags, the kernel's boot lines),

@@ -593,17 +593,25 @@ def test_corrupt_head_flags_name_another_node():
     assert keys(build_report(k.prog).findings) == {("folio-node", 0x10200, None)}
 
 
-@pytest.mark.parametrize("bad_next", [0xDEAD000000000100, 0x00000000DEADBEE0])
-def test_corrupt_list_pointer(bad_next):
+@pytest.mark.parametrize("bad_next, why", [
+    (0xDEAD000000000100, "LIST_POISON1 (an entry list_del() removed)"),
+    (0x00000000DEADBEE0, "PGD entry 0x0 at phys"),
+])
+def test_corrupt_list_pointer(bad_next, why):
     # LIST_POISON1 (list_del()) or garbage in a free folio's lru.next: the
-    # walk stops there and the hstate's counters tell what was not found.
+    # walk stops there; the finding names the folio, the link and why, and
+    # what the counters say lies beyond.
     k = build_kernel(form="mask")
     f = k.folio(0x10200)
     k.write_frame_page(f.head_frame, 0, info=bad_next)
     r = build_report(k.prog)
     assert sorted(fv.folio.pfn for fv in r.folios) == sorted(set(k.folios) - {0x10600})
-    assert keys(r.findings) == {("hstate-count", None, None)}
-    assert r.findings[0].subject == f"hstate {HNAME[9]} node 0"
+    assert keys(r.findings) == {("hstate-list", None, None)}
+    f0 = r.findings[0]
+    assert f0.subject == f"hstate {HNAME[9]} free list of node 0"
+    assert f0.found.startswith(f"the lru.next of folio pfn 0x10200 points at {bad_next:#x}, "
+                               f"which is not mapped: {why}")
+    assert f0.found.endswith("say 1 more lie beyond")
     assert run(["verify"], prog=k.prog) == 1
 
 
@@ -614,14 +622,24 @@ def test_corrupt_head_pte_read_only():
     assert keys(build_report(k.prog).findings) == {("head-mapping", 0x100000, f.head_frame)}
 
 
-def test_unreadable_tail_frame_is_unknown_not_a_finding():
-    # A tail PTE naming a frame the dump does not hold: the folio cannot be
-    # judged; it is reported as unknown, and nothing else is judged on it.
+@pytest.mark.parametrize("pfn, why", [
+    # Beyond every present section (the issue's pfn 0xfffff00 in a 2 GiB guest).
+    (0xFFFFF00, "not in the machine (in no present memory section)"),
+    # Inside node 1's Normal zone, but past what the (synthetic) dump holds.
+    (0x170000, "not in the dump"),
+])
+def test_tail_pte_to_unreadable_frame_is_a_finding(pfn, why):
+    # Which frame a PTE names is known without reading the frame: a tail PTE
+    # onto any frame but the shared one is a finding, whether or not that
+    # frame can be read; only the frame's contents are unknown.
     k = build_kernel(form="mask")
-    k.remap(k.folio(0x10200).vmemmap_page(4), 0x7FFF000)
+    k.remap(k.folio(0x10200).vmemmap_page(4), pfn)
     r = build_report(k.prog)
-    assert [fv.folio.pfn for fv in r.unknown] == [0x10200]
-    assert r.findings == []
+    assert r.unknown == []
+    assert keys(r.findings) == {("tail-frame", 0x10200, pfn)}
+    assert r.findings[0].found == f"1 tail vmemmap page(s) on pfn {pfn:#x} ({why})"
+    fv = [fv for fv in r.folios if fv.folio.pfn == 0x10200][0]
+    assert fv.unreadable == ((pfn, why),)
 
 
 # ---------------------------------------------------------------------------
@@ -745,3 +763,207 @@ def test_drgn_command(capsys):
         k.prog, "vmemspect verify --json", globals={}) == 1
     doc = json.loads(capsys.readouterr().out)
     assert [(f["check"], f["folio_pfn"]) for f in doc["findings"]] == [("tail-readonly", 0x10000)]
+
+
+# ---------------------------------------------------------------------------
+# 7. Kernel generations (docs/kernels.md): each difference found by type
+
+
+def test_generation_6_1_order_in_folio_order():
+    """Debian 12's 6.1 keeps a folio's order in folio->_folio_order, not in
+    _flags_1's low byte (Linux 6.6 moved it): read there, a healthy 6.1
+    kernel has no finding (it had one per folio: "folio order 0")."""
+    k = build_kernel(form="pointer", generation="6.1", hvo_key=6)
+    m = kernel_model(k.prog)
+    assert m.off_order == 64 + 17 and m.hugetlb_unit == "page" and m.hvo_key is True
+    assert "struct folio has _folio_order (order in its own byte of the first tail)" in m.evidence
+    folios = list(for_each_hugetlb_folio(k.prog))
+    assert sorted((f.pfn, f.folio_order) for f in folios) == sorted(
+        (f.pfn, f.order) for f in folios)
+    r = build_report(k.prog)
+    assert (r.findings, len(r.unknown), r.scanned) == ([], 0, 9)
+    s = r.savings
+    assert (s.kernel_source, s.kernel_optimized_folios, s.kernel_agrees) == (
+        "hugetlb_optimize_vmemmap_key", 6, True)
+    assert (s.remapped_folios, s.flagged_folios, s.kernel_saved_pages) == (6, 6, None)
+
+
+def test_generation_6_6_order_in_flags_1():
+    k = build_kernel(form="pointer")
+    m = kernel_model(k.prog)
+    assert m.off_order == 64 and m.hugetlb_unit == "folio" and m.hvo_key is False
+    assert "struct folio has _flags_1 and no _folio_order (order in its low byte)" in m.evidence
+
+
+@pytest.mark.parametrize("generation", ["default", "6.1"])
+@pytest.mark.parametrize("key, found", [(6, False), (5, True), (7, True)])
+def test_kernel_count(generation, key, found):
+    """hugetlb_optimize_vmemmap_key counts the folios HVO optimized; a
+    different number of flagged folios is a finding that says what freeing
+    them does to the key."""
+    k = build_kernel(form="pointer", generation=generation, hvo_key=key)
+    r = build_report(k.prog)
+    got = [f for f in r.findings if f.check == "kernel-count"]
+    assert len(got) == found and len(r.findings) == found
+    if found:
+        assert got[0].found.startswith("6 flagged folios (6 with remapped vmemmap)")
+        assert ("underflows" in got[0].consequence) == (key < 6)
+    assert r.savings.kernel_agrees is (key == 6)
+
+
+def test_flag_without_remap_names_the_key_and_its_count():
+    """The 6.12 demotion bug: a folio flagged optimized whose vmemmap was
+    never remapped. flag-vs-mapping names it and what freeing it does; the
+    key's count agrees with the remapped folios, not with the flagged ones;
+    the measured savings leave it out."""
+    k = build_kernel(form="pointer", hvo_key=6)
+    k.set_optimized_flag(0x18000, True)
+    r = build_report(k.prog)
+    checks = collections.Counter(f.check for f in r.findings)
+    assert checks["kernel-count"] == 1 and checks["flag-vs-mapping"] == 1
+    fvm = [f for f in r.findings if f.check == "flag-vs-mapping"][0]
+    assert fvm.folio_pfn == 0x18000
+    assert "hugetlb_optimize_vmemmap_key" in fvm.consequence
+    s = r.savings
+    assert (s.remapped_folios, s.flagged_folios, s.kernel_optimized_folios) == (6, 7, 6)
+    assert s.saved_pages == 7 * 5 + 4095 and s.flagged_pages == 7 * 6 + 4095
+
+
+def test_verify_text_groups_findings(capsys):
+    """Many findings: grouped by check with counts and the first few; --all
+    lists each; JSON keeps each, with what the kernel will do."""
+    k = build_kernel(form="pointer")
+    for pfn in OPT_2M_NODE0 + OPT_2M_NODE1:
+        k.set_optimized_flag(pfn, False)
+    assert run(["verify"], prog=k.prog) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "flag-vs-mapping: 5 finding(s) on 5 folio(s)"
+    assert len([ln for ln in out if ln.startswith("  folio pfn ")]) == 3
+    assert any(ln.startswith("  ... 2 more (folios 0x") for ln in out)
+    assert any(ln.startswith("  then: vmemmap remapped, flag clear") for ln in out)
+    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s)")
+    assert run(["verify", "--all"], prog=k.prog) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len([ln for ln in out if ln.startswith("flag-vs-mapping: folio pfn ")]) == 5
+    assert run(["verify", "--json"], prog=k.prog) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["findings"]) == 5
+    assert all(f["consequence"].startswith("vmemmap remapped, flag clear")
+               for f in doc["findings"])
+
+
+def test_report_says_which_kernel_counter(capsys):
+    k = build_kernel(form="pointer", generation="6.1", hvo_key=6)
+    assert run([], prog=k.prog) == 0
+    out = capsys.readouterr().out
+    assert ("kernel says   6 optimized folios (hugetlb_optimize_vmemmap_key); vmemspect finds "
+            "6 remapped, 6 flagged; agrees") in out
+    k = build_kernel(form="mask")
+    assert run([], prog=k.prog) == 0
+    assert "kernel says   nothing: this kernel keeps no count" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# 8. Corrupt lists: every walk ends, each folio is counted once
+
+
+def _free_list_2m_node0(k):
+    """The 2 MiB free list of node 0 as the kernel links it (pfns in order)."""
+    return [f.pfn for f in for_each_hugetlb_folio(k.prog)
+            if f.order == 9 and f.state == "free" and f.list_nid == 0]
+
+
+@pytest.mark.parametrize("huge_counters", [False, True], ids=["counters", "counters-2^40"])
+def test_list_loops_back(huge_counters):
+    """The last free folio's lru.next points back at the first: the finding
+    says the list loops at that folio, each folio is checked once, and the
+    walk does not trust the (corrupted) counters to end."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    assert len(order) >= 3
+    first, last = order[0], order[-1]
+    k.write_frame_page(k.folio(last).head_frame, 0, info=k.folio(first).page + 8)
+    if huge_counters:
+        for member in ("nr_huge_pages", "free_huge_pages"):
+            k.set_hstate_counter(9, member, None, 1 << 40)
+        for member in ("nr_huge_pages_node", "free_huge_pages_node"):
+            k.set_hstate_counter(9, member, 0, 0xFFFFFFFF)
+    k.invalidate()
+    r = build_report(k.prog)
+    pfns = [fv.folio.pfn for fv in r.folios]
+    assert len(pfns) == len(set(pfns)) == len(k.folios) - (
+        sum(1 for p in k.folios if k.folio(p).order == 9 and k.folio(p).state == "free"
+            and k.folio(p).nid == 0) - len(order))
+    lists = [f for f in r.findings if f.check == "hstate-list"]
+    assert len(lists) == 1
+    assert lists[0].found.startswith(
+        f"a loop: the lru.next of folio pfn {last:#x} points back at an entry already on the list")
+    assert f"{len(order)} folio(s) read before it" in lists[0].found
+    assert {f.check for f in r.findings} == {"hstate-list"}
+
+
+def test_list_cycle_that_links_back_consistently():
+    """Two corrupted words make a cycle whose links agree both ways and that
+    never passes the list head: its entry's prev names its cycle
+    predecessor, not the entry the walk came from, so the walk ends there."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    a, b = order[0], order[1]
+    # b.next = a and a.prev = b: a two-entry cycle off the head.
+    k.write_frame_page(k.folio(b).head_frame, 0, info=k.folio(a).page + 8)
+    k.write_frame_page(k.folio(a).head_frame, 0, prev=k.folio(b).page + 8)
+    k.invalidate()
+    r = build_report(k.prog)
+    lists = [f for f in r.findings if f.check == "hstate-list"]
+    assert len(lists) == 1
+    assert not [fv for fv in r.folios if fv.folio.pfn in order]
+    # The head's next (a) no longer links back to the head: caught at once.
+    assert lists[0].found.startswith(
+        f"the list head's next points at {k.folio(a).page + 8:#x}, whose lru.prev "
+        f"({k.folio(b).page + 8:#x}) does not point back; 0 folio(s) read before it")
+
+
+# ---------------------------------------------------------------------------
+# 9. Clear errors for input that is not what vmemspect needs
+
+
+def test_folios_unknown_hstate_names_those_that_exist(capsys):
+    k = build_kernel()
+    assert run(["folios", "--hstate", "3M"], prog=k.prog) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmemspect: error: this kernel has no hstate '3M'")
+    assert "hugepages-2048kB, hugepages-1048576kB" in err and len(err.splitlines()) == 1
+
+
+def test_not_a_kernel(capsys):
+    """drgn attached to a user-space program: %vmemspect says vmemspect needs
+    a kernel, exit 2 (it said 'internal error: ObjectNotFoundError')."""
+    prog = drgn.Program()
+    prog.set_pid(os.getpid())
+    assert run(["verify"], prog=prog) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmemspect: error: this program is not a Linux kernel")
+    assert "/proc/kcore" in err and len(err.splitlines()) == 1
+
+
+def test_folios_table_writes_the_count_apart(capsys):
+    k = build_kernel()
+    assert run(["folios", "--hstate", "1G"], prog=k.prog) == 0
+    out = capsys.readouterr().out
+    assert f"{k.folio(OPT_1G).frames[1]:#x} ×4095 RO pte" in out
+
+
+def test_head_pte_onto_a_frame_the_machine_lacks_is_a_finding():
+    """The PTE of a folio's head vmemmap page points at a frame beyond the
+    machine: the list link to it cannot be read, and that is corruption (a
+    hstate-list finding), not memory missing from the dump (unknown)."""
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    victim = order[1]
+    k.remap(k.folio(victim).vmemmap, 0xFFFFF00, writable=True)
+    r = build_report(k.prog)
+    assert r.cut_lists == [] and r.unknown == []
+    (f,) = [f for f in r.findings if f.check == "hstate-list"]
+    assert f.found.startswith(f"the lru.next of folio pfn {order[0]:#x} points at ")
+    assert "its PTE maps frame 0xfffff00, not in the machine (in no present memory section)" \
+        in f.found

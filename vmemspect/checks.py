@@ -13,7 +13,7 @@ comes from, is documented in ``docs/checks.md``.
 import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .hugetlb import Hstate, Zone
+from .hugetlb import Hstate, ListBreak, Zone
 from .hvo import FolioVmemmap, SharedTail
 from .kernel import KernelModel, page_flags_nid, page_flags_zone
 
@@ -22,6 +22,7 @@ __all__ = (
     "Finding",
     "check_folio",
     "check_hstate_counts",
+    "check_hstate_lists",
     "check_kernel_counts",
     "check_shared_tails",
     "count_folio",
@@ -30,6 +31,8 @@ __all__ = (
 
 #: Check id -> one-line description (docs/checks.md has the why).
 CHECKS = {
+    "hstate-list": "every hstate list leads back to its head: no loop, no link to unmapped "
+    "memory, every entry's lru.prev points back",
     "hstate-count": "folios found on an hstate's lists match its per-node counters",
     "head-page": "a folio's head struct page has PG_head, is not a tail, and has the hstate's order",
     "folio-node": "the head's page flags carry the node and zone whose span holds the pfn",
@@ -164,6 +167,7 @@ def check_folio(
         else:
             want = head.pfn if head is not None else 0
             want_name = f"the folio's head frame (pfn {want:#x})"
+        absent = dict(fv.unreadable)
         for t in fv.tails:
             if want and t.pfn != want:
                 where = ""
@@ -171,6 +175,8 @@ def check_folio(
                     where = " (not mapped)"
                 elif t.pfn in shared_frames:
                     where = f" (the shared tail frame of {shared_frames[t.pfn]})"
+                elif t.pfn in absent:
+                    where = f" ({absent[t.pfn]})"
                 add("tail-frame", want_name,
                     f"{t.pages} tail vmemmap page(s) on pfn "
                     f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn)
@@ -200,6 +206,11 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
                                f"an empty slot, needed by {t.folios_expected} optimized folios"))
             continue
         subject = f"frame pfn {t.pfn:#x}, " + subject
+        if t.unreadable is not None and t.unreadable.startswith("not in the machine"):
+            # A frame that does not exist is a wrong slot, not missing memory.
+            out.append(Finding(
+                "shared-frame", subject, "a frame of the machine", t.unreadable,
+                frame_pfn=t.pfn, consequence=_consequence(model, "shared-frame")))
         if t.contents is not None and t.contents.bad:
             i, info, flags = t.contents.first_bad
             out.append(Finding(
@@ -218,6 +229,38 @@ def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap) -> No
     entry[0] += 1
     if fv.folio.state == "free":
         entry[1] += 1
+
+
+def check_hstate_lists(hstates: Sequence[Hstate], breaks: Sequence[ListBreak]) -> List[Finding]:
+    """
+    A finding per corrupt hstate list: where the walk stopped, why, and how
+    many folios the kernel's counters say lie beyond that point (the walk
+    never trusts those counters to end).
+    """
+    by_name = {h.name: h for h in hstates}
+    out = []
+    for b in breaks:
+        h = by_name.get(b.hstate)
+        beyond = ""
+        if h is not None:
+            if b.list_nid >= 0:
+                listed = h.per_node.get(b.list_nid, (0, 0, 0))[1]
+                counter = f"free_huge_pages_node[{b.list_nid}]"
+            else:
+                listed = h.nr_huge_pages - h.free_huge_pages
+                counter = "nr_huge_pages - free_huge_pages"
+            beyond = (f"; {b.found} folio(s) read before it, the counters ({counter} = "
+                      f"{listed}) say {listed - b.found} more lie beyond")
+        where = ("the list head's next" if b.at_pfn is None
+                 else f"the lru.next of folio pfn {b.at_pfn:#x}")
+        out.append(Finding(
+            "hstate-list", f"hstate {b.hstate} {b.list_name}",
+            "a list that leads back to its head",
+            f"{'a loop: ' if b.loop else ''}{where} {b.reason}{beyond}",
+            folio_pfn=None,
+            consequence=("the kernel walks these lists under hugetlb_lock to allocate, free "
+                         "and count huge pages: it will loop or fault there")))
+    return out
 
 
 def check_hstate_counts(

@@ -17,7 +17,7 @@ import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Object, Program, ProgramFlags, offsetof
-from drgn.helpers.linux.mmzone import for_each_online_pgdat
+from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
 from .pagetable import MissingMemory, page_table_walker
@@ -25,10 +25,12 @@ from .pagetable import MissingMemory, page_table_walker
 __all__ = (
     "HugetlbFolio",
     "Hstate",
+    "ListBreak",
     "Zone",
     "for_each_hstate_record",
     "for_each_hugetlb_folio",
     "for_each_hugetlb_folio_page",
+    "frame_absence",
     "hvo_enabled",
     "kernel_freeable_kib",
     "kernel_memmap_pages",
@@ -198,13 +200,103 @@ class ListCut(Exception):
     """A list link is not in the dump: the rest of the list is unknown."""
 
 
-def _mapped(prog: Program, address: int) -> bool:
-    """``address`` is mapped by the page tables (so a failed read of it is
-    memory missing from the dump, not a bad pointer)."""
+#: list_del() leaves these in a removed entry's next and prev (x86_64:
+#: POISON_POINTER_DELTA 0xdead000000000000 + 0x100 / + 0x122).
+LIST_POISON1 = 0xDEAD000000000100
+LIST_POISON2 = 0xDEAD000000000122
+
+
+class _ListBroken(Exception):
+    def __init__(self, prev: int, next_: int, reason: str, loop: bool = False) -> None:
+        super().__init__(reason)
+        self.prev, self.next, self.reason, self.loop = prev, next_, reason, loop
+
+
+@dataclasses.dataclass(frozen=True)
+class ListBreak:
+    """An hstate list that does not lead back to its head: a link that
+    points back into the list (a loop), at memory that is not mapped, or at
+    an entry that does not link back. Corruption, never missing memory
+    (that is :class:`ListCut`)."""
+
+    hstate: str
+    #: "free list of node N" or "active list".
+    list_name: str
+    #: The freelist's node id, or -1 for the active list.
+    list_nid: int
+    #: The struct page whose lru.next is bad; None if it is the list head's.
+    at_page: Optional[int]
+    at_pfn: Optional[int]
+    #: The bad lru.next value.
+    next: int
+    reason: str
+    loop: bool
+    #: Entries read on this list before the break (each counted once).
+    found: int
+
+
+def frame_absence(prog: Program, pfn: int) -> str:
+    """
+    Why frame ``pfn`` cannot be read: "not in the machine" when no memory
+    exists there (at or beyond ``max_pfn``, or in no present SPARSEMEM
+    section: a page-table entry naming it is wrong whatever else the dump
+    holds), else "not in the dump" (filtered or truncated away).
+    """
+    model = kernel_model(prog)
     try:
-        return page_table_walker(prog).lookup(address & ~0xFFF).pfn is not None
+        max_pfn = prog["max_pfn"].value_()
+    except (KeyError, LookupError, FaultError):
+        max_pfn = None
+    if max_pfn and pfn >= max_pfn:
+        return f"not in the machine (beyond max_pfn {max_pfn:#x})"
+    present = prog.cache.get("vmemspect_present_sections")
+    if present is None:
+        try:
+            present = frozenset(nr for nr, _ in for_each_present_section(prog))
+        except (KeyError, LookupError, FaultError):
+            present = frozenset()
+        prog.cache["vmemspect_present_sections"] = present
+    section_shift = 27 - model.page_shift
+    try:
+        section_shift = prog["SECTION_SIZE_BITS"].value_() - model.page_shift
+    except (KeyError, LookupError):
+        pass
+    if present and (pfn >> section_shift) not in present:
+        return "not in the machine (in no present memory section)"
+    return "not in the dump"
+
+
+def _unmapped_reason(prog: Program, address: int) -> Optional[str]:
+    """Why ``address`` cannot be read although the dump is whole there: not
+    mapped (naming the page-table entry), or list_del()'s poison. None if it
+    is mapped, so that a failed read of it is memory missing from the dump."""
+    if address in (LIST_POISON1, LIST_POISON2):
+        return f"LIST_POISON{1 if address == LIST_POISON1 else 2} (an entry list_del() removed)"
+    try:
+        walker = page_table_walker(prog)
+        why = walker.explain_unmapped(address & ~0xFFF)
+        if why is not None:
+            return why
+        # Mapped: onto a frame the machine has (then it is missing from the
+        # dump) or onto one it does not (a corrupt entry).
+        leaf = walker.lookup(address & ~0xFFF)
+        absence = frame_absence(prog, leaf.pfn) if leaf.pfn is not None else ""
+        if absence.startswith("not in the machine"):
+            return f"its {leaf.level_name.upper()} maps frame {leaf.pfn:#x}, {absence}"
+        return None
     except MissingMemory:
-        return True
+        return None
+
+
+def _on_list(prog: Program, head: int, target: int, n: int) -> bool:
+    """``target`` is one of the first ``n`` entries after ``head`` (read again
+    only when a list is found broken)."""
+    pos = prog.read_u64(head)
+    for _ in range(n):
+        if pos == target:
+            return True
+        pos = prog.read_u64(pos)
+    return False
 
 
 def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator[Tuple[int, bytes]]:
@@ -212,31 +304,45 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator
     The list_head entries of the list at ``head``, each with the whole page
     (``page_size`` bytes) that holds it: for a folio's lru, the head's
     vmemmap page, read once for the link, the folio's record and the check
-    of the head's frame. An entry is yielded only once its own next pointer
-    has been read.
+    of the head's frame. An entry is yielded only once its own links have
+    been read, and only if its ``prev`` points back at the entry before it
+    (free, since its page is read anyway): a link into the middle of the
+    list stops the walk there, before any entry is yielded twice.
 
-    :raises ListCut: where an entry is mapped but missing from the dump; a
-        pointer that is not mapped at all (LIST_POISON1 from list_del(),
-        garbage) ends the walk quietly, and the caller's count check reports
-        the folios not found.
+    The walk always ends: a cycle reachable from the head is entered at an
+    entry whose ``prev`` is its cycle predecessor, not the entry the walk
+    came from, so the ``prev`` check stops every loop without memory per
+    entry; and at most ``limit`` entries are read (what memory can hold,
+    never a count read from the dump).
+
+    :raises ListCut: where an entry is mapped but missing from the dump.
+    :raises _ListBroken: where the list is corrupt.
     """
     read = prog.read
     mask = page_size - 1
+    prev = head
     pos = prog.read_u64(head)
     seen = 0
     while pos != head:
         try:
             data = read(pos & ~mask, page_size)
         except FaultError:
-            if _mapped(prog, pos):
+            why = _unmapped_reason(prog, pos)
+            if why is None:
                 raise ListCut(f"list link at {pos:#x} is not in the dump")
-            return
+            raise _ListBroken(prev, pos, f"points at {pos:#x}, which is not mapped: {why}")
+        back = _U64.unpack_from(data, (pos & mask) + 8)[0]
+        if back != prev:
+            if _on_list(prog, head, pos, seen):
+                raise _ListBroken(prev, pos, f"points back at an entry already on the list "
+                                  f"(whose lru.prev is {back:#x})", loop=True)
+            raise _ListBroken(prev, pos, f"points at {pos:#x}, whose lru.prev ({back:#x}) "
+                              "does not point back")
         yield pos, data
         seen += 1
-        if seen > limit:
-            # A corrupt or changing list; the caller's count check reports it.
-            return
-        pos = _U64.unpack_from(data, pos & mask)[0]
+        if seen >= limit:
+            raise _ListBroken(prev, pos, f"leads to more entries than memory can hold ({limit})")
+        prev, pos = pos, _U64.unpack_from(data, pos & mask)[0]
 
 
 def _folio_record(
@@ -279,26 +385,39 @@ def for_each_hugetlb_folio(
     prog: Program,
     hstate: Optional[Hstate] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
 ) -> Iterator[HugetlbFolio]:
     """
     Every hugetlb folio on the hstates' lists: per hstate, the free lists of
     each node, then the active list.
 
-    Same on every kernel since folios replaced pages on these lists (5.19);
-    before that the list members are pages, at the same offsets.
+    Same on every kernel since 5.16: the lists link folios (6.6+) or head
+    pages (before, e.g. 6.1) through ``->lru`` at the same offset.
 
     :param hstate: only this hstate's folios.
     :param cut: where a list link is missing from the dump, (hstate name,
         reason) is appended here and the rest of that list is skipped.
+    :param broken: where a list is corrupt (a loop, a link to unmapped
+        memory or one that does not link back), a :class:`ListBreak` is
+        appended here and the rest of that list is skipped; without it the
+        walk of that list just stops there.
     """
-    for folio, _ in for_each_hugetlb_folio_page(prog, hstate, cut):
+    for folio, _ in for_each_hugetlb_folio_page(prog, hstate, cut, broken):
         yield folio
+
+
+def _list_limit(zone_list: Sequence[Zone], order: int) -> int:
+    """The most folios of ``order`` one list can hold: every spanned pfn in
+    folios, plus one. Zone spans come from the dump too, but a loop ends
+    anyway (the prev check); this bounds a chain of distinct bogus entries."""
+    return (sum(z.end_pfn - z.start_pfn for z in zone_list) >> order) + 1
 
 
 def for_each_hugetlb_folio_page(
     prog: Program,
     hstate: Optional[Hstate] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
 ) -> Iterator[Tuple[HugetlbFolio, bytes]]:
     """
     :func:`for_each_hugetlb_folio`, each folio with the bytes of the vmemmap
@@ -310,11 +429,13 @@ def for_each_hugetlb_folio_page(
     lru = model.off_lru
     ps = model.page_size
     for h in [hstate] if hstate else for_each_hstate_record(prog):
-        limit = h.nr_huge_pages + 1024
+        limit = _list_limit(zone_list, h.order)
         lists = [(h.address + h.freelists_offset + 16 * nid, "free", nid)
                  for nid in sorted(h.per_node)]
         lists.append((h.address + h.activelist_offset, "active", -1))
         for head, state, nid in lists:
+            where = f"free list of node {nid}" if state == "free" else "active list"
+            found = 0
             try:
                 for entry, data in _walk_list(prog, head, limit, ps):
                     page = entry - lru
@@ -322,12 +443,18 @@ def for_each_hugetlb_folio_page(
                     folio = _folio_record(prog, model, zone_list, h, page,
                                           data[offset:offset + 2 * model.sizeof_page],
                                           state, nid)
+                    found += 1
                     yield folio, data
             except ListCut as e:
                 if cut is None:
                     raise
-                where = f"free list of node {nid}" if state == "free" else "active list"
                 cut.append((h.name, f"{h.name} {where}: {e}"))
+            except _ListBroken as e:
+                if broken is not None:
+                    at = None if e.prev == head else e.prev - lru
+                    broken.append(ListBreak(
+                        h.name, where, nid, at, None if at is None else model.page_pfn(at),
+                        e.next, e.reason, e.loop, found))
 
 
 def hvo_enabled(prog: Program) -> Optional[bool]:

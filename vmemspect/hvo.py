@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program
 
-from .hugetlb import HugetlbFolio, for_each_hugetlb_folio_page, zones
+from .hugetlb import HugetlbFolio, ListBreak, for_each_hugetlb_folio_page, frame_absence, zones
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
@@ -119,6 +119,9 @@ class FolioVmemmap:
     tail_contents: Tuple[FrameContents, ...]
     #: Why the mapping could not be read (missing memory), else None.
     unknown: Optional[str]
+    #: Frames the mapping names whose contents could not be read, with why
+    #: (frame_absence()): the mapping is still judged, their contents not.
+    unreadable: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def remapped(self) -> bool:
@@ -144,6 +147,8 @@ class SharedTail:
     #: Folios of this zone and order flagged optimized.
     folios_expected: int
     contents: Optional[FrameContents]
+    #: Why the frame could not be read (frame_absence()), else None.
+    unreadable: Optional[str] = None
 
 
 def frame_contents(
@@ -221,7 +226,7 @@ def folio_vmemmap(
     prog: Program,
     folio: HugetlbFolio,
     walker: Optional[PageTableWalker] = None,
-    frame_cache: Optional[Dict[Tuple[int, int], FrameContents]] = None,
+    frame_cache: Optional[Dict[Tuple[int, int], object]] = None,
     head_page: Optional[bytes] = None,
 ) -> FolioVmemmap:
     """
@@ -232,8 +237,9 @@ def folio_vmemmap(
     as the folio's own head frame (whose first struct page is then a fake
     head at each tail position).
 
-    :param frame_cache: contents already read, keyed by (pfn, order); shared
-        frames are read once per scan through it.
+    :param frame_cache: contents already read, keyed by (pfn, order), or
+        why a frame could not be read (a str); shared frames are read once
+        per scan through it.
     :param head_page: the bytes of the vmemmap page holding the head struct
         page, when the caller read them already (through the same page
         tables, so they are the head frame's).
@@ -292,6 +298,7 @@ def folio_vmemmap(
                                     data=head_page)
 
         contents = []
+        unreadable = []
         fake_heads = 0
         for tail in tails:
             if tail.pfn is None:
@@ -302,10 +309,18 @@ def folio_vmemmap(
                 if tail.pfn == head_leaf.pfn:
                     c = head_frame
                 else:
-                    c = frame_contents(prog, model, tail.pfn, tail_info)
+                    try:
+                        c = frame_contents(prog, model, tail.pfn, tail_info)
+                    except (MissingMemory, FaultError):
+                        # Which frame the PTE names is known without reading
+                        # it: only its contents are unknown.
+                        c = frame_absence(prog, tail.pfn)
                 # Only shared frames are worth keeping across folios.
                 if model.form == "mask" and tail.pages > 1:
                     frame_cache[key] = c
+            if isinstance(c, str):
+                unreadable.append((tail.pfn, c))
+                continue
             contents.append(c)
             if model.form == "pointer" and c.first_is_head:
                 fake_heads += tail.pages
@@ -321,6 +336,7 @@ def folio_vmemmap(
             head_frame=head_frame,
             tail_contents=tuple(contents),
             unknown=None,
+            unreadable=tuple(unreadable),
         )
     except (MissingMemory, FaultError) as e:
         reason = str(e)
@@ -344,18 +360,19 @@ def scan_folios(
     folios: Optional[Iterable[HugetlbFolio]] = None,
     progress: Optional[Callable[["FolioVmemmap"], None]] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
 ) -> Iterator[FolioVmemmap]:
     """
     :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
     one page-table walker and one cache of shared frames for the whole scan.
 
     :param progress: called with each folio's record, for progress bars.
-    :param cut: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
+    :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
     """
     walker = page_table_walker(prog)
     cache: Dict[Tuple[int, int], FrameContents] = {}
     pairs = (((f, None) for f in folios) if folios is not None
-             else for_each_hugetlb_folio_page(prog, cut=cut))
+             else for_each_hugetlb_folio_page(prog, cut=cut, broken=broken))
     for folio, head_page in pairs:
         record = folio_vmemmap(prog, folio, walker, cache, head_page)
         if progress:
@@ -424,6 +441,7 @@ def shared_tails(
                 continue
             pfn = model.page_pfn(page) if page else None
             contents = None
+            unreadable = None
             if pfn is not None:
                 try:
                     tail = compound_info_mask(model, order)
@@ -432,7 +450,7 @@ def shared_tails(
                         None if per_node else (zone.nid, zone.idx),
                     )
                 except (MissingMemory, FaultError):
-                    contents = None
+                    unreadable = frame_absence(prog, pfn)
             result.append(
                 SharedTail(
                     nid=zone.nid,
@@ -445,6 +463,7 @@ def shared_tails(
                     folios=mapped.get(pfn, 0) if pfn is not None else 0,
                     folios_expected=need,
                     contents=contents,
+                    unreadable=unreadable,
                 )
             )
     return result

@@ -18,7 +18,7 @@ needs nothing but the model.
 import dataclasses
 from typing import Optional, Tuple
 
-from drgn import FaultError, Program, offsetof, sizeof
+from drgn import FaultError, Program, ProgramFlags, offsetof, sizeof
 from drgn.helpers.linux.mm import pfn_to_page
 
 from .errors import VmemspectError
@@ -172,10 +172,12 @@ def _order_location(page_type, folio_type, sizeof_page: int) -> Tuple[int, str]:
     Where a large folio keeps its order: the offset, from the head struct
     page, of the byte that holds it, and a line saying where that came from.
 
-    Linux 6.6 (commit ebc1baf5c9b4, "mm: free up a word in the first tail
-    page") moved the order into the low byte of folio->_flags_1; before, the
-    first tail page had a byte of its own: folio->_folio_order (5.16-6.5,
-    e.g. Debian 12's 6.1), page[1].compound_order before struct folio.
+    Linux kernel commit ebc1baf5c9b4 ("mm: free up a word in the first tail
+    page", 6.6) moved the order into the low byte of folio->_flags_1; from
+    379708ffde1b ("mm: add the first tail page to struct folio", 6.1) until
+    then it had a byte of its own, folio->_folio_order (Debian 12's 6.1);
+    before, page[1].compound_order. Seen on Debian 6.1.192 (_folio_order),
+    6.12.117 and 7.2.13 (_flags_1).
     """
     if folio_type.has_member("_folio_order"):
         return (_member_offset(folio_type, "_folio_order"),
@@ -212,6 +214,12 @@ def _hugetlb_unit(prog: Program) -> Optional[str]:
 
 
 def _detect(prog: Program) -> KernelModel:
+    if not prog.flags & ProgramFlags.IS_LINUX_KERNEL:
+        raise VmemspectError(
+            "this program is not a Linux kernel (drgn has a user-space process or core open)",
+            "vmemspect needs a kernel: a vmcore, the running kernel (/proc/kcore) or a "
+            "QEMU guest (drgn --qemu)",
+        )
     evidence = []
     arch = prog.platform.arch.name.lower() if prog.platform else "unknown"
     try:

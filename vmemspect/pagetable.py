@@ -211,6 +211,29 @@ class PageTableWalker:
         """How the 4 KiB page at virtual address ``va`` is mapped."""
         return Leaf(va, *self.entries(va, 1)[0])
 
+    def explain_unmapped(self, va: int) -> Optional[str]:
+        """
+        Why ``va`` is not mapped, naming the entry where the walk stops
+        ("PMD entry 0x0 at phys 0x1234a98 is not present"), or None if it is
+        mapped. Walks without the caches: used only where a walk failed.
+
+        :raises MissingMemory: if a table on the way is not in the dump.
+        """
+        names = {5: "PGD", 4: "P4D" if self.levels == 5 else "PGD", 3: "PUD", 2: "PMD",
+                 1: "PTE"}
+        table, table_addr = self.top, self.top_address
+        for level in range(self.levels, 0, -1):
+            index = (va >> (self.page_shift + 9 * (level - 1))) & 511
+            entry = table[index]
+            if not entry & ENTRY_PRESENT:
+                return (f"{names[level]} entry {entry:#x} at phys {table_addr + 8 * index:#x} "
+                        "is not present")
+            if level == 1 or (level in (2, 3) and entry & ENTRY_PSE):
+                return None
+            table_addr = entry & ENTRY_ADDR_MASK
+            table = self.read_table(table_addr)
+        return None
+
 
 def page_table_walker(prog: Program) -> PageTableWalker:
     """

@@ -16,7 +16,7 @@ In a drgn session, ``from vmemspect.helpers import *`` gives the helpers.
 
 from typing import Any, Sequence
 
-from drgn import Program
+from drgn import Program, ProgramFlags
 from drgn.commands import ParsedCommand, custom_command, parse_shell_command
 
 from .btf import load_kernel_btf
@@ -39,7 +39,8 @@ def _parse(source: str) -> ParsedCommand[Sequence[str]]:
     parse=_parse,
 )
 def _cmd_vmemspect(prog: Program, name: str, args: Sequence[str], **kwargs: Any) -> int:
-    _ensure_types(prog)
+    if prog.flags & ProgramFlags.IS_LINUX_KERNEL:
+        _ensure_types(prog)
     return run(list(args), prog=prog)
 
 

@@ -117,6 +117,7 @@ def _summary(report: Report) -> Dict[str, Any]:
         "findings": len(report.findings),
         "unknown": len(unknown),
         "unknown_lists": len(report.cut_lists),
+        "unknown_frames": len(report.unknown_frames),
         "transient": len(report.transient),
         "checked_folios": report.scanned - len(unknown),
     }
@@ -245,6 +246,8 @@ def verify_doc(report: Report) -> Dict[str, Any]:
             for fv in report.unknown
         ],
         "unknown_lists": [{"hstate": h, "reason": r} for h, r in report.cut_lists],
+        "unknown_frames": [{"pfn": pfn, "what": what, "reason": why}
+                           for pfn, what, why in report.unknown_frames],
         "transient": [finding_doc(f) for f in report.transient],
     }
 
@@ -372,8 +375,8 @@ def render_folios(doc: Dict[str, Any], fmt: str) -> str:
     for f in doc["folios"]:
         head = f["head_frame"]
         tails = "; ".join(
-            f"{t['pfn']:#x}x{t['pages']} {'RW' if t['writable'] else 'RO'} {','.join(t['levels'])}"
-            if t["pfn"] is not None else f"unmapped x{t['pages']}"
+            f"{t['pfn']:#x} ×{t['pages']} {'RW' if t['writable'] else 'RO'} {','.join(t['levels'])}"
+            if t["pfn"] is not None else f"unmapped ×{t['pages']}"
             for t in f["tail_frames"][:3]
         ) + (" ..." if len(f["tail_frames"]) > 3 else "")
         rows.append([
@@ -459,6 +462,9 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
     for u in doc["unknown_lists"]:
         lines.append(f"unknown: {u['reason']}; the rest of that list was not checked")
+    for u in doc["unknown_frames"]:
+        lines.append(f"unknown: frame pfn {u['pfn']:#x}, {u['what']}: {u['reason']}; "
+                     "its struct pages were not checked")
     for f in doc["transient"]:
         lines.append(f"transient (changed while read, not a violation): {_finding_line(f)}")
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}

@@ -20,6 +20,7 @@ from .checks import (
     check_folio,
     check_kernel_counts,
     check_hstate_counts,
+    check_hstate_lists,
     check_shared_tails,
     count_folio,
     folio_check_context,
@@ -27,6 +28,7 @@ from .checks import (
 from .errors import VmemspectError
 from .hugetlb import (
     Hstate,
+    ListBreak,
     Zone,
     for_each_hstate_record,
     hvo_enabled,
@@ -144,6 +146,12 @@ class Report:
     savings: Savings
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: (pfn, what it is, why) of each frame a mapping names whose contents
+    #: could not be read (missing from the dump): its struct pages are not
+    #: judged, the mappings to it are.
+    unknown_frames: List[Tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    #: Each hstate list found corrupt (a finding too: hstate-list).
+    broken_lists: List[ListBreak] = dataclasses.field(default_factory=list)
     #: Where the kernel's types came from: "dwarf" (a vmlinux) or "btf".
     types: Optional[str] = None
     #: Live kernel: findings that did not hold on every re-read (the kernel
@@ -258,7 +266,13 @@ def _scan(
     scanned = saved = possible = flagged_pages = remapped = flagged = 0
     # Each folio is judged as it is read; it is kept only if asked, so that
     # verify's memory does not grow with the folios.
-    for fv in scan_folios(prog, None, progress, cut):
+    broken: List[ListBreak] = []
+    unknown_frames: Dict[int, Tuple[int, str, str]] = {}
+    for fv in scan_folios(prog, None, progress, cut, broken):
+        for pfn, why in fv.unreadable:
+            if not why.startswith("not in the machine"):  # else a finding
+                unknown_frames.setdefault(pfn, (pfn, f"a tail frame of folio pfn "
+                                                     f"{fv.folio.pfn:#x}", why))
         scanned += 1
         findings.extend(check_folio(model, fv, tails_by_zone, shared_names))
         tally.add(fv)
@@ -277,7 +291,15 @@ def _scan(
             unknown.append(fv)
     tails = shared_tails(prog, tally=tally)
     findings.extend(check_shared_tails(model, tails))
-    findings.extend(check_hstate_counts(hstates, found, {name for name, _ in cut}))
+    for t in tails:
+        if t.unreadable is not None and not t.unreadable.startswith("not in the machine"):
+            unknown_frames[t.pfn] = (t.pfn, f"vmemmap_tails[{t.slot}] of node {t.nid} "
+                                            f"{t.zone_name} (order {t.order})", t.unreadable)
+    findings.extend(check_hstate_lists(hstates, broken))
+    # A cut or broken list holds fewer folios than the counters by nature;
+    # hstate-list says how many.
+    findings.extend(check_hstate_counts(
+        hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}))
     kernel_now, without = kernel_memmap_saved(prog, model)
     savings = Savings(
         saved_pages=saved,
@@ -293,7 +315,7 @@ def _scan(
         kernel_freeable_kib=kernel_freeable_kib(prog),
     )
     # Counts over the whole population: meaningless if a list was cut.
-    if not cut:
+    if not cut and not broken:
         findings.extend(check_kernel_counts(model, savings))
     return Report(
         model=model,
@@ -307,6 +329,8 @@ def _scan(
         findings=findings,
         savings=savings,
         cut_lists=cut,
+        broken_lists=broken,
+        unknown_frames=list(unknown_frames.values()),
         types=prog.cache.get("vmemspect_types"),
     )
 
@@ -336,7 +360,14 @@ def select_folios(
 
     :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
     :param state: "free" or "in-use" (the kernel's active list).
+    :raises VmemspectError: if the kernel has no such hstate.
     """
+    if hstate is not None and not any(
+        _hstate_matches(h.name, h.order, report.model.page_shift, hstate) for h in report.hstates
+    ):
+        names = ", ".join(h.name for h in report.hstates) or "none (no hugetlb)"
+        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
+                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
     out = []
     for fv in report.folios:
         f = fv.folio

@@ -13,14 +13,21 @@ which: ``"dwarf"`` or ``"btf"``.
 import contextlib
 import logging
 import os
-from typing import Iterator, Optional
+import struct
+from typing import Iterator, List, Optional, Tuple
 
 import drgn
 
 from .btf import load_kernel_btf
 from .errors import VmemspectError
 
-__all__ = ("open_live", "open_vmcore", "load_debug_info", "vmcoreinfo_release")
+__all__ = (
+    "elf_filtered_ranges",
+    "load_debug_info",
+    "open_live",
+    "open_vmcore",
+    "vmcoreinfo_release",
+)
 
 _X86_64 = drgn.Platform(
     drgn.Architecture.X86_64,
@@ -100,6 +107,71 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
         prog.cache["vmemspect_types"] = "dwarf"
 
 
+_PT_LOAD = 1
+
+
+def elf_filtered_ranges(path: str) -> List[Tuple[int, int, int]]:
+    """
+    The memory an ELF vmcore describes but does not hold: for each PT_LOAD
+    whose ``p_memsz`` exceeds its ``p_filesz``, the part past the file data,
+    less what another PT_LOAD holds, as (physical start, end, virtual start
+    or 0). makedumpfile's ELF output (``-E``) leaves the pages it filters
+    there, and a reader fills them with zeros: kernel data that is not.
+    Empty for anything but a little-endian ELF64 file.
+    """
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+                return []
+            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+            if phnum == 0xFFFF:  # PN_XNUM: the count is in section 0's sh_info
+                f.seek(shoff)
+                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return []
+    loads = []
+    for i in range(min(phnum, len(table) // max(phentsize, 1))):
+        p_type, _, _, vaddr, paddr, filesz, memsz = struct.unpack_from(
+            "<IIQQQQQ", table, i * phentsize)
+        if p_type == _PT_LOAD:
+            loads.append((paddr, vaddr, filesz, memsz))
+    held = sorted((paddr, paddr + filesz) for paddr, _, filesz, _ in loads if filesz)
+    out = []
+    for paddr, vaddr, filesz, memsz in loads:
+        start, end = paddr + filesz, paddr + memsz
+        # Less what other segments hold (a later segment may fill the gap).
+        for lo, hi in held:
+            if hi <= start or lo >= end:
+                continue
+            if lo > start:
+                out.append((start, lo, vaddr + (start - paddr) if vaddr else 0))
+            start = max(start, hi)
+        if start < end:
+            out.append((start, end, vaddr + (start - paddr) if vaddr else 0))
+    return out
+
+
+def _mark_filtered(prog: drgn.Program, path: str) -> None:
+    """Make the pages an ELF vmcore filtered out fault on read, as the
+    kdump-compressed format's missing pages do, instead of reading as zeros:
+    a zero read there would be judged as kernel data. (drgn uses the segment
+    added last where segments overlap.)"""
+    ranges = elf_filtered_ranges(path)
+
+    def missing(address: int, count: int, offset: int, physical: bool) -> bytes:
+        raise drgn.FaultError("filtered out of the dump (ELF p_filesz < p_memsz)", address)
+
+    for start, end, vstart in ranges:
+        prog.add_memory_segment(start, end - start, missing, physical=True)
+        if vstart:
+            prog.add_memory_segment(vstart, end - start, missing, physical=False)
+    prog.cache["vmemspect_filtered_ranges"] = len(ranges)
+
+
 def open_vmcore(
     path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None
 ) -> drgn.Program:
@@ -128,6 +200,7 @@ def open_vmcore(
                 continue
             break
         else:
+            _mark_filtered(prog, path)
             load_debug_info(prog, vmlinux)
             return prog
     if "vmcoreinfo" in str(last_error).lower():
@@ -142,12 +215,40 @@ def open_vmcore(
     )
 
 
+def _lockdown(path: str = "/sys/kernel/security/lockdown") -> Optional[str]:
+    """The kernel's lockdown mode ("none", "integrity", "confidentiality"):
+    the bracketed word of ``path``; None if it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
 def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
     """Open the running kernel through /proc/kcore (needs root)."""
     prog = drgn.Program()
     try:
         prog.set_kernel()
     except PermissionError:
+        lockdown = _lockdown()
+        if os.geteuid() == 0 and lockdown == "confidentiality":
+            raise VmemspectError(
+                "the kernel's lockdown (confidentiality, /sys/kernel/security/lockdown) "
+                "forbids reading /proc/kcore, even as root",
+                "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
+        if os.geteuid() == 0:
+            # Root is refused only by a security policy: lockdown (whose mode
+            # cannot be read without securityfs) or an LSM.
+            raise VmemspectError(
+                "cannot read /proc/kcore although running as root: the kernel's lockdown "
+                "or a security module forbids it (mount securityfs to see "
+                "/sys/kernel/security/lockdown)",
+                "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
         raise VmemspectError(
             "cannot read /proc/kcore: permission denied",
             "run vmemspect live as root (e.g. with sudo)",

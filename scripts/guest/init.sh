@@ -149,9 +149,9 @@ if [ -e "$FWC/script/raw" ]; then
 	say "CMD END $rc"
 fi
 
+# "kdump capture" runs (scripts/testbed/kdump.py) add this: load a capture
+# kernel, and panic into it when the host says so.
+[ -e /kdump/arm.sh ] && . /kdump/arm.sh
 sync
 say "READY"
-# "kdump capture" runs (scripts/testbed_kdump.py) add this: load a capture
-# kernel and panic into it.
-[ -e /kdump/arm.sh ] && . /kdump/arm.sh
 while :; do sleep 3600; done

@@ -4,7 +4,7 @@
  *   kpf <pfn hex> <flags hex> <nr_pages>
  * nr_pages counts the head plus the hugetlb tail pfns (KPF_HUGE and
  * KPF_COMPOUND_TAIL) that follow it.  Reads nothing but /proc/kpageflags.
- * Built static at initramfs build time (scripts/testbed.py).
+ * Built static at initramfs build time (scripts/testbed/initramfs.py).
  */
 #include <fcntl.h>
 #include <stdint.h>

@@ -1,0 +1,158 @@
+"""The test bed's command line.
+
+    python3 scripts/testbed kernels [--ids]          the kernel registry
+    python3 scripts/testbed list [--names]           the scenarios
+    python3 scripts/testbed fetch --kernel ID [--dbg|--no-dbg]
+    python3 scripts/testbed initramfs --kernel ID
+    python3 scripts/testbed run --kernel ID --scenario NAME [--out DIR]
+                                [--elf] [--dump SOURCE]... [--guest-cmd CMD]
+                                [--hold] [--summary]
+    python3 scripts/testbed dumps                    the dump sources
+    python3 scripts/testbed dump-info FILE           format, real compression, ELF gaps
+    python3 scripts/testbed capture-tools            kexec and makedumpfile builds of kdump captures
+
+e.g. a real kdump capture, with QEMU's dump of the same state beside it:
+    python3 scripts/testbed run --kernel 7.2 --dump kdump --dump capture-zstd-newest --summary
+
+(``python3 -m testbed ...`` with scripts/ on PYTHONPATH does the same.)
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if not __package__:
+    # Run as `python3 scripts/testbed`: Python put scripts/testbed/ first on
+    # sys.path, where the package's modules would import as top-level
+    # modules (a second copy of each).  Put scripts/ there instead.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import testbed  # noqa: E402
+from testbed import DUMPS, KERNELS, SCENARIOS, TestbedError  # noqa: E402
+from testbed.kernels import cached  # noqa: E402
+
+
+def _kernels(ids_only: bool) -> None:
+    if ids_only:
+        print("\n".join(KERNELS))
+        return
+    print(f"{'id':9} {'series':6} {'flavour':7} {'suite':19} {'dbg':3} {'form':7} "
+          f"{'arch':6} cached release")
+    for k in KERNELS.values():
+        c = cached(k)
+        rel = c[-1].name + (" (vmlinux)" if (c[-1] / "vmlinux").is_file() else "") if c else "-"
+        print(f"{k.id:9} {k.series:6} {k.flavour:7} {k.suite:19} {'yes' if k.dbg else 'no':3} "
+              f"{k.form:7} {k.arch:6} {rel}")
+        if k.desc:
+            print(f"{'':9} {k.desc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="testbed", description=testbed.__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    kn = sub.add_parser("kernels", help="list the kernel registry (and the releases in the cache)")
+    kn.add_argument("--ids", action="store_true", help="ids only, one a line")
+    ls = sub.add_parser("list", help="list the scenarios")
+    ls.add_argument("--names", action="store_true", help="names only, one a line")
+    f = sub.add_parser("fetch", help="fetch a kernel into the cache; prints its directory")
+    f.add_argument("--kernel", required=True, choices=list(KERNELS))
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--dbg", action="store_true", default=None, help="also the -dbg package")
+    g.add_argument("--no-dbg", dest="dbg", action="store_false", help="without the -dbg package")
+    r = sub.add_parser("run", help="run one scenario; prints the path of run.json")
+    r.add_argument("--kernel", default="7.2", choices=list(KERNELS), help="kernel id (see `kernels`)")
+    r.add_argument("--scenario", default="hvo-2m", choices=list(SCENARIOS))
+    r.add_argument("--out", type=Path, help="output dir (default: a new dir under the cache's runs/)")
+    r.add_argument("--elf", action="store_true", help="also take an ELF dump")
+    r.add_argument("--dump", action="append", choices=list(DUMPS), metavar="SOURCE",
+                   help="dump source (repeatable; default kdump, plus elf with --elf); "
+                        "see `dumps`")
+    r.add_argument("--no-dbg", dest="dbg", action="store_false", default=None,
+                   help="do not fetch the -dbg package even if the registry does")
+    r.add_argument("--guest-cmd", help="command to run in the guest before the dump")
+    r.add_argument("--guest-cwd", help="working dir of --guest-cmd (live: default the current dir)")
+    r.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the guest")
+    r.add_argument("--hold", action="store_true",
+                   help="once ready, print the spare QMP socket and wait for Enter/Ctrl-C before dumping")
+    r.add_argument("--summary", action="store_true", help="print a summary to stderr")
+    i = sub.add_parser("initramfs", help="build (or find) the initramfs of a kernel; prints its path")
+    i.add_argument("--kernel", default="7.2", choices=list(KERNELS))
+    sub.add_parser("dumps", help="list the dump sources")
+    di = sub.add_parser("dump-info", help="format and real compression of a dump file (JSON)")
+    di.add_argument("file")
+    sub.add_parser("capture-tools",
+                   help="the kexec and makedumpfile builds kdump captures use (JSON; fetches the newest)")
+    a = ap.parse_args(argv)
+
+    if a.cmd == "dumps":
+        for n, src in DUMPS.items():
+            print(f"{n:20} {src.desc or (src.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    if a.cmd == "dump-info":
+        info = testbed.dump_info(a.file)
+        if info["format"] == "elf":
+            info["elf_filtered_ranges"] = [[hex(lo), hex(hi)] for lo, hi in testbed.elf_filtered_ranges(a.file)]
+        print(json.dumps(info, indent=1))
+        return 0
+
+    if a.cmd == "kernels":
+        _kernels(a.ids)
+        return 0
+    if a.cmd == "list" and a.names:
+        print("\n".join(SCENARIOS))
+        return 0
+    if a.cmd == "list":
+        for n, sc in SCENARIOS.items():
+            print(f"{n:8} -m {sc['mem']:3}  {sc['cmdline']}\n{'':8}   {sc['desc']}")
+        return 0
+    try:
+        if a.cmd == "fetch":
+            print(testbed.fetch_kernel(a.kernel, dbg=a.dbg))
+            return 0
+        if a.cmd == "initramfs":
+            print(testbed.build_initramfs(testbed.fetch_kernel(a.kernel, dbg=False)))
+            return 0
+        if a.cmd == "capture-tools":
+            from testbed import kdump
+            print(json.dumps({"kexec": kdump.kexec_bundle().describe(),
+                              **{b: kdump.makedumpfile_bundle(b).describe() for b in kdump.BUILDS}},
+                             indent=1))
+            return 0
+    except TestbedError as e:
+        print(f"testbed: {e}", file=sys.stderr)
+        return 1
+
+    def hold(info):
+        print(f"guest ready; spare QMP socket: {info['qmp']}\n"
+              f"  e.g. drgn --qemu {info['qmp']} -s {info['run']['vmlinux']}\n"
+              "press Enter (or Ctrl-C) to dump and stop", file=sys.stderr)
+        try:
+            sys.stdin.readline()
+        except KeyboardInterrupt:
+            pass
+
+    try:
+        run = testbed.run_scenario(a.kernel, a.scenario, a.out or None, elf=a.elf,
+                                   guest_cmd=a.guest_cmd, guest_cwd=a.guest_cwd,
+                                   timeout=a.timeout, dbg=a.dbg,
+                                   on_ready=hold if a.hold else None, dumps=a.dump)
+    except TestbedError as e:
+        print(f"testbed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("testbed: interrupted (QEMU stopped)", file=sys.stderr)
+        return 130
+    if a.summary:
+        print(testbed.summary(run), file=sys.stderr)
+    print(Path(run["console"]).parent / "run.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Dump sources: the ways a guest's memory gets into a file on the host.
+
+Each source is one DumpSource entry in DUMPS.  run_scenario() asks every
+source it uses for its initramfs, QEMU arguments and kernel command line
+before the boot, and calls take() once the guest is READY (the guest's
+truth is in by then).  A source's result lands in the run dict under its
+name: the path in run[name], the format in run[name + "_format"], the size
+in run["sizes"][name], its timings in run["timings"] and what else it
+records in run["dump_info"][name].
+
+"kdump" (QEMU's dump-guest-memory, kdump-zlib, reassembled with
+``makedumpfile -R``) and "elf" (QEMU's ELF, paging off) are here; the
+"kdump capture" sources ``capture-VARIANT-BUILD`` are in kdump.py (capture
+kernel loaded with kexec -p, makedumpfile inside the guest writing onto a
+raw virtio disk, ``makedumpfile -R`` on the host): their initramfs() adds
+kexec, the capture kernel and its initramfs, qemu_args() the disk,
+cmdline() crashkernel=, and take() lets the guest crash and waits for the
+dump; they end the guest (ends_guest), so they are taken after every QMP
+dump, and a run has at most one.
+
+Helpers for dump files: elf_segments(), elf_phys_offset(),
+elf_filtered_ranges() (makedumpfile -E's filtered pages) and dump_info()
+(format and real compression of a file).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from .common import TestbedError
+from .qemu import QMP
+
+
+@dataclasses.dataclass
+class DumpContext:
+    """What a source may use: the run's QMP connection, output dir, kernel;
+    once QEMU runs, its process, the console and fail() (a TestbedError with
+    the logs' tails, to raise)."""
+    qmp: QMP | None
+    out_dir: Path
+    kdir: Path
+    tmp: Path               # the run's private temporary directory
+    timeout: float
+    mem: str = ""           # the guest's memory (QEMU -m)
+    qemu: object = None     # qemu._Proc
+    console: object = None  # truth.Console (its .lines hold every marker line so far)
+    fail: object = None     # fail(msg) -> TestbedError
+    state: dict = dataclasses.field(default_factory=dict)  # sources' own, by source name
+
+
+@dataclasses.dataclass
+class DumpResult:
+    path: Path
+    format: str
+    timings: dict
+    info: dict = dataclasses.field(default_factory=dict)   # -> run["dump_info"][name]
+
+
+class DumpSource:
+    """One way of dumping the guest (see the module doc)."""
+    name = ""
+    desc = ""               # one line for `testbed dumps` (default: the class doc's first)
+    file = ""               # file name in the run's output dir
+    ends_guest = False      # the guest is gone after take() (taken last)
+
+    def paths(self, out_dir: Path) -> list[Path]:
+        """Files of this source in out_dir (removed before a run)."""
+        return [out_dir / self.file]
+
+    def initramfs(self, ctx: DumpContext, initrd: Path) -> Path:
+        """The guest's initramfs (default: the test bed's, ``initrd``)."""
+        return initrd
+
+    def qemu_args(self, ctx: DumpContext) -> list[str]:
+        return []
+
+    def cmdline(self, ctx: DumpContext) -> str:
+        return ""
+
+    def take(self, ctx: DumpContext) -> DumpResult:
+        raise NotImplementedError
+
+
+class QemuKdump(DumpSource):
+    """QMP dump-guest-memory, format kdump-zlib (about 1.3 s for 2 GiB;
+    makedumpfile's flattened format from QEMU 7.2, made plain with -R)."""
+    name = "kdump"
+    file = "vmcore.kdump"
+
+    def paths(self, out_dir: Path) -> list[Path]:
+        return [out_dir / self.file, out_dir / (self.file + ".flat")]
+
+    def take(self, ctx: DumpContext) -> DumpResult:
+        flat = ctx.out_dir / (self.file + ".flat")
+        out = ctx.out_dir / self.file
+        dump_s = qmp_dump(ctx.qmp, flat, "kdump-zlib", ctx.timeout)
+        t0 = time.monotonic()
+        fmt = _reassemble(flat, out)
+        return DumpResult(out, fmt, {"dump_s": round(dump_s, 2),
+                                     "reassemble_s": round(time.monotonic() - t0, 2)})
+
+
+class QemuElf(DumpSource):
+    """QMP dump-guest-memory as ELF (paging off: physical addresses in
+    p_paddr, see elf_phys_offset); as large as the guest's RAM."""
+    name = "elf"
+    file = "vmcore.elf"
+
+    def take(self, ctx: DumpContext) -> DumpResult:
+        out = ctx.out_dir / self.file
+        dump_s = qmp_dump(ctx.qmp, out, None, ctx.timeout)
+        os.chmod(out, 0o644)
+        return DumpResult(out, "elf", {"elf_dump_s": round(dump_s, 2)})
+
+
+DUMPS: dict[str, DumpSource] = {s.name: s for s in (QemuKdump(), QemuElf())}
+
+
+def ordered(names) -> list[DumpSource]:
+    """The sources named, those that end the guest last."""
+    srcs = []
+    for n in names:
+        if n not in DUMPS:
+            raise ValueError(f"unknown dump source {n!r}; have {', '.join(DUMPS)}")
+        srcs.append(DUMPS[n])
+    enders = [s.name for s in srcs if s.ends_guest]
+    if len(enders) > 1:
+        raise ValueError(f"dump sources {', '.join(enders)} each end the guest: a run takes one")
+    return sorted(srcs, key=lambda s: s.ends_guest)
+
+
+# ---------------------------------------------------------------- QEMU dumps
+
+def qmp_dump(qmp: QMP, path: Path, fmt: str | None, timeout: float) -> float:
+    t0 = time.monotonic()
+    args = {"paging": False, "protocol": f"file:{path}", "detach": True}
+    if fmt:
+        args["format"] = fmt
+    qmp.cmd("dump-guest-memory", **args)
+    end = t0 + timeout
+    while True:
+        st = qmp.cmd("query-dump")
+        if st.get("status") == "completed":
+            return time.monotonic() - t0
+        if st.get("status") == "failed":
+            raise TestbedError(f"dump-guest-memory ({fmt or 'elf'}) failed: {st} {qmp.events[-3:]}")
+        if time.monotonic() > end:
+            raise TestbedError(f"dump-guest-memory ({fmt or 'elf'}) timed out: {st}")
+        time.sleep(0.1)
+
+
+def _reassemble(flat: Path, out: Path) -> str:
+    """QEMU before 8.2 writes kdump-zlib in makedumpfile's flattened format,
+    which libkdumpfile reads only with a warning (and slowly for big dumps):
+    turn it into a plain kdump-compressed file with ``makedumpfile -R``.
+    Returns the format of ``out``."""
+    mdf = shutil.which("makedumpfile")
+    with open(flat, "rb") as f:
+        magic = f.read(16)
+    if magic.startswith(b"makedumpfile") and mdf:
+        with open(flat, "rb") as src:
+            p = subprocess.run([mdf, "-R", str(out)], stdin=src, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        if p.returncode == 0:
+            flat.unlink()
+            os.chmod(out, 0o644)
+            return "kdump-compressed"
+        raise TestbedError(f"makedumpfile -R failed: {p.stdout[-2000:]}")
+    os.replace(flat, out)
+    os.chmod(out, 0o644)
+    return "flattened" if magic.startswith(b"makedumpfile") else "kdump-compressed"
+
+
+# ---------------------------------------------------------------- ELF
+
+def elf_segments(path: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """PT_LOAD segments of an ELF64 core as (p_paddr, p_offset, p_filesz)."""
+    with open(path, "rb") as f:
+        eh = f.read(64)
+        if eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
+            raise ValueError(f"{path}: not a little-endian ELF64 file")
+        e_phoff, e_shoff = struct.unpack_from("<QQ", eh, 0x20)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", eh, 0x36)
+        if e_phnum == 0xFFFF:   # PN_XNUM: the real count is in section 0's sh_info
+            f.seek(e_shoff)
+            sh = f.read(64)
+            e_phnum = struct.unpack_from("<I", sh, 0x2C)[0]
+        f.seek(e_phoff)
+        ph = f.read(e_phentsize * e_phnum)
+    segs = []
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", ph, i * e_phentsize)
+        if p_type == 1:
+            segs.append((p_paddr, p_offset, p_filesz))
+    return segs
+
+
+def elf_phys_offset(path: str | os.PathLike, phys_addr: int) -> int:
+    """File offset of physical address phys_addr in an ELF dump (PT_LOAD
+    p_paddr/p_offset/p_filesz).  Raises LookupError if it is not in the file."""
+    for paddr, off, size in elf_segments(path):
+        if paddr <= phys_addr < paddr + size:
+            return off + (phys_addr - paddr)
+    raise LookupError(f"physical address {phys_addr:#x} is in no PT_LOAD segment of {path}")
+
+
+# ---------------------------------------------------------------- what a dump file is
+
+_COMPRESSION_FLAGS = {0x1: "zlib", 0x2: "lzo", 0x4: "snappy", 0x20: "zstd"}
+
+
+def dump_info(path: str | os.PathLike) -> dict:
+    """What a dump file is: {"format": "elf" | "kdump-compressed" |
+    "flattened" | "unknown", ...}; for kdump-compressed also the header's
+    compression ("header_compression"), the page descriptors counted by
+    their compression ("pages": {"zstd": n, "none": n, ...}), the dump level
+    and "compression": the one compression the pages use ("none" if none;
+    "mixed" if several)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        if head[:4] == b"\x7fELF":
+            return {"format": "elf", "compression": "none"}
+        if head[:12] == b"makedumpfile":
+            return {"format": "flattened", "compression": None}
+        if head[:8] not in (b"KDUMP   ", b"DISKDUMP"):
+            return {"format": "unknown", "compression": None}
+        (header_version,) = struct.unpack_from("<i", head, 8)
+        status, block_size, sub_hdr_size, bitmap_blocks, max_mapnr = struct.unpack_from("<IiiII", head, 424)
+        f.seek(block_size)
+        sub = f.read(block_size * max(sub_hdr_size, 1))
+        phys_base, dump_level = struct.unpack_from("<Qi", sub, 0)
+        if header_version >= 6:
+            max_mapnr = struct.unpack_from("<Q", sub, 0x60)[0]
+        bitmap_off = (1 + sub_hdr_size) * block_size
+        half = bitmap_blocks * block_size // 2
+        f.seek(bitmap_off + half)
+        bm2 = f.read(half)
+        ndesc = int.from_bytes(bm2, "little").bit_count()
+        f.seek((1 + sub_hdr_size + bitmap_blocks) * block_size)
+        pages: dict[str, int] = {}
+        left = ndesc
+        while left:
+            n = min(left, 1 << 16)
+            buf = f.read(24 * n)
+            if len(buf) < 24 * n:
+                raise TestbedError(f"{path}: truncated page descriptors")
+            for flags, cnt in collections.Counter(fl for _, _, fl, _ in struct.iter_unpack("<QIIQ", buf)).items():
+                name = "+".join(v for k, v in _COMPRESSION_FLAGS.items() if flags & k) or "none"
+                pages[name] = pages.get(name, 0) + cnt
+            left -= n
+    comp = [k for k in pages if k != "none"]
+    header = "+".join(v for k, v in _COMPRESSION_FLAGS.items() if status & k) or "none"
+    return {"format": "kdump-compressed", "header_version": header_version,
+            "header_compression": header, "status": status, "dump_level": dump_level,
+            "max_mapnr": max_mapnr, "dumped_pages": ndesc, "pages": pages,
+            "compression": comp[0] if len(comp) == 1 else ("none" if not comp else "mixed")}
+
+
+def elf_filtered_ranges(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """Physical ranges [start, end) an ELF dump declares but does not hold:
+    the part of each PT_LOAD between p_filesz and p_memsz.  makedumpfile -E
+    leaves the pages its dump level excluded there; they read back as zeros
+    (drgn gives no error), so a reader has to treat them as missing."""
+    with open(path, "rb") as f:
+        eh = f.read(64)
+        if eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
+            raise ValueError(f"{path}: not a little-endian ELF64 file")
+        e_phoff, e_shoff = struct.unpack_from("<QQ", eh, 0x20)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", eh, 0x36)
+        if e_phnum == 0xFFFF:
+            f.seek(e_shoff)
+            e_phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
+        f.seek(e_phoff)
+        ph = f.read(e_phentsize * e_phnum)
+    out = []
+    for i in range(e_phnum):
+        p_type, _, _, _, p_paddr, p_filesz, p_memsz = struct.unpack_from("<IIQQQQQ", ph, i * e_phentsize)
+        if p_type == 1 and p_memsz > p_filesz:
+            out.append((p_paddr + p_filesz, p_paddr + p_memsz))
+    return sorted(out)

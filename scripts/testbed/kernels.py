@@ -1,0 +1,119 @@
+"""The kernels the test bed boots: one registry entry each.
+
+A kernel is a (series, flavour, suite) of Debian's archive, never a version:
+scripts/fetch-kernel.sh takes the newest package of it in that suite, so the
+registry stays right as Debian moves on.  Adding a kernel is adding one
+``Kernel(...)`` line to KERNELS (and, for a new architecture, one ``Arch``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+
+from .common import SCRIPTS, TestbedError, cache_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How to run a guest of one architecture."""
+    name: str           # as the kernel and drgn call it
+    deb_arch: str       # Debian's name (package names, apt)
+    qemu: str           # the QEMU system emulator
+    machine: str        # -machine (no accel=: see qemu.base_args)
+    cpu: str
+    console: str        # the serial console device of the kernel command line
+    smp: int = 2
+
+
+ARCHES = {
+    "x86_64": Arch("x86_64", "amd64", "qemu-system-x86_64", "q35", "max", "ttyS0"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    id: str             # what --kernel and run_scenario() take
+    series: str         # upstream series, e.g. "6.12"
+    flavour: str        # Debian flavour: "cloud", "rt"
+    suite: str          # Debian suite it comes from
+    dbg: bool           # fetch the -dbg package (DWARF vmlinux) by default
+    form: str           # tail struct page encoding vmemspect must find: "pointer" | "mask"
+    arch: str = "x86_64"
+    desc: str = ""
+
+    @property
+    def arch_info(self) -> Arch:
+        return ARCHES[self.arch]
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["qemu"] = self.arch_info.qemu
+        return d
+
+
+# The -dbg packages of the rt flavours are about 1 GB: those kernels are
+# used without one (vmemspect reads the kernel's own BTF).
+KERNELS: dict[str, Kernel] = {k.id: k for k in (
+    Kernel("6.1", "6.1", "cloud", "bookworm-security", True, "pointer",
+           desc="Debian 12: page-based hugetlb, no nr_memmap_* in /proc/vmstat"),
+    Kernel("6.12-bpo", "6.12", "cloud", "bookworm-backports", True, "pointer",
+           desc="Debian 12 backports"),
+    Kernel("6.12", "6.12", "cloud", "trixie", True, "pointer", desc="Debian 13"),
+    Kernel("7.2", "7.2", "cloud", "sid", True, "mask", desc="unstable"),
+    Kernel("6.12-rt", "6.12", "rt", "trixie", False, "pointer",
+           desc="Debian 13 PREEMPT_RT, no -dbg (BTF)"),
+    Kernel("7.2-rt", "7.2", "rt", "sid", False, "mask",
+           desc="unstable PREEMPT_RT, no -dbg (BTF)"),
+)}
+
+
+def kernel(kernel_id: str) -> Kernel:
+    try:
+        return KERNELS[kernel_id]
+    except KeyError:
+        raise ValueError(f"unknown kernel {kernel_id!r}; have {', '.join(KERNELS)}") from None
+
+
+def fetch_kernel(series: str, dbg: bool | None = None) -> Path:
+    """Run fetch-kernel.sh for registry kernel ``series`` (a kernel id; a
+    cache hit when present) and return the kernel's cache directory.
+    ``dbg`` None: as the registry says."""
+    k = kernel(series)
+    if k.arch_info.deb_arch != "amd64":
+        raise TestbedError(f"{k.id}: fetch-kernel.sh fetches amd64 kernels only")
+    want_dbg = k.dbg if dbg is None else dbg
+    cmd = [str(SCRIPTS / "fetch-kernel.sh"), k.series, k.flavour, k.suite]
+    if not want_dbg:
+        cmd.append("--no-dbg")
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise TestbedError(f"fetch-kernel.sh {' '.join(cmd[1:])} failed ({p.returncode}):\n"
+                           f"{p.stderr[-3000:]}")
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise TestbedError(f"fetch-kernel.sh {' '.join(cmd[1:])} printed no directory")
+    d = Path(lines[-1].strip())
+    for f in ("vmlinuz", "qemu_fw_cfg.ko", "release") + (("vmlinux",) if want_dbg else ()):
+        if not (d / f).is_file():
+            raise TestbedError(f"{d} has no {f}")
+    return d
+
+
+def cached(k: Kernel) -> list[Path]:
+    """The cache directories holding releases of ``k`` (oldest first), from
+    the "package" file fetch-kernel.sh writes (suite, package, version);
+    no network."""
+    rel = re.compile(re.escape(k.series) + r"(\.[0-9]+)?(-[0-9]+)?(\+deb[0-9.]+)?-"
+                     + re.escape(k.flavour) + "-" + re.escape(k.arch_info.deb_arch) + "$")
+    found = []
+    for d in sorted((cache_dir() / "kernels").glob("*/package")):
+        try:
+            suite = d.read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if suite == k.suite and rel.match(d.parent.name):
+            found.append(d.parent)
+    return sorted(found, key=lambda p: [int(x) if x.isdigit() else x
+                                        for x in re.split(r"(\d+)", p.name)])

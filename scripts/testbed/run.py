@@ -1,0 +1,295 @@
+"""One run: boot a registry kernel in a scenario, collect the guest's truth,
+dump its memory, stop QEMU.
+
+run_scenario() returns (and writes to out_dir/run.json) a dict::
+
+  series       the kernel id (kept under this name for older callers)
+  kernel       the registry entry (kernels.Kernel.as_dict())
+  release, scenario, cmdline, qemu_args, vmlinux (None without -dbg),
+  vmlinuz, initramfs,
+  kdump        plain kdump-compressed file (QEMU's flattened output run
+               through makedumpfile -R); kdump_format says which it is
+  elf          ELF dump (paging off) or None; see dumps.elf_phys_offset()
+  console      serial log;  guest_cmd, guest_cmd_output (stdout, exact),
+  guest_cmd_stderr, guest_cmd_rc
+  timings      boot_s (QEMU start to truth), guest_cmd_s, dump_s (kdump),
+               reassemble_s, elf_dump_s, total_s (whole call); a kdump
+               capture source adds capture_s and capture_reassemble_s
+  sizes        kdump, elf (bytes), and one per other source, by its name
+  NAME, NAME_format, dump_info[NAME]
+               other dump sources (dumps.DUMPS), e.g. capture-zstd-newest:
+               the dump's path, its format, what the source records
+               (kdump.KdumpCapture.take())
+  truth        from the guest (truth.parse_truth); every dict key is a
+               string (JSON):
+    uname, cmdline, scenario, hugetlb_optimize_vmemmap (int or None)
+    meminfo      {"HugePages_Total": n, ..., "Hugepagesize": kB, "Hugetlb": kB}
+    hstates      {"2048": {"global": {nr,free,resv,surplus}_hugepages,
+                           "nodes": {"0": {nr,free,surplus}_hugepages}}, ...}
+    hugetlb_dmesg        ["HugeTLB: ...", ...]
+    vmemmap_freeable_kib {"2048": 28, "1048576": 16380}
+    vmstat       {"nr_memmap_pages": n, "nr_memmap_boot_pages": n}
+                 (empty on 6.1: it has no such counters)
+    hugetlb_folios [{"pfn", "flags" (raw /proc/kpageflags word), "nr_pages"}]
+    kpf_scanned_pfns, in_use [{"kind": "anon"|"file", "pfn", "phase"}]
+    node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
+    node_pfn_ranges {"0": [[start_pfn, end_pfn), ...]}
+    steps        run-time changes made by the guest, in order
+    errors       truth lines that were not understood (normally empty)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import dumps as _dumps
+from .common import TestbedError, cache_dir
+from .initramfs import build_initramfs
+from .kernels import fetch_kernel, kernel
+from .qemu import QMP, VIRTIOFSD, _Proc, _Signals, base_args
+from .scenarios import BASE_CMDLINE, DEFAULT_LIVE_CMD, SCENARIOS
+from .truth import Console, GuestProtocol, ProtocolError
+
+
+def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
+                  kdir: Path) -> str:
+    lines = ["# written by scripts/testbed (run.py)"]
+    if live:
+        path = os.path.dirname(sys.executable) + ":" + os.environ.get(
+            "PATH", "/usr/local/bin:/usr/bin:/bin")
+        e = {"PATH": path + ":/usr/local/sbin:/usr/sbin:/sbin",
+             "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+             # the guest must not write caches into the host's checkout
+             "PYTHONDONTWRITEBYTECODE": "1"}
+        if os.environ.get("PYTHONPATH"):
+            e["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    else:
+        e = {}
+    e["VMEMSPECT_RELEASE"] = (kdir / "release").read_text().strip()
+    e["VMEMSPECT_VMLINUX"] = str(kdir / "vmlinux")
+    e.update(env or {})
+    for k, v in e.items():
+        lines.append(f"export {k}={shlex.quote(v)}")
+    if cwd:
+        lines.append(f"cd {shlex.quote(cwd)} || exit 97")
+    lines.append(guest_cmd)
+    return "\n".join(lines) + "\n"
+
+
+def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | str | None = None,
+                 elf: bool = False, guest_cmd: str | None = None, *,
+                 guest_cwd: str | None = None, guest_env: dict | None = None,
+                 timeout: float = 180.0, cmd_timeout: float = 1200.0,
+                 dump_timeout: float = 900.0, dbg: bool | None = None,
+                 on_ready=None, extra_cmdline: str = "", mem: str | None = None,
+                 dumps: list[str] | None = None) -> dict:
+    """Boot kernel ``series`` (a kernel id of the registry, kernels.KERNELS)
+    in ``scenario``, collect truth, dump memory, stop QEMU.
+
+    Returns the run dict (also written to out_dir/run.json).  ``guest_cmd``
+    runs in the guest before the dump (for "live": chrooted in the host's /,
+    in ``guest_cwd``, default the current directory; elsewhere in the
+    initramfs's busybox).  ``on_ready(info)`` is called once the guest is
+    ready and before the dump, with info["qmp"] the path of a spare QMP
+    socket (e.g. for ``drgn --qemu``).  ``dbg`` None: fetch the -dbg
+    package if the registry says so.  ``dumps``: dump sources by name
+    (dumps.DUMPS), default "kdump" plus "elf" if ``elf``.  Raises
+    TestbedError on failure.
+    """
+    t_start = time.monotonic()
+    k = kernel(series)
+    arch = k.arch_info
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; have {', '.join(SCENARIOS)}")
+    sources = _dumps.ordered(dumps if dumps is not None else ["kdump"] + (["elf"] if elf else []))
+    sc = SCENARIOS[scenario]
+    live = bool(sc.get("live"))
+    if live and guest_cmd is None:
+        guest_cmd = DEFAULT_LIVE_CMD
+    if out_dir is None:
+        out_dir = cache_dir() / "runs" / f"{series}-{scenario}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    kdir = fetch_kernel(series, dbg=dbg)
+    release = (kdir / "release").read_text().strip()
+    initrd = build_initramfs(kdir)
+    mem = mem or sc["mem"]
+
+    console = out_dir / "console.log"
+    stale = [console, out_dir / "run.json"]
+    for src in _dumps.DUMPS.values():
+        stale += src.paths(out_dir)
+    for p in stale:
+        if p.exists():
+            p.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix="vmemspect-"))
+    ctx = _dumps.DumpContext(qmp=None, out_dir=out_dir, kdir=kdir, tmp=tmp, timeout=dump_timeout,
+                             mem=mem)
+    try:
+        for s in sources:
+            initrd = s.initramfs(ctx, initrd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cmdline = " ".join(x for x in (f"console={arch.console}", BASE_CMDLINE, sc["cmdline"],
+                                   *(s.cmdline(ctx) for s in sources), extra_cmdline) if x)
+    (tmp / "scenario").write_text(scenario)
+    machine_opts = ""
+    extra: list[str] = []
+    if live:
+        extra += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+                  "-chardev", f"socket,id=vfs,path={tmp}/vfs.sock",
+                  "-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"]
+        machine_opts = "memory-backend=mem"
+    elif sc.get("noreserve"):
+        extra += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
+        machine_opts = "memory-backend=mem"
+    qemu_args = base_args(arch, mem, machine_opts) + [
+        "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd), "-append", cmdline,
+        "-chardev", f"file,id=ser0,path={console}", "-serial", "chardev:ser0",
+        "-qmp", f"unix:{tmp}/qmp.sock,server=on,wait=off",
+        "-qmp", f"unix:{tmp}/qmp-spare.sock,server=on,wait=off",
+        "-device", "vmcoreinfo",
+        "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario"]
+    if guest_cmd is not None:
+        (tmp / "script.sh").write_text(_guest_script(
+            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir))
+        qemu_args += ["-fw_cfg", f"name=opt/vmemspect/script,file={tmp}/script.sh"]
+    qemu_args += extra + sc.get("qemu", [])
+    for s in sources:
+        qemu_args += s.qemu_args(ctx)
+
+    run: dict = {"series": series, "kernel": k.as_dict(), "release": release,
+                 "vmlinux": str(kdir / "vmlinux") if (kdir / "vmlinux").is_file() else None,
+                 "vmlinuz": str(kdir / "vmlinuz"), "initramfs": str(initrd),
+                 "scenario": scenario, "cmdline": cmdline, "qemu_args": qemu_args,
+                 "kdump": None, "elf": None, "console": str(console),
+                 "truth": None, "guest_cmd": guest_cmd, "guest_cmd_output": None,
+                 "guest_cmd_stderr": None, "guest_cmd_rc": None,
+                 "timings": {}, "sizes": {}}
+    procs: list[_Proc] = []
+    qmp = None
+    con = Console(console)
+    try:
+        with _Signals():
+            if live:
+                vfs = _Proc([VIRTIOFSD, f"--socket-path={tmp}/vfs.sock", "-o", "source=/",
+                             "-o", "sandbox=chroot", "-o", "cache=auto"], out_dir / "virtiofsd.log")
+                procs.append(vfs)
+                end = time.monotonic() + 10
+                while not (tmp / "vfs.sock").exists():
+                    if not vfs.alive() or time.monotonic() > end:
+                        raise TestbedError("virtiofsd did not start: " +
+                                           (out_dir / "virtiofsd.log").read_text()[-2000:])
+                    time.sleep(0.05)
+            t_boot = time.monotonic()
+            q = _Proc(qemu_args, out_dir / "qemu.log")
+            procs.append(q)
+
+            def fail(msg: str) -> TestbedError:
+                qlog = (out_dir / "qemu.log").read_text(errors="replace")[-2000:]
+                return TestbedError(f"{series}/{scenario}: {msg}\n--- qemu.log ---\n{qlog}"
+                                    f"\n--- console tail ({console}) ---\n{con.tail()}")
+
+            try:
+                qmp = QMP(tmp / "qmp.sock", alive=q.alive)
+            except TestbedError as e:
+                raise fail(str(e)) from None
+            ctx.qmp, ctx.qemu, ctx.console, ctx.fail = qmp, q, con, fail
+            deadline = t_boot + timeout
+            guest = GuestProtocol()
+            t_truth = t_cmd = None
+            while not guest.ready:
+                for ln in con.poll():
+                    try:
+                        guest.feed(ln)
+                    except ProtocolError as e:
+                        raise fail(str(e)) from None
+                    if guest.truth_done and t_truth is None:
+                        t_truth = time.monotonic()
+                    if guest.cmd_started and t_cmd is None:
+                        t_cmd = time.monotonic()
+                        deadline = t_cmd + cmd_timeout
+                    if guest.ready:
+                        break
+                if guest.ready:
+                    break
+                if not q.alive():
+                    raise fail(f"QEMU exited ({q.p.returncode}) before READY")
+                if time.monotonic() > deadline:
+                    raise fail(f"timed out in state {guest.state!r} waiting for READY")
+                time.sleep(0.1)
+            t_ready = time.monotonic()
+            run["truth"] = guest.truth()
+            run["timings"]["boot_s"] = round((t_truth or t_ready) - t_boot, 2)
+            if guest_cmd is not None:
+                o, e, rc = guest.cmd_result()
+                run["guest_cmd_output"], run["guest_cmd_stderr"], run["guest_cmd_rc"] = o, e, rc
+                run["timings"]["guest_cmd_s"] = round(t_ready - (t_cmd or t_ready), 2)
+            if on_ready:
+                on_ready({"qmp": str(tmp / "qmp-spare.sock"), "run": run, "tmpdir": str(tmp)})
+            for s in sources:
+                r = s.take(ctx)
+                run[s.name] = str(r.path)
+                run[f"{s.name}_format"] = r.format
+                run["sizes"][s.name] = r.path.stat().st_size
+                run["timings"].update(r.timings)
+                if r.info:
+                    run.setdefault("dump_info", {})[s.name] = r.info
+            if not any(s.ends_guest for s in sources):
+                try:
+                    qmp.cmd("quit")
+                except (TestbedError, OSError):
+                    pass
+            q.wait(10)
+    finally:
+        if qmp:
+            qmp.close()
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    run["timings"]["total_s"] = round(time.monotonic() - t_start, 2)
+    (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    return json.loads(json.dumps(run))
+
+
+def summary(run: dict) -> str:
+    """A few human lines about a run (the CLI's --summary)."""
+    t = run["truth"]
+    lines = [f"{run['series']} {run['scenario']}: {run['release']}",
+             f"  cmdline: {run['cmdline']}",
+             f"  boot {run['timings'].get('boot_s')} s, kdump {run['timings'].get('dump_s')} s "
+             f"({run['sizes'].get('kdump', 0) / 1e6:.1f} MB)"
+             + (f", elf {run['timings'].get('elf_dump_s')} s ({run['sizes']['elf'] / 1e9:.2f} GB)"
+                if run.get("elf") else "")
+             + f", total {run['timings'].get('total_s')} s",
+             f"  hugetlb_optimize_vmemmap={t.get('hugetlb_optimize_vmemmap')} "
+             f"vmstat={t.get('vmstat')} freeable={t.get('vmemmap_freeable_kib')}"]
+    for size, h in sorted(t["hstates"].items(), key=lambda kv: int(kv[0])):
+        nodes = " ".join(f"node{n}:{v.get('nr_hugepages')}/{v.get('free_hugepages')}"
+                         for n, v in sorted(h["nodes"].items()))
+        lines.append(f"  {size} kB: {h['global']}  (nr/free per node: {nodes})")
+    lines.append(f"  hugetlb folios in /proc/kpageflags: {len(t['hugetlb_folios'])}; "
+                 f"held in use: {len(t['in_use'])}")
+    for s in t["steps"]:
+        lines.append(f"  step: {s}")
+    if t["errors"]:
+        lines.append(f"  unparsed truth lines: {t['errors']}")
+    if run.get("guest_cmd") is not None:
+        lines.append(f"  guest_cmd rc={run['guest_cmd_rc']} ({run['timings'].get('guest_cmd_s')} s): "
+                     f"{run['guest_cmd_output']!r}"[:2000])
+        if run.get("guest_cmd_stderr"):
+            lines.append(f"  guest_cmd stderr: {run['guest_cmd_stderr'][-1500:]!r}")
+    lines.append(f"  kdump: {run['kdump']}")
+    if run.get("elf"):
+        lines.append(f"  elf: {run['elf']}")
+    from .kdump import capture_summary
+    lines += capture_summary(run)
+    return "\n".join(lines)

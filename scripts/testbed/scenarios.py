@@ -1,0 +1,87 @@
+"""Guests and scenarios: the guest's memory, NUMA layout and kernel command
+line, and whether the host's root is shared with it ("live").  What the
+guest does at run time for a scenario is in scripts/guest/init.sh (it reads
+the scenario's name from fw_cfg)."""
+from __future__ import annotations
+
+# Every guest's command line starts with console=<the arch's console> and
+# these; Debian turns init_on_alloc on, which zeroes every huge page at
+# allocation and makes QEMU touch all guest RAM.
+BASE_CMDLINE = "init_on_alloc=0 panic=-1"
+# The guest script exports VMEMSPECT_VMLINUX (the DWARF vmlinux in the
+# cache, which the host's root does not have where drgn looks) and
+# VMEMSPECT_RELEASE.
+DEFAULT_LIVE_CMD = 'python3 -m vmemspect live -s "$VMEMSPECT_VMLINUX" --json'
+
+
+def _numa_args(sizes_g: list[int]) -> list[str]:
+    args: list[str] = []
+    for i, g in enumerate(sizes_g):
+        args += ["-object", f"memory-backend-ram,id=m{i},size={g}G",
+                 "-numa", f"node,nodeid={i},memdev=m{i}"]
+    return args
+
+
+SCENARIOS: dict[str, dict] = {
+    "hvo-2m": {
+        "desc": "HVO on, 64 boot-time 2 MiB pages, 2 GiB",
+        "mem": "2G",
+        "cmdline": "hugetlb_free_vmemmap=on hugepagesz=2M hugepages=64",
+    },
+    "hvo-1g": {
+        "desc": "HVO on, one 1 GiB and 64 2 MiB boot-time pages, 4 GiB",
+        "mem": "4G",
+        "cmdline": ("hugetlb_free_vmemmap=on default_hugepagesz=2M "
+                    "hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=64"),
+    },
+    "hvo-off": {
+        "desc": "HVO off, 32 boot-time 2 MiB pages, 2 GiB",
+        "mem": "2G",
+        "cmdline": "hugetlb_free_vmemmap=off hugepagesz=2M hugepages=32",
+    },
+    "mixed": {
+        "desc": ("HVO on, no boot-time pages; run time: 16 pages with the sysctl "
+                 "on, 5 of them held in use (2 anon, 3 hugetlbfs file), then 16 "
+                 "more with it off and 5 more held (phase 2), 2 GiB"),
+        "mem": "2G",
+        "cmdline": "hugetlb_free_vmemmap=on",
+    },
+    "numa": {
+        # Node 1 is 3 GiB: with 2 GiB, KASLR sometimes put the kernel where
+        # the only 1 GiB-aligned block of node 1 was, and 6.12's boot-time
+        # 1 GiB allocation failed ("allocating 1 of page size 1.00 GiB
+        # failed node1").
+        "desc": ("two nodes, 2 GiB (below the PCI hole: DMA32) and 3 GiB (above it: "
+                 "Normal); boot: 1 GiB page on node 1, 2 MiB pages 40 on node 0 and "
+                 "50 on node 1; run time: +20 2 MiB on node 1"),
+        "mem": "5G",
+        "cmdline": ("hugetlb_free_vmemmap=on hugepagesz=1G hugepages=0:0,1:1 "
+                    "hugepagesz=2M hugepages=0:40,1:50"),
+        "qemu": _numa_args([2, 3]),
+    },
+    # Guests larger than the host (scripts/bench-scale.py): guest RAM in a
+    # memory backend with reserve=off (no swap/commit reservation), and the
+    # base cmdline's init_on_alloc=0, so QEMU touches only what the guest
+    # writes.  The huge pages come from extra_cmdline (and mem= the size).
+    "scale-2m": {
+        "desc": ("HVO on, 256 GiB (reserve=off backend), 2 MiB boot-time pages "
+                 "given by extra_cmdline (bench-scale.py: hugepagesz=2M hugepages=120000)"),
+        "mem": "256G",
+        "cmdline": "hugetlb_free_vmemmap=on",
+        "noreserve": True,
+    },
+    "scale-1g": {
+        "desc": ("HVO on, 256 GiB (reserve=off backend), 1 GiB boot-time pages "
+                 "given by extra_cmdline (bench-scale.py: hugepagesz=1G hugepages=200)"),
+        "mem": "256G",
+        "cmdline": "hugetlb_free_vmemmap=on",
+        "noreserve": True,
+    },
+    "live": {
+        "desc": ("as hvo-2m, with the host's / shared over virtiofs; runs "
+                 "guest_cmd (default: %s) chrooted in it" % DEFAULT_LIVE_CMD),
+        "mem": "2G",
+        "cmdline": "hugetlb_free_vmemmap=on hugepagesz=2M hugepages=64",
+        "live": True,
+    },
+}
