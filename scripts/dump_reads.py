@@ -27,7 +27,6 @@ import collections
 import contextlib
 import io
 import json
-import os
 import struct
 import sys
 import threading

@@ -34,7 +34,6 @@ capture run records is described in KdumpCapture.take().
 """
 from __future__ import annotations
 
-import collections
 import gzip
 import hashlib
 import lzma
@@ -42,7 +41,6 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import tempfile
 import time
