@@ -65,6 +65,14 @@ def real_run(series: str, scenario: str, elf: bool = False) -> dict:
     return _run(f"{series}-{scenario}{'-elf' if elf else ''}", series, scenario, elf=elf)
 
 
+def capture_run(series: str, source: str, scenario: str = "hvo-2m") -> dict:
+    """Boot ``series`` in ``scenario`` (once per session) and dump it twice:
+    QEMU's kdump-zlib of the guest armed for kdump (run["kdump"]), then a
+    real kdump capture by dump source ``source`` (capture-VARIANT-BUILD,
+    scripts/testbed/kdump.py) of that same state (run[source])."""
+    return _run(f"{series}-{scenario}-{source}", series, scenario, dumps=["kdump", source])
+
+
 def vmemspect(*args: str, check_rc=(0,)) -> subprocess.CompletedProcess:
     """Run the installed command line; assert its exit status."""
     p = subprocess.run([sys.executable, "-m", "vmemspect", *args],

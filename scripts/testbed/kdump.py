@@ -569,6 +569,8 @@ class KdumpCapture(DumpSource):
                     raise fail(f"kdump capture failed: {ln}")
                 if ln.startswith("! "):
                     messages.append(ln[2:].rstrip())
+                elif ln.startswith("KDUMP GO"):
+                    t["go_seen"] = time.monotonic()
                 elif ln == "KDUMP PANIC":
                     t["panic"] = time.monotonic()
                 elif ln.startswith("CAPTURE BOOTED"):
@@ -614,8 +616,9 @@ class KdumpCapture(DumpSource):
             rec["elf_filtered"] = {"ranges": len(gaps), "pages": sum((b - a) // 4096 for a, b in gaps)}
         rec["seconds"] = {
             "capture": round(t_exit - t_go, 2),
-            "panic_to_capture_boot": round(t["capture_booted"] - t["panic"], 2)
-            if "panic" in t and "capture_booted" in t else None,
+            # (from "KDUMP GO" when the kernel's panic output garbled "KDUMP PANIC")
+            "panic_to_capture_boot": round(t["capture_booted"] - t.get("panic", t.get("go_seen", t_go)), 2)
+            if "capture_booted" in t else None,
             "makedumpfile": round(float(done["end"]) - float(done["start"]), 2),
             "power_off": round(t_exit - t["capture_done"], 2) if "capture_done" in t else None,
             "reassemble": round(reassemble_s, 2),
