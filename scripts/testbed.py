@@ -43,7 +43,12 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
     node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
     node_pfn_ranges {"0": [[start_pfn, end_pfn), ...]}
     steps        run-time changes made by the guest, in order
+    demote       {"before": [1 GiB folio pfns], "after": [...], "demoted": [pfn]}
+                 (rare: the demoted range is [pfn, pfn + 262144))
     errors       truth lines that were not understood (normally empty)
+  aftermath    only with aftermath=True (see _aftermath): what the kernel said
+               when the guest released its holds and emptied the pools
+               after the dump
 """
 from __future__ import annotations
 
@@ -151,6 +156,17 @@ SCENARIOS: dict[str, dict] = {
         "mem": "256G",
         "cmdline": "hugetlb_free_vmemmap=on",
         "noreserve": True,
+    },
+    "rare": {
+        # A user's report: on 6.12.117 the folios of a demoted 1 GiB page
+        # keep HPG_vmemmap_optimized (copied from the head when the 1 GiB
+        # folio's vmemmap was restored) without being remapped.
+        "desc": ("HVO on, 6 GiB, hugetlb_cma=3G, 16 boot-time 2 MiB pages; run time: "
+                 "2 x 1 GiB from CMA, one demoted (512 x 2 MiB), the whole 2 MiB "
+                 "pool + 8 surplus (overcommit) held by fallocate on hugetlbfs: "
+                 "536 in-use 2 MiB folios, one free 1 GiB folio"),
+        "mem": "6G",
+        "cmdline": "hugetlb_free_vmemmap=on hugetlb_cma=3G hugepagesz=2M hugepages=16",
     },
     "live": {
         "desc": ("as hvo-2m, with the host's / shared over virtiofs; runs "
@@ -552,7 +568,8 @@ def parse_truth(lines: list[str]) -> dict:
                "hugetlb_dmesg": [], "vmemmap_freeable_kib": {}, "vmstat": {},
                "hugetlb_folios": [], "kpf_scanned_pfns": None, "in_use": [],
                "node_memory_blocks": {}, "memory_block_size": None,
-               "node_pfn_ranges": {}, "steps": [], "errors": []}
+               "node_pfn_ranges": {}, "steps": [], "errors": [],
+               "demote": {"before": [], "after": [], "demoted": []}}
 
     def hs(size: str) -> dict:
         return t["hstates"].setdefault(size, {"global": {}, "nodes": {}})
@@ -592,8 +609,12 @@ def parse_truth(lines: list[str]) -> dict:
                                 "phase": int(f[2])})
         elif key == "step":
             t["steps"].append(rest)
+        elif key == "demote" and len(f) == 2 and f[0] in ("before", "after"):
+            t["demote"][f[0]].append(int(f[1], 16))
         elif ln.strip():
             t["errors"].append(ln)
+    d = t["demote"]
+    d["demoted"] = sorted(set(d["before"]) - set(d["after"]))
     # pfn ranges per node from its memory blocks
     bs = t["memory_block_size"]
     if bs:
@@ -641,6 +662,112 @@ def elf_phys_offset(path: str | os.PathLike, phys_addr: int) -> int:
         if paddr <= phys_addr < paddr + size:
             return off + (phys_addr - paddr)
     raise LookupError(f"physical address {phys_addr:#x} is in no PT_LOAD segment of {path}")
+
+
+# ---------------------------------------------------------------- aftermath
+# Opt-in step after the dump (run_scenario(aftermath=True)): the guest waits
+# on a second serial port (ttyS1, a unix socket on the host) after READY;
+# once the dump is taken the host writes "go", the guest releases its holds,
+# empties every pool and prints what the kernel said (dmesg) between
+# AFTERMATH markers.  Self-contained: aftermath_qemu_args(), _aftermath(),
+# parse_aftermath().
+
+AFTERMATH_CTL = "ctl.sock"
+
+
+def aftermath_qemu_args(tmp: Path) -> list[str]:
+    """QEMU arguments of the aftermath: the order in fw_cfg and the control
+    port (COM2, after the console's COM1)."""
+    (tmp / "aftermath").write_text("1")
+    return ["-fw_cfg", f"name=opt/vmemspect/aftermath,file={tmp}/aftermath",
+            "-chardev", f"socket,id=ctl,path={tmp}/{AFTERMATH_CTL},server=on,wait=off",
+            "-serial", "chardev:ctl"]
+
+
+def _aftermath(tmp: Path, con: "_Console", alive, timeout: float) -> dict:
+    """Tell the guest to go on, collect its AFTERMATH block, parse it.
+
+    Never raises for what the guest does: a guest that dies or hangs gives
+    {"completed": False, ...} with the console's tail."""
+    t0 = time.monotonic()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(tmp / AFTERMATH_CTL))
+        s.sendall(b"go\n")
+    except OSError as e:
+        s.close()
+        raise TestbedError(f"aftermath: control port: {e}") from None
+    lines: list[str] | None = None
+    end_line = None
+    why = "timeout"
+    try:
+        while time.monotonic() < t0 + timeout:
+            for ln in con.poll():
+                if ln == "AFTERMATH BEGIN":
+                    lines = []
+                elif lines is not None and ln.startswith("AFTERMATH END"):
+                    end_line = ln
+                elif lines is not None and end_line is None and (ln.startswith("~ ") or ln == "~"):
+                    lines.append(ln[2:])
+            if end_line:
+                why = None
+                break
+            if not alive():
+                why = "QEMU exited"
+                break
+            time.sleep(0.1)
+    finally:
+        s.close()
+    a = parse_aftermath(lines or [])
+    a["completed"] = end_line is not None
+    a["failure"] = why
+    a["seconds"] = round(time.monotonic() - t0, 2)
+    if end_line:
+        _, _, n, md5 = end_line.split()
+        payload = "".join(x + "\n" for x in lines)
+        a["intact"] = len(lines) == int(n) and hashlib.md5(payload.encode()).hexdigest() == md5
+    else:
+        a["intact"] = False
+        a["console_tail"] = con.tail(60)
+    return a
+
+
+def parse_aftermath(lines: list[str]) -> dict:
+    """The guest's AFTERMATH block (payload lines, without "~ ")::
+
+      steps          what the guest did, with the pools after each step
+      vmstat         nr_memmap_* after it
+      kmsg           the kernel's messages meanwhile (dmesg, up to 4000 lines)
+      dmesg_lines    how many there were
+      warnings       the "WARNING: ..." lines
+      static_key_dec_not_one  the WARNING lines that name it
+      bad_page_state "BUG: Bad page state" reports shown + suppressed
+      bad_page_state_shown, bad_page_state_suppressed
+      console_tail   the last 40 kernel lines
+    """
+    a: dict = {"steps": [], "vmstat": {}, "kmsg": [], "dmesg_lines": None}
+    for ln in lines:
+        key, _, rest = ln.partition(" ")
+        if key == "step":
+            a["steps"].append(rest)
+        elif key == "vmstat" and len(rest.split()) == 2:
+            k, v = rest.split()
+            a["vmstat"][k] = int(v)
+        elif key == "dmesg_lines":
+            a["dmesg_lines"] = int(rest)
+        elif key == "k":
+            a["kmsg"].append(rest)
+    msgs = [re.sub(r"^\[[^]]*\] ?", "", m) for m in a["kmsg"]]
+    a["warnings"] = [m for m in msgs if m.startswith("WARNING:")]
+    a["static_key_dec_not_one"] = [m for m in a["warnings"] if "static_key_dec_not_one" in m]
+    shown = sum(1 for m in msgs if m.startswith("BUG: Bad page state in process"))
+    suppressed = sum(int(x) for m in msgs
+                     for x in re.findall(r"^BUG: Bad page state: (\d+) messages suppressed", m))
+    a["bad_page_state_shown"] = shown
+    a["bad_page_state_suppressed"] = suppressed
+    a["bad_page_state"] = shown + suppressed
+    a["console_tail"] = "\n".join(a["kmsg"][-40:])
+    return a
 
 
 # ---------------------------------------------------------------- run
@@ -691,7 +818,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  guest_cwd: str | None = None, guest_env: dict | None = None,
                  timeout: float = 180.0, cmd_timeout: float = 1200.0,
                  dump_timeout: float = 900.0, dbg: bool = True,
-                 on_ready=None, extra_cmdline: str = "", mem: str | None = None) -> dict:
+                 on_ready=None, extra_cmdline: str = "", mem: str | None = None,
+                 aftermath: bool = False, aftermath_timeout: float = 300.0) -> dict:
     """Boot ``series`` in ``scenario``, collect truth, dump memory, stop QEMU.
 
     Returns the run dict (also written to out_dir/run.json).  ``guest_cmd``
@@ -699,7 +827,10 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     in ``guest_cwd``, default the current directory; elsewhere in the
     initramfs's busybox).  ``on_ready(info)`` is called once the guest is
     ready and before the dump, with info["qmp"] the path of a spare QMP
-    socket (e.g. for ``drgn --qemu``).  Raises TestbedError on failure.
+    socket (e.g. for ``drgn --qemu``).  ``aftermath``: after the dumps,
+    let the guest release its holds and empty its pools, and put what the
+    kernel said into run["aftermath"] (see _aftermath).  Raises TestbedError
+    on failure.
     """
     t_start = time.monotonic()
     if scenario not in SCENARIOS:
@@ -749,6 +880,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
         qemu_args += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
         machine += ",memory-backend=mem"
     qemu_args += sc.get("qemu", [])
+    if aftermath:
+        qemu_args += aftermath_qemu_args(tmp)
     qemu_args[1:1] = ["-machine", machine]
 
     run: dict = {"series": series, "release": release,
@@ -847,6 +980,9 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 os.chmod(elf_path, 0o644)
                 run["elf"] = str(elf_path)
                 run["sizes"]["elf"] = elf_path.stat().st_size
+            if aftermath:
+                run["aftermath"] = _aftermath(tmp, con, q.alive, aftermath_timeout)
+                run["timings"]["aftermath_s"] = run["aftermath"]["seconds"]
             try:
                 qmp.cmd("quit")
             except (TestbedError, OSError):
@@ -891,6 +1027,22 @@ def summary(run: dict) -> str:
                      f"{run['guest_cmd_output']!r}"[:2000])
         if run.get("guest_cmd_stderr"):
             lines.append(f"  guest_cmd stderr: {run['guest_cmd_stderr'][-1500:]!r}")
+    if t.get("demote", {}).get("before"):
+        d = t["demote"]
+        lines.append("  1 GiB folios: before demote " + " ".join(hex(x) for x in d["before"])
+                     + "; after " + " ".join(hex(x) for x in d["after"])
+                     + "; demoted " + " ".join(hex(x) for x in d["demoted"]))
+    a = run.get("aftermath")
+    if a:
+        lines.append(f"  aftermath ({a['seconds']} s, completed={a['completed']}, "
+                     f"intact={a['intact']}): {len(a['warnings'])} WARNING(s), "
+                     f"{len(a['static_key_dec_not_one'])} static_key_dec_not_one, "
+                     f"bad page state {a['bad_page_state']} "
+                     f"({a['bad_page_state_suppressed']} suppressed), vmstat {a['vmstat']}")
+        for st in a["steps"]:
+            lines.append(f"    {st}")
+        for w in a["warnings"][:3]:
+            lines.append(f"    {w}")
     lines.append(f"  kdump: {run['kdump']}")
     if run.get("elf"):
         lines.append(f"  elf: {run['elf']}")
@@ -912,6 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the guest")
     r.add_argument("--hold", action="store_true",
                    help="once ready, print the spare QMP socket and wait for Enter/Ctrl-C before dumping")
+    r.add_argument("--aftermath", action="store_true",
+                   help="after the dump, let the guest release its holds and empty its "
+                        "pools; record what the kernel said (run.json: aftermath)")
     r.add_argument("--summary", action="store_true", help="print a summary to stderr")
     i = sub.add_parser("initramfs", help="build (or find) the initramfs of a kernel; prints its path")
     i.add_argument("--kernel", default="7.2")
@@ -940,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = run_scenario(a.kernel, a.scenario, out, elf=a.elf, guest_cmd=a.guest_cmd,
                            guest_cwd=a.guest_cwd, timeout=a.timeout,
-                           on_ready=hold if a.hold else None)
+                           on_ready=hold if a.hold else None, aftermath=a.aftermath)
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
