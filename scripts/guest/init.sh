@@ -93,7 +93,7 @@ rare)
 		echo 1 > /proc/sys/vm/compact_memory 2>/dev/null
 		sleep 0.5
 	done
-	[ "$(cat $hp1g/nr_hugepages)" = 2 ] || fail "1G pool $(cat $hp1g/nr_hugepages) after $i tries, want 2"
+	[ "$(cat $hp1g/nr_hugepages)" = 2 ] || fail "1G pool $(cat $hp1g/nr_hugepages) after $i tries, want 2; $(dmesg | grep -iE 'cma|contig|hugetlb' | tail -n 5 | tr '\n' '|')"
 	echo "step 1G_nr_hugepages=2 (tries=$i): $(pools)" >> $steps
 	gig before
 	echo 1 > $hp1g/demote || fail "demote ($(cat $hp1g/demote_size 2>/dev/null))"
