@@ -159,10 +159,11 @@ SCENARIOS: dict[str, dict] = {
     },
     "rare": {
         # A user's report: on 6.12.117 the folios of a demoted 1 GiB page
-        # keep HPG_vmemmap_optimized (copied from the head when the 1 GiB
-        # folio's vmemmap was restored) without being remapped.
+        # (all but the first) keep HPG_vmemmap_optimized without being
+        # remapped; their 7 vmemmap pages each are never freed.
         "desc": ("HVO on, 6 GiB, hugetlb_cma=3G, 16 boot-time 2 MiB pages; run time: "
-                 "2 x 1 GiB from CMA, one demoted (512 x 2 MiB), the whole 2 MiB "
+                 "2 x 1 GiB (from CMA where the kernel has CMA: 7.2), one demoted "
+                 "(512 x 2 MiB), the whole 2 MiB "
                  "pool + 8 surplus (overcommit) held by fallocate on hugetlbfs: "
                  "536 in-use 2 MiB folios, one free 1 GiB folio"),
         "mem": "6G",

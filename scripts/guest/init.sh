@@ -147,7 +147,7 @@ T=/tmp/truth
 	done
 	[ -e /sys/devices/system/memory/block_size_bytes ] &&
 		echo "block_size 0x$(cat /sys/devices/system/memory/block_size_bytes)"
-	dmesg | grep 'HugeTLB' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
+	dmesg | grep -E 'HugeTLB|hugetlb_cma|cma: ' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
 	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /'
 	kpf || echo "error kpf failed"
 	[ -e /tmp/held ] && cat /tmp/held
