@@ -80,8 +80,8 @@ def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Opti
             return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
                     "kernel restore vmemmap it never freed; that decrements "
                     "hugetlb_optimize_vmemmap_key for a folio it never counted (underflow: "
-                    "WARNING in static_key_dec_not_one) and corrupts page state (Bad page "
-                    "state), as seen on 6.12.117")
+                    "WARNING in static_key_dec_not_one, seen on 6.12.117) and the vmemmap "
+                    "pages it never freed stay allocated (nr_memmap_pages stays up)")
         return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
                 "kernel restore vmemmap it never freed")
     if check == "flag-vs-mapping":

@@ -5,7 +5,7 @@
     python3 scripts/testbed fetch --kernel ID [--dbg|--no-dbg]
     python3 scripts/testbed initramfs --kernel ID
     python3 scripts/testbed run --kernel ID --scenario NAME [--out DIR]
-                                [--elf] [--guest-cmd CMD] [--hold] [--summary]
+                                [--elf] [--aftermath] [--guest-cmd CMD] [--hold] [--summary]
 
 (``python3 -m testbed ...`` with scripts/ on PYTHONPATH does the same.)
 """
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--scenario", default="hvo-2m", choices=list(SCENARIOS))
     r.add_argument("--out", type=Path, help="output dir (default: a new dir under the cache's runs/)")
     r.add_argument("--elf", action="store_true", help="also take an ELF dump")
+    r.add_argument("--aftermath", action="store_true",
+                   help="after the dump, let the guest release its holds and empty its "
+                        "pools; record what the kernel said (run.json: aftermath)")
     r.add_argument("--no-dbg", dest="dbg", action="store_false", default=None,
                    help="do not fetch the -dbg package even if the registry does")
     r.add_argument("--guest-cmd", help="command to run in the guest before the dump")
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         run = testbed.run_scenario(a.kernel, a.scenario, a.out or None, elf=a.elf,
                                    guest_cmd=a.guest_cmd, guest_cwd=a.guest_cwd,
                                    timeout=a.timeout, dbg=a.dbg,
-                                   on_ready=hold if a.hold else None)
+                                   on_ready=hold if a.hold else None,
+                                   aftermath=a.aftermath)
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
