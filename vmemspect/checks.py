@@ -89,9 +89,9 @@ def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Opti
                 "its pages to the buddy allocator with read-only tail struct pages: the first "
                 "write to one oopses")
     if check == "tail-readonly":
-        shared = ("every folio of this zone and order" if model.form == "mask"
-                  else "the folio's head page")
-        return f"a write through this mapping changes {shared}, which share the frame"
+        shared = ("every folio of this zone and order, which all map this frame"
+                  if model.form == "mask" else "the folio's head page, which shares this frame")
+        return f"a write through this mapping changes {shared}"
     if check == "tail-frame":
         return ("the folio's tail struct pages read another frame's contents: compound_head(), "
                 "page_zone() and folio lookups of its pages answer for that frame")
