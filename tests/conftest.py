@@ -28,10 +28,18 @@ import testbed  # noqa: E402
 #: The encoding each Debian kernel of the test bed uses (hvo-facts.md), from
 #: the test bed's kernel registry (scripts/testbed/kernels.py).
 FORM = {k.id: k.form for k in testbed.KERNELS.values()}
+#: The full matrix run (scripts/test.sh --full): every kernel in every
+#: scenario, and longer fuzzing.
+FULL = bool(os.environ.get("VMEMSPECT_FULL"))
+#: Every scenario, corruption and live test on every commit: one kernel of
+#: each form.
 KERNELS = ("6.12", "7.2")
+#: Every kernel of the registry (scripts/testbed/kernels.py): on every
+#: commit in one scenario (hvo-2m; Debian 12's 6.1 is where vmemspect once
+#: gave a false finding per folio), in every scenario in the full run.
+MATRIX = tuple(testbed.KERNELS)
 
 _runs = {}
-
 
 def run_dir() -> Path:
     return testbed.cache_dir() / "test-runs"
@@ -60,9 +68,21 @@ def _run(name: str, series: str, scenario: str, **options) -> dict:
     return run
 
 
-def real_run(series: str, scenario: str, elf: bool = False) -> dict:
-    """Boot ``series`` in ``scenario`` (once per session) and return the run."""
-    return _run(f"{series}-{scenario}{'-elf' if elf else ''}", series, scenario, elf=elf)
+def real_run(series: str, scenario: str, elf: bool = False, aftermath: bool = False) -> dict:
+    """Boot ``series`` in ``scenario`` (once per session) and return the run.
+    ``aftermath``: after the dump the guest releases its holds and empties
+    its pools; run["aftermath"] says what the kernel did (testbed/aftermath.py)."""
+    name = f"{series}-{scenario}{'-elf' if elf else ''}{'-aftermath' if aftermath else ''}"
+    options = {"elf": elf}
+    if aftermath:
+        options["aftermath"] = True
+    return _run(name, series, scenario, **options)
+
+
+def types_args(run: dict) -> list:
+    """``-s VMLINUX`` for kernels fetched with their -dbg; nothing for the
+    others (the rt kernels), which vmemspect reads through their own BTF."""
+    return ["-s", run["vmlinux"]] if run.get("vmlinux") else []
 
 
 def capture_run(series: str, source: str, scenario: str = "hvo-2m") -> dict:
@@ -82,7 +102,7 @@ def vmemspect(*args: str, check_rc=(0,)) -> subprocess.CompletedProcess:
 
 
 def vmemspect_json(run: dict, *command: str, dump: str = None, check_rc=(0,)) -> dict:
-    p = vmemspect("vmcore", dump or run["kdump"], "-s", run["vmlinux"], *command, "--json",
+    p = vmemspect("vmcore", dump or run["kdump"], *types_args(run), *command, "--json",
                   check_rc=check_rc)
     return json.loads(p.stdout)
 

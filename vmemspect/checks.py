@@ -23,6 +23,7 @@ __all__ = (
     "check_folio",
     "check_hstate_counts",
     "check_hstate_lists",
+    "check_hstate_orders",
     "check_kernel_counts",
     "check_shared_tails",
     "count_folio",
@@ -33,6 +34,7 @@ __all__ = (
 CHECKS = {
     "hstate-list": "every hstate list leads back to its head: no loop, no link to unmapped "
     "memory, every entry's lru.prev points back",
+    "hstate-order": "an hstate's order is what its name says and one a huge page can have",
     "hstate-count": "folios found on an hstate's lists match its per-node counters",
     "head-page": "a folio's head struct page has PG_head, is not a tail, and has the hstate's order",
     "folio-node": "the head's page flags carry the node and zone whose span holds the pfn",
@@ -78,8 +80,8 @@ def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Opti
             return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
                     "kernel restore vmemmap it never freed; that decrements "
                     "hugetlb_optimize_vmemmap_key for a folio it never counted (underflow: "
-                    "WARNING in static_key_dec_not_one) and corrupts page state (Bad page "
-                    "state), as seen on 6.12.117")
+                    "WARNING in static_key_dec_not_one, seen on 6.12.117) and the vmemmap "
+                    "pages it never freed stay allocated (nr_memmap_pages stays up)")
         return ("flag set, vmemmap not remapped: freeing or demoting this folio makes the "
                 "kernel restore vmemmap it never freed")
     if check == "flag-vs-mapping":
@@ -87,9 +89,9 @@ def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Opti
                 "its pages to the buddy allocator with read-only tail struct pages: the first "
                 "write to one oopses")
     if check == "tail-readonly":
-        shared = ("every folio of this zone and order" if model.form == "mask"
-                  else "the folio's head page")
-        return f"a write through this mapping changes {shared}, which share the frame"
+        shared = ("every folio of this zone and order, which all map this frame"
+                  if model.form == "mask" else "the folio's head page, which shares this frame")
+        return f"a write through this mapping changes {shared}"
     if check == "tail-frame":
         return ("the folio's tail struct pages read another frame's contents: compound_head(), "
                 "page_zone() and folio lookups of its pages answer for that frame")
@@ -201,6 +203,11 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
     out = []
     for t in tails:
         subject = f"vmemmap_tails[{t.slot}] of node {t.nid} {t.zone_name} (order {t.order})"
+        if t.pfn is None and t.page:
+            out.append(Finding("tails-slot", subject, "a struct page of the vmemmap",
+                               f"{t.page:#x}, which is not one", frame_pfn=None,
+                               consequence=_consequence(model, "shared-frame")))
+            continue
         if t.pfn is None:
             out.append(Finding("tails-slot", subject, "a shared tail frame",
                                f"an empty slot, needed by {t.folios_expected} optimized folios"))
@@ -229,6 +236,20 @@ def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap) -> No
     entry[0] += 1
     if fv.folio.state == "free":
         entry[1] += 1
+
+
+def check_hstate_orders(hstates: Sequence[Hstate]) -> List[Finding]:
+    """An hstate whose order is not what its name says (or none a huge page
+    can have) is corrupt; its folios are not walked (their size is unknown)."""
+    out = []
+    for h in hstates:
+        if not h.order_ok:
+            want = (f"order {h.name_order} (its name)" if h.name_order is not None
+                    else "an order of 1..22")
+            out.append(Finding("hstate-order", f"hstate {h.name}", want, f"order {h.order}; "
+                               "its folios were not checked",
+                               consequence="the kernel sizes every folio of this hstate by it"))
+    return out
 
 
 def check_hstate_lists(hstates: Sequence[Hstate], breaks: Sequence[ListBreak]) -> List[Finding]:
@@ -290,7 +311,10 @@ def folio_check_context(
     for every filled slot's frame ("node 1 Normal order 9").
     """
     tails_by_zone = {
-        (z.nid, z.idx): tuple(model.page_pfn(p) if p else 0 for p in z.tails) for z in zones
+        # A slot that is not a struct page (corrupt) names no frame here;
+        # check_shared_tails() reports it.
+        (z.nid, z.idx): tuple((model.struct_page_pfn(p) or 0) if p else 0 for p in z.tails)
+        for z in zones
     }
     names: Dict[int, str] = {}
     for z in zones:

@@ -75,6 +75,34 @@ class Hstate:
     address: int
     freelists_offset: int
     activelist_offset: int
+    #: The order its name says ("hugepages-2048kB": 9), None if the name
+    #: does not parse.
+    name_order: Optional[int] = None
+
+    @property
+    def order_ok(self) -> bool:
+        """``order`` is one a huge page can have: what the name says, and at
+        most MAX_HSTATE_ORDER. A folio walk trusts nothing else: the order
+        sizes every read of a folio's vmemmap."""
+        if not 0 < self.order <= MAX_HSTATE_ORDER:
+            return False
+        return self.name_order is None or self.name_order == self.order
+
+
+#: The largest order a huge page has on any kernel vmemspect reads: 16 GiB
+#: with 4 KiB pages (MAX_FOLIO_ORDER is at most PUD_ORDER, 18 on x86_64).
+MAX_HSTATE_ORDER = 22
+
+_HSTATE_NAME = re.compile(r"^hugepages-(\d+)kB$")
+
+
+def _name_order(name: str, page_shift: int) -> Optional[int]:
+    m = _HSTATE_NAME.match(name)
+    if not m:
+        return None
+    size = int(m[1]) * 1024
+    order = size.bit_length() - 1 - page_shift
+    return order if order > 0 and 1 << (order + page_shift) == size else None
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
@@ -172,7 +200,8 @@ def for_each_hstate_record(prog: Program) -> Iterator[Hstate]:
     active_off = offsetof(hstate_type, "hugepage_activelist")
     nids = [pgdat.node_id.value_() for pgdat in for_each_online_pgdat(prog)]
     hstates = prog["hstates"]
-    for i in range(prog["hugetlb_max_hstate"].value_()):
+    # hugetlb_max_hstate is read from the dump: never past the array.
+    for i in range(min(prog["hugetlb_max_hstate"].value_(), len(hstates))):
         h = hstates[i]
         per_node = {
             nid: (
@@ -182,9 +211,11 @@ def for_each_hstate_record(prog: Program) -> Iterator[Hstate]:
             )
             for nid in nids
         }
+        name = h.name.string_().decode(errors="replace")
         yield Hstate(
             index=i,
-            name=h.name.string_().decode(),
+            name=name,
+            name_order=_name_order(name, model.page_shift),
             order=h.order.value_(),
             nr_huge_pages=h.nr_huge_pages.value_(),
             free_huge_pages=h.free_huge_pages.value_(),
@@ -299,7 +330,8 @@ def _on_list(prog: Program, head: int, target: int, n: int) -> bool:
     return False
 
 
-def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator[Tuple[int, bytes]]:
+def _walk_list(prog: Program, head: int, limit: int, page_size: int,
+               is_entry=lambda pos: True) -> Iterator[Tuple[int, bytes]]:
     """
     The list_head entries of the list at ``head``, each with the whole page
     (``page_size`` bytes) that holds it: for a folio's lru, the head's
@@ -315,6 +347,8 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator
     entry; and at most ``limit`` entries are read (what memory can hold,
     never a count read from the dump).
 
+    :param is_entry: whether an address can be an entry at all (a folio's
+        lru is in a struct page of the vmemmap).
     :raises ListCut: where an entry is mapped but missing from the dump.
     :raises _ListBroken: where the list is corrupt.
     """
@@ -324,6 +358,10 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int) -> Iterator
     pos = prog.read_u64(head)
     seen = 0
     while pos != head:
+        if pos in (LIST_POISON1, LIST_POISON2) or not is_entry(pos):
+            why = (_unmapped_reason(prog, pos) if pos in (LIST_POISON1, LIST_POISON2)
+                   else "not in a struct page of the vmemmap")
+            raise _ListBroken(prev, pos, f"points at {pos:#x}, which is {why}")
         try:
             data = read(pos & ~mask, page_size)
         except FaultError:
@@ -429,6 +467,8 @@ def for_each_hugetlb_folio_page(
     lru = model.off_lru
     ps = model.page_size
     for h in [hstate] if hstate else for_each_hstate_record(prog):
+        if not h.order_ok:
+            continue  # hstate-order says so; its folios cannot be sized
         limit = _list_limit(zone_list, h.order)
         lists = [(h.address + h.freelists_offset + 16 * nid, "free", nid)
                  for nid in sorted(h.per_node)]
@@ -437,7 +477,9 @@ def for_each_hugetlb_folio_page(
             where = f"free list of node {nid}" if state == "free" else "active list"
             found = 0
             try:
-                for entry, data in _walk_list(prog, head, limit, ps):
+                for entry, data in _walk_list(
+                        prog, head, limit, ps,
+                        lambda pos: model.struct_page_pfn(pos - lru) is not None):
                     page = entry - lru
                     offset = page & (ps - 1)
                     folio = _folio_record(prog, model, zone_list, h, page,

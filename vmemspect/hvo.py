@@ -439,7 +439,7 @@ def shared_tails(
             need = expected.get((zone.nid, zone_idx, order), 0)
             if not page and not need:
                 continue
-            pfn = model.page_pfn(page) if page else None
+            pfn = model.struct_page_pfn(page) if page else None
             contents = None
             unreadable = None
             if pfn is not None:

@@ -122,6 +122,17 @@ class KernelModel:
         """The pfn a struct page address describes."""
         return (address - self.vmemmap_start) // self.sizeof_page
 
+    def struct_page_pfn(self, address: int) -> Optional[int]:
+        """The pfn ``address`` describes if it is a struct page in the
+        vmemmap (aligned to one, below 2^52 bytes of physical memory), else
+        None: what a pointer read from a corrupted dump must pass before it
+        is used as a struct page."""
+        offset = address - self.vmemmap_start
+        if offset < 0 or offset % self.sizeof_page:
+            return None
+        pfn = offset // self.sizeof_page
+        return pfn if pfn < 1 << (52 - self.page_shift) else None
+
 
 def _has_type(prog: Program, name: str) -> bool:
     try:

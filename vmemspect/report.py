@@ -21,6 +21,7 @@ from .checks import (
     check_kernel_counts,
     check_hstate_counts,
     check_hstate_lists,
+    check_hstate_orders,
     check_shared_tails,
     count_folio,
     folio_check_context,
@@ -295,11 +296,13 @@ def _scan(
         if t.unreadable is not None and not t.unreadable.startswith("not in the machine"):
             unknown_frames[t.pfn] = (t.pfn, f"vmemmap_tails[{t.slot}] of node {t.nid} "
                                             f"{t.zone_name} (order {t.order})", t.unreadable)
+    findings.extend(check_hstate_orders(hstates))
     findings.extend(check_hstate_lists(hstates, broken))
     # A cut or broken list holds fewer folios than the counters by nature;
     # hstate-list says how many.
     findings.extend(check_hstate_counts(
-        hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}))
+        hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}
+        | {h.name for h in hstates if not h.order_ok}))
     kernel_now, without = kernel_memmap_saved(prog, model)
     savings = Savings(
         saved_pages=saved,
@@ -315,7 +318,7 @@ def _scan(
         kernel_freeable_kib=kernel_freeable_kib(prog),
     )
     # Counts over the whole population: meaningless if a list was cut.
-    if not cut and not broken:
+    if not cut and not broken and all(h.order_ok for h in hstates):
         findings.extend(check_kernel_counts(model, savings))
     return Report(
         model=model,

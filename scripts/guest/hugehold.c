@@ -7,6 +7,13 @@
  *   hold anon|file <pfn hex>
  * (pfn from /proc/self/pagemap), then "hold_done", and pauses.
  * The huge page size is taken from /proc/meminfo (Hugepagesize).
+ *
+ * usage: hugehold -f FILE PAGES
+ * Allocates PAGES huge pages of FILE (on a hugetlbfs mount; the page size
+ * is the mount's) with fallocate(2): they stay in use, in the file's page
+ * cache, with no process holding them.  Then maps the file read-only to
+ * learn the pfns, prints "hold file <pfn hex>" per page and "hold_done",
+ * unmaps and exits 0.  Removing the file frees the pages.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -15,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 static long hugepagesize(void)
@@ -48,8 +56,42 @@ static void report(const char *kind, char *p, long n, long sz)
 		close(fd);
 }
 
+static int falloc(const char *path, long n)
+{
+	struct statfs st;
+	volatile char *p;
+	char *m;
+	long sz;
+	int fd = open(path, O_RDWR | O_CREAT, 0600);
+
+	if (fd < 0 || fstatfs(fd, &st) < 0) {
+		perror("hugehold: open");
+		return 1;
+	}
+	sz = st.f_bsize;
+	if (fallocate(fd, 0, 0, (off_t)n * sz) < 0) {
+		perror("hugehold: fallocate");
+		return 1;
+	}
+	m = mmap(NULL, n * sz, PROT_READ, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		perror("hugehold: mmap file");
+		return 1;
+	}
+	p = m;
+	for (long i = 0; i < n; i++)
+		(void)p[i * sz];
+	report("file", m, n, sz);
+	munmap(m, n * sz);
+	close(fd);
+	printf("hold_done\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 4 && strcmp(argv[1], "-f") == 0)
+		return falloc(argv[2], atol(argv[3]));
 	long sz = hugepagesize();
 	long nanon = argc > 1 ? atol(argv[1]) : 0;
 	long nfile = argc > 3 ? atol(argv[3]) : 0;

@@ -45,6 +45,7 @@ step() {  # step NAME: log the 2 MiB pool after a run-time change
 
 hold() {  # hold PHASE ANON FILE: keep huge pages in use (background process)
 	hugehold $2 /mnt/huge/held-$1 $3 > /tmp/hold$1 2>&1 &
+	echo $! >> /tmp/holdpids
 	i=0
 	while ! grep -q hold_done /tmp/hold$1 && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 	grep -q hold_done /tmp/hold$1 || fail "hugehold: $(cat /tmp/hold$1)"
@@ -69,6 +70,44 @@ mixed)
 	# 5 more; the kernel picks which free folios (LIFO free lists: most
 	# likely the ones just allocated, unoptimized).
 	hold 2 2 3
+	;;
+rare)
+	# The state of a user's report (6.12.117): two 1 GiB pages from CMA
+	# (hugetlb_cma=), one demoted to 512 2 MiB pages, the whole 2 MiB pool
+	# plus 8 surplus pages in use by fallocate on hugetlbfs.
+	hp1g=/sys/kernel/mm/hugepages/hugepages-1048576kB
+	[ -d $hp1g ] || fail "no 1 GiB hstate"
+	pools() { echo "2M nr=$(cat $hp2m/nr_hugepages) free=$(cat $hp2m/free_hugepages) surplus=$(cat $hp2m/surplus_hugepages) 1G nr=$(cat $hp1g/nr_hugepages) free=$(cat $hp1g/free_hugepages)"; }
+	gig() {  # gig WHEN: the 1 GiB folios in /proc/kpageflags
+		kpf | awk -v w=$1 '$1 == "kpf" && $4 == 262144 { print "demote", w, $2 }' >> /tmp/demote
+	}
+	# Without CMA (CONFIG_CMA is off in Debian's 6.1 and 6.12 cloud
+	# kernels: hugetlb_cma= is an unknown parameter there) the pages come
+	# from alloc_contig_pages, which can fail now and then: try again.
+	i=0
+	while [ "$(cat $hp1g/nr_hugepages)" != 2 ] && [ $i -lt 10 ]; do
+		i=$((i + 1))
+		echo 2 > $hp1g/nr_hugepages
+		[ "$(cat $hp1g/nr_hugepages)" = 2 ] && break
+		echo 3 > /proc/sys/vm/drop_caches
+		echo 1 > /proc/sys/vm/compact_memory 2>/dev/null
+		sleep 0.5
+	done
+	[ "$(cat $hp1g/nr_hugepages)" = 2 ] || fail "1G pool $(cat $hp1g/nr_hugepages) after $i tries, want 2; $(dmesg | grep -iE 'cma|contig|hugetlb' | tail -n 5 | tr '\n' '|')"
+	echo "step 1G_nr_hugepages=2 (tries=$i): $(pools)" >> $steps
+	gig before
+	echo 1 > $hp1g/demote || fail "demote ($(cat $hp1g/demote_size 2>/dev/null))"
+	[ "$(cat $hp1g/nr_hugepages)" = 1 ] || fail "1G pool after demote $(cat $hp1g/nr_hugepages)"
+	echo "step demote=1 (demote_size=$(cat $hp1g/demote_size)): $(pools)" >> $steps
+	gig after
+	mkdir -p /mnt/huge
+	mount -t hugetlbfs -o pagesize=2M none /mnt/huge || fail "mount hugetlbfs"
+	echo 8 > $hp2m/nr_overcommit_hugepages || fail "nr_overcommit_hugepages"
+	n=$(( $(cat $hp2m/nr_hugepages) + 8 ))
+	hugehold -f /mnt/huge/pool $n > /tmp/hold1 2>&1 || fail "hugehold -f: $(cat /tmp/hold1)"
+	sed -n "s/^hold \(.*\)/hold \1 1/p" /tmp/hold1 >> /tmp/held
+	echo "step fallocate=$n,overcommit=8: $(pools)" >> $steps
+	[ "$(cat $hp2m/free_hugepages) $(cat $hp2m/surplus_hugepages)" = "0 8" ] || fail "2M pool not all held: $(pools)"
 	;;
 numa)
 	n1=/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages
@@ -108,10 +147,11 @@ T=/tmp/truth
 	done
 	[ -e /sys/devices/system/memory/block_size_bytes ] &&
 		echo "block_size 0x$(cat /sys/devices/system/memory/block_size_bytes)"
-	dmesg | grep 'HugeTLB' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
+	dmesg | grep -E 'HugeTLB|hugetlb_cma|cma: ' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
 	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /'
 	kpf || echo "error kpf failed"
 	[ -e /tmp/held ] && cat /tmp/held
+	[ -e /tmp/demote ] && cat /tmp/demote
 	cat $steps
 } > $T 2>&1
 n=$(wc -l < $T)
@@ -149,9 +189,59 @@ if [ -e "$FWC/script/raw" ]; then
 	say "CMD END $rc"
 fi
 
+# ---- aftermath (opt-in: fw_cfg opt/vmemspect/aftermath) ----
+# After READY the host dumps memory, then writes a line to the second
+# serial port (ttyS1); the guest then releases what it holds, empties every
+# pool (2 MiB first) and prints what the kernel said meanwhile (dmesg: the
+# console shows emergencies only) between AFTERMATH markers ("@VMS ~ "
+# lines, count and md5 at the end, like the truth block).
+aftermath() {
+	A=/tmp/aftermath
+	: > $A
+	pools_all() {
+		for d in /sys/kernel/mm/hugepages/hugepages-*kB; do
+			sz=${d##*hugepages-}
+			printf '%s ' "$sz nr=$(cat $d/nr_hugepages) free=$(cat $d/free_hugepages) surplus=$(cat $d/surplus_hugepages)"
+		done
+	}
+	dmesg -c > /dev/null
+	for p in $(cat /tmp/holdpids 2>/dev/null); do kill $p; wait $p; done
+	rm -f /mnt/huge/* 2>/dev/null
+	echo "step release_holds: $(pools_all)" >> $A
+	for d in $hp2m /sys/kernel/mm/hugepages/hugepages-*kB; do
+		[ -e $d/nr_overcommit_hugepages ] && echo 0 > $d/nr_overcommit_hugepages
+		[ "$(cat $d/nr_hugepages)" = 0 ] && continue
+		echo 0 > $d/nr_hugepages
+		rc=$?
+		echo "step ${d##*hugepages-}_nr_hugepages=0 rc=$rc: $(pools_all)" >> $A
+	done
+	# Frees of surplus pages may run in a workqueue: let them finish.
+	sleep 1
+	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /' >> $A
+	dmesg > /tmp/kmsg
+	echo "dmesg_lines $(wc -l < /tmp/kmsg)" >> $A
+	head -n 4000 /tmp/kmsg | sed 's/^/k /' >> $A
+	n=$(wc -l < $A)
+	sum=$(md5sum < $A | cut -d' ' -f1)
+	say "AFTERMATH BEGIN"
+	sed 's/^/@VMS ~ /' $A
+	say "AFTERMATH END $n $sum"
+}
+if [ -e "$FWC/aftermath/raw" ]; then
+	# Open the control port before READY: bytes that reach a closed port
+	# are lost.
+	[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65
+	exec 3< /dev/ttyS1 || fail "open ttyS1"
+	stty -F /dev/ttyS1 raw -echo || fail "stty ttyS1"
+fi
+
 # "kdump capture" runs (scripts/testbed/kdump.py) add this: load a capture
 # kernel, and panic into it when the host says so.
 [ -e /kdump/arm.sh ] && . /kdump/arm.sh
 sync
 say "READY"
+if [ -e "$FWC/aftermath/raw" ]; then
+	read -r go <&3
+	aftermath
+fi
 while :; do sleep 3600; done

@@ -17,7 +17,7 @@ KDUMP_APPEND=
 [ -n "$KDUMP_APPEND" ] || fail "kdump: no KDUMP_APPEND"
 size=$(cat /sys/kernel/kexec_crash_size 2>/dev/null)
 [ "${size:-0}" -gt 0 ] || fail "kdump: no crash kernel memory (crashkernel= on the command line?)"
-[ -e /dev/ttyS1 ] || fail "kdump: no /dev/ttyS1 to wait on"
+[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65
 t0=$(cut -d' ' -f1 /proc/uptime)
 if ! kexec -p /kdump/vmlinuz --initrd=/kdump/capture.img --append="$KDUMP_APPEND" > /tmp/kexec.out 2>&1; then
 	sed 's/^/@VMS ! /' /tmp/kexec.out
@@ -27,9 +27,11 @@ fi
 # The files kexec read are not needed any more: free their memory.
 rm -f /kdump/vmlinuz /kdump/capture.img
 say "KDUMP ARMED crash_size=$size load_s=$t0-$(cut -d' ' -f1 /proc/uptime)"
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
+# Open the port now, before READY: bytes that reach a closed port are lost.
+exec 4< /dev/ttyS1 || fail "kdump: open ttyS1"
+stty -F /dev/ttyS1 raw -echo || fail "kdump: stty ttyS1"
 (
-	read -r go < /dev/ttyS1
+	read -r go <&4
 	say "KDUMP GO $go"
 	sync
 	say "KDUMP PANIC"

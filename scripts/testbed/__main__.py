@@ -5,8 +5,8 @@
     python3 scripts/testbed fetch --kernel ID [--dbg|--no-dbg]
     python3 scripts/testbed initramfs --kernel ID
     python3 scripts/testbed run --kernel ID --scenario NAME [--out DIR]
-                                [--elf] [--dump SOURCE]... [--guest-cmd CMD]
-                                [--hold] [--summary]
+                                [--elf] [--dump SOURCE]... [--aftermath]
+                                [--guest-cmd CMD] [--hold] [--summary]
     python3 scripts/testbed dumps                    the dump sources
     python3 scripts/testbed dump-info FILE           format, real compression, ELF gaps
     python3 scripts/testbed capture-tools            kexec and makedumpfile builds of kdump captures
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dump", action="append", choices=list(DUMPS), metavar="SOURCE",
                    help="dump source (repeatable; default kdump, plus elf with --elf); "
                         "see `dumps`")
+    r.add_argument("--aftermath", action="store_true",
+                   help="after the dump, let the guest release its holds and empty its "
+                        "pools; record what the kernel said (run.json: aftermath)")
     r.add_argument("--no-dbg", dest="dbg", action="store_false", default=None,
                    help="do not fetch the -dbg package even if the registry does")
     r.add_argument("--guest-cmd", help="command to run in the guest before the dump")
@@ -141,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         run = testbed.run_scenario(a.kernel, a.scenario, a.out or None, elf=a.elf,
                                    guest_cmd=a.guest_cmd, guest_cwd=a.guest_cwd,
                                    timeout=a.timeout, dbg=a.dbg,
-                                   on_ready=hold if a.hold else None, dumps=a.dump)
+                                   on_ready=hold if a.hold else None,
+                                   aftermath=a.aftermath, dumps=a.dump)
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:
+        print(f"testbed: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("testbed: interrupted (QEMU stopped)", file=sys.stderr)
         return 130

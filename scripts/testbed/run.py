@@ -35,7 +35,12 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
     node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
     node_pfn_ranges {"0": [[start_pfn, end_pfn), ...]}
     steps        run-time changes made by the guest, in order
+    demote       {"before": [1 GiB folio pfns], "after": [...], "demoted": [pfn]}
+                 (rare: the demoted range is [pfn, pfn + 262144))
     errors       truth lines that were not understood (normally empty)
+  aftermath    only with aftermath=True (aftermath.run_aftermath): what the
+               kernel said when the guest released its holds and emptied
+               the pools after the dumps
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ import time
 from pathlib import Path
 
 from . import dumps as _dumps
+from .aftermath import aftermath_qemu_args, run_aftermath
 from .common import TestbedError, cache_dir
 from .initramfs import build_initramfs
 from .kernels import fetch_kernel, kernel
@@ -88,7 +94,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  timeout: float = 180.0, cmd_timeout: float = 1200.0,
                  dump_timeout: float = 900.0, dbg: bool | None = None,
                  on_ready=None, extra_cmdline: str = "", mem: str | None = None,
-                 dumps: list[str] | None = None) -> dict:
+                 dumps: list[str] | None = None, aftermath: bool = False,
+                 aftermath_timeout: float = 300.0) -> dict:
     """Boot kernel ``series`` (a kernel id of the registry, kernels.KERNELS)
     in ``scenario``, collect truth, dump memory, stop QEMU.
 
@@ -99,8 +106,10 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     ready and before the dump, with info["qmp"] the path of a spare QMP
     socket (e.g. for ``drgn --qemu``).  ``dbg`` None: fetch the -dbg
     package if the registry says so.  ``dumps``: dump sources by name
-    (dumps.DUMPS), default "kdump" plus "elf" if ``elf``.  Raises
-    TestbedError on failure.
+    (dumps.DUMPS), default "kdump" plus "elf" if ``elf``.  ``aftermath``:
+    after the dumps, let the guest release its holds and empty its pools,
+    and put what the kernel said into run["aftermath"] (aftermath.py).
+    Raises TestbedError on failure.
     """
     t_start = time.monotonic()
     k = kernel(series)
@@ -108,6 +117,11 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; have {', '.join(SCENARIOS)}")
     sources = _dumps.ordered(dumps if dumps is not None else ["kdump"] + (["elf"] if elf else []))
+    if aftermath and any(s.ends_guest for s in sources):
+        # Both talk to the guest on its second serial port, and the
+        # aftermath empties the pools the capture is meant to dump.
+        raise ValueError("the aftermath and a dump source that ends the guest "
+                         f"({', '.join(s.name for s in sources if s.ends_guest)}) do not go together")
     sc = SCENARIOS[scenario]
     live = bool(sc.get("live"))
     if live and guest_cmd is None:
@@ -165,6 +179,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     qemu_args += extra + sc.get("qemu", [])
     for s in sources:
         qemu_args += s.qemu_args(ctx)
+    if aftermath:
+        qemu_args += aftermath_qemu_args(tmp)
 
     run: dict = {"series": series, "kernel": k.as_dict(), "release": release,
                  "vmlinux": str(kdir / "vmlinux") if (kdir / "vmlinux").is_file() else None,
@@ -235,7 +251,15 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 run["timings"]["guest_cmd_s"] = round(t_ready - (t_cmd or t_ready), 2)
             if on_ready:
                 on_ready({"qmp": str(tmp / "qmp-spare.sock"), "run": run, "tmpdir": str(tmp)})
+
+            def take_aftermath() -> None:
+                # After the dumps that leave the guest running, before one
+                # that ends it.
+                run["aftermath"] = run_aftermath(tmp, con, q.alive, aftermath_timeout)
+                run["timings"]["aftermath_s"] = run["aftermath"]["seconds"]
             for s in sources:
+                if s.ends_guest and aftermath and "aftermath" not in run:
+                    take_aftermath()
                 r = s.take(ctx)
                 run[s.name] = str(r.path)
                 run[f"{s.name}_format"] = r.format
@@ -243,6 +267,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                 run["timings"].update(r.timings)
                 if r.info:
                     run.setdefault("dump_info", {})[s.name] = r.info
+            if aftermath and "aftermath" not in run:
+                take_aftermath()
             if not any(s.ends_guest for s in sources):
                 try:
                     qmp.cmd("quit")
@@ -287,6 +313,22 @@ def summary(run: dict) -> str:
                      f"{run['guest_cmd_output']!r}"[:2000])
         if run.get("guest_cmd_stderr"):
             lines.append(f"  guest_cmd stderr: {run['guest_cmd_stderr'][-1500:]!r}")
+    if t.get("demote", {}).get("before"):
+        d = t["demote"]
+        lines.append("  1 GiB folios: before demote " + " ".join(hex(x) for x in d["before"])
+                     + "; after " + " ".join(hex(x) for x in d["after"])
+                     + "; demoted " + " ".join(hex(x) for x in d["demoted"]))
+    a = run.get("aftermath")
+    if a:
+        lines.append(f"  aftermath ({a['seconds']} s, completed={a['completed']}, "
+                     f"intact={a['intact']}): {len(a['warnings'])} WARNING(s), "
+                     f"{len(a['static_key_dec_not_one'])} static_key_dec_not_one, "
+                     f"bad page state {a['bad_page_state']} "
+                     f"({a['bad_page_state_suppressed']} suppressed), vmstat {a['vmstat']}")
+        for st in a["steps"]:
+            lines.append(f"    {st}")
+        for w in a["warnings"][:3]:
+            lines.append(f"    {w}")
     lines.append(f"  kdump: {run['kdump']}")
     if run.get("elf"):
         lines.append(f"  elf: {run['elf']}")

@@ -132,7 +132,8 @@ def parse_truth(lines: list[str]) -> dict:
                "hugetlb_dmesg": [], "vmemmap_freeable_kib": {}, "vmstat": {},
                "hugetlb_folios": [], "kpf_scanned_pfns": None, "in_use": [],
                "node_memory_blocks": {}, "memory_block_size": None,
-               "node_pfn_ranges": {}, "steps": [], "errors": []}
+               "node_pfn_ranges": {}, "steps": [], "errors": [],
+               "demote": {"before": [], "after": [], "demoted": []}}
 
     def hs(size: str) -> dict:
         return t["hstates"].setdefault(size, {"global": {}, "nodes": {}})
@@ -172,8 +173,12 @@ def parse_truth(lines: list[str]) -> dict:
                                 "phase": int(f[2])})
         elif key == "step":
             t["steps"].append(rest)
+        elif key == "demote" and len(f) == 2 and f[0] in ("before", "after"):
+            t["demote"][f[0]].append(int(f[1], 16))
         elif ln.strip():
             t["errors"].append(ln)
+    d = t["demote"]
+    d["demoted"] = sorted(set(d["before"]) - set(d["after"]))
     # pfn ranges per node from its memory blocks
     bs = t["memory_block_size"]
     if bs:
