@@ -179,3 +179,42 @@ def test_elf_filtered_ranges(tmp_path):
     not_elf = tmp_path / "x"
     not_elf.write_bytes(b"KDUMP   " + bytes(100))
     assert elf_filtered_ranges(str(not_elf)) == []
+
+
+def _as_snappy(src: str, dst) -> None:
+    """Copy a kdump-compressed dump, its page descriptors saying snappy (a
+    compression a libkdumpfile may lack; the data stays zlib, so it cannot
+    be read either way)."""
+    import shutil
+    import struct as st
+    shutil.copy(src, dst)
+    with open(dst, "r+b") as f:
+        h = f.read(4096)
+        block_size, sub_hdr_size, bitmap_blocks = st.unpack_from("<iiI", h, 428)
+        pd = (1 + sub_hdr_size + bitmap_blocks) * block_size
+        f.seek(pd)
+        first = st.unpack("<q", f.read(8))[0]
+        f.seek(pd)
+        table = bytearray(f.read(first - pd))
+        for i in range(len(table) // 24):
+            if st.unpack_from("<I", table, 24 * i + 12)[0] == 1:
+                st.pack_into("<I", table, 24 * i + 12, 4)
+        f.seek(pd)
+        f.write(table)
+
+
+def test_compression_drgn_cannot_read(tmp_path):
+    """A kdump file whose compression libkdumpfile cannot read: one line
+    naming the compression and the command that converts the dump, exit 2."""
+    from vmemspect.target import kdump_compressions
+    run = real_run("7.2", "hvo-2m")
+    assert kdump_compressions(run["kdump"]) == ["zlib"]
+    dump = tmp_path / "snappy.kdump"
+    _as_snappy(run["kdump"], dump)
+    assert kdump_compressions(str(dump)) == ["snappy"]
+    p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", str(dump), "-s",
+                        run["vmlinux"], "verify"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith(f"vmemspect: error: {dump} is compressed with snappy")
+    assert f"makedumpfile -E -d 31 {dump}" in p.stderr

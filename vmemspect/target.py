@@ -172,6 +172,37 @@ def _mark_filtered(prog: drgn.Program, path: str) -> None:
     prog.cache["vmemspect_filtered_ranges"] = len(ranges)
 
 
+#: Page descriptor flags of the kdump-compressed format (makedumpfile's
+#: diskdump_mod.h): the compression of each page.
+_KDUMP_COMPRESSIONS = {0x1: "zlib", 0x2: "lzo", 0x4: "snappy", 0x20: "zstd"}
+
+
+def kdump_compressions(path: str, sample: int = 4096) -> List[str]:
+    """
+    The compressions the pages of a kdump-compressed file use (from the
+    flags of its first ``sample`` page descriptors), or [] for another
+    format. Read from the file alone, so vmemspect can name a compression
+    its libkdumpfile cannot read.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(464)
+            if header[:8] not in (b"KDUMP   ", b"DISKDUMP") or len(header) < 464:
+                return []
+            # struct disk_dump_header on 64-bit: block_size, sub_hdr_size,
+            # bitmap_blocks follow the 390-byte utsname, a timeval, status.
+            block_size, sub_hdr_size, bitmap_blocks = struct.unpack_from("<iiI", header, 428)
+            f.seek((1 + sub_hdr_size + bitmap_blocks) * block_size)
+            table = f.read(24 * sample)
+    except (OSError, struct.error):
+        return []
+    found = set()
+    for i in range(len(table) // 24):
+        flags = struct.unpack_from("<I", table, 24 * i + 12)[0]
+        found.update(name for bit, name in _KDUMP_COMPRESSIONS.items() if flags & bit)
+    return sorted(found)
+
+
 def open_vmcore(
     path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None
 ) -> drgn.Program:
@@ -203,7 +234,18 @@ def open_vmcore(
             _mark_filtered(prog, path)
             load_debug_info(prog, vmlinux)
             return prog
-    if "vmcoreinfo" in str(last_error).lower():
+    text = str(last_error)
+    if "ompression" in text:
+        # libkdumpfile: "Unsupported compression method: snappy" (built
+        # without it), or "Decompression failed" (damaged data).
+        methods = ", ".join(kdump_compressions(path)) or "a compression"
+        raise VmemspectError(
+            f"{path} is compressed with {methods}, which this drgn (libkdumpfile) cannot read "
+            f"or which is damaged ({text.rsplit(': ', 2)[-2] if ': ' in text else text})",
+            f"convert it where makedumpfile can read it: makedumpfile -E -d 31 {path} "
+            f"{path}.elf (or -z/-c/-l for zstd, zlib, lzo)",
+        )
+    if "vmcoreinfo" in text.lower():
         raise VmemspectError(
             f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
             "take the dump with VMCOREINFO (kdump and makedumpfile add it; QEMU needs "
