@@ -323,8 +323,6 @@ def extract(
         cannot be written.
     """
     t0 = time.monotonic()
-    say = progress or (lambda _: None)
-    _check_writable(path)
     try:
         vmcoreinfo = source["VMCOREINFO"].to_bytes_()
     except (KeyError, LookupError):
@@ -332,6 +330,21 @@ def extract(
                              "extract from a kernel dump or the running kernel")
     if source.platform is None or source.platform.arch != drgn.Architecture.X86_64:
         raise VmemspectError("extract writes x86_64 dumps only", "give an x86_64 kernel")
+    tmp = _open_output(path)
+    try:
+        result = _extract(source, vmcoreinfo, tmp, progress)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    result.path = path
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def _extract(source: Program, vmcoreinfo: bytes, path: str,
+             progress: Optional[Callable[[str], None]]) -> ExtractResult:
+    say = progress or (lambda _: None)
     snapshot = PageSnapshot(source, vmcoreinfo)
     phases: List[Tuple[str, int, int]] = []
 
@@ -381,7 +394,7 @@ def extract(
         max_mapnr=max_mapnr,
         types=types,
         release=model.release,
-        seconds=time.monotonic() - t0,
+        seconds=0.0,
     )
 
 
@@ -403,17 +416,34 @@ def _nr_cpus(source: Program) -> int:
         return 1
 
 
-def _check_writable(path: str) -> None:
-    """Fail before the trace, in one line, when ``path`` cannot be written."""
+def _open_output(path: str) -> str:
+    """Create the temporary file the extract is written to before it takes
+    ``path`` (so a bad path fails at once, in one line, and an interrupted
+    extract leaves nothing under ``path``); returns its name."""
     if os.path.isdir(path):
         raise VmemspectError(f"{path} is a directory", "give a file name for the extract")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise VmemspectError(f"cannot write {path} (no directory {parent})",
                              "give a path in an existing directory")
-    if os.path.exists(path) and not os.access(path, os.W_OK) or not os.access(parent, os.W_OK):
-        raise VmemspectError(f"cannot write {path} (permission denied)",
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb"):
+            pass
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        _remove(tmp)
+        raise VmemspectError(f"cannot write {path} ({e.strerror or e})",
                              "give a writable path for the extract")
+    return tmp
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def extract_doc(r: ExtractResult) -> Dict[str, object]:
@@ -435,7 +465,7 @@ def extract_doc(r: ExtractResult) -> Dict[str, object]:
 
 
 def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
 def render_extract(doc: Dict[str, object], fmt: str = "simple") -> str:
