@@ -5,7 +5,7 @@ kdump-compressed files
 Writing and listing the kdump-compressed ("diskdump") format that
 makedumpfile writes and libkdumpfile (drgn's reader of such dumps), crash
 and makedumpfile itself read: a header, a sub-header with the ELF notes
-(VMCOREINFO among them), two page bitmaps, a descriptor per page held, then
+(VMCOREINFO among them), the page bitmap, a descriptor per page held, then
 the pages, each compressed with zlib on its own (stored as is when zlib
 does not make it smaller)::
 
@@ -23,7 +23,10 @@ Layout (64-bit, little-endian, blocks of 4096 bytes), as libkdumpfile's
 version 6), blocks 1.. ``struct kdump_sub_header`` followed by the notes,
 then ``bitmap_blocks`` blocks holding the first bitmap (memory present) and
 the second (pages held), then ``struct page_desc`` for each page held in
-pfn order, then the page data.
+pfn order, then the page data. The bitmap area holds one bitmap (the pages
+held) when the machine has more than 16384 pages: makedumpfile writes two
+(memory present, then pages held), and readers tell the two layouts apart
+by the area's size.
 """
 
 import dataclasses
@@ -36,6 +39,7 @@ from .errors import VmemspectError
 __all__ = (
     "BLOCK_SIZE",
     "DiskdumpInfo",
+    "DiskdumpLayout",
     "compress_page",
     "elf_note",
     "read_diskdump_header",
@@ -98,17 +102,34 @@ def _uts_field(s: str) -> bytes:
     return b + b"\0" * (_UTS_LEN - len(b))
 
 
+@dataclasses.dataclass
+class DiskdumpLayout:
+    """Where the bytes of a written file went."""
+
+    #: Size of the file (apparent: the bitmap's holes count).
+    size: int
+    #: Header, sub-header and notes.
+    header_bytes: int
+    #: The page bitmap(s), holes included, and the blocks of it that are not
+    #: all zeros (what takes disk space).
+    bitmap_bytes: int
+    bitmap_nonzero_bytes: int
+    #: Page descriptors (24 bytes a page) and page data.
+    descriptor_bytes: int
+    data_bytes: int
+
+
 def write_diskdump(
     path: str,
     pages: Dict[int, Tuple[int, bytes]],
     vmcoreinfo: bytes,
     info: DiskdumpInfo,
-) -> int:
+) -> DiskdumpLayout:
     """
     Write a kdump-compressed file holding ``pages`` (pfn -> (flags, data)
-    as :func:`compress_page` returns) and a VMCOREINFO note; return its
-    size in bytes. Identical stored pages share their data. Blocks of the
-    bitmaps that are all zeros are left as holes (a sparse file).
+    as :func:`compress_page` returns) and a VMCOREINFO note; return where
+    its bytes went. Identical stored pages share their data. Blocks of the
+    bitmap that are all zeros are left as holes (a sparse file).
 
     :raises VmemspectError: if ``path`` cannot be written.
     """
@@ -123,7 +144,11 @@ def write_diskdump(
     sub_hdr_blocks = -(-sub_size // BLOCK_SIZE)
     bitmap_len = -(-info.max_mapnr // 8)
     one_bitmap_blocks = max(1, -(-bitmap_len // BLOCK_SIZE))
-    bitmap_blocks = 2 * one_bitmap_blocks
+    # One bitmap (pages held) where it can be told from two: libkdumpfile
+    # and crash take the bitmap area as two halves (memory present, pages
+    # held) only when it is twice the size max_mapnr needs.
+    copies = 1 if info.max_mapnr > one_bitmap_blocks * BLOCK_SIZE * 8 // 2 else 2
+    bitmap_blocks = copies * one_bitmap_blocks
     bitmap = bytearray(one_bitmap_blocks * BLOCK_SIZE)
     for pfn in pfns:
         bitmap[pfn >> 3] |= 1 << (pfn & 7)
@@ -158,17 +183,19 @@ def write_diskdump(
             data.append(blob)
             at += len(blob)
         descs += _PAGE_DESC.pack(offset, len(blob), flags, 0)
+    nonzero = 0
     try:
         with open(path, "wb") as f:
             f.write(header.ljust(BLOCK_SIZE, b"\0"))
             f.write((sub + notes).ljust(sub_hdr_blocks * BLOCK_SIZE, b"\0"))
-            # First bitmap (memory present: the pages held), then the second
-            # (pages held); zero blocks become holes.
-            for _ in range(2):
+            # The bitmap (with two: memory present, taken as the pages held,
+            # then the pages held); zero blocks become holes.
+            for _ in range(copies):
                 for i in range(0, len(bitmap), BLOCK_SIZE):
                     block = bitmap[i:i + BLOCK_SIZE]
                     if any(block):
                         f.write(block)
+                        nonzero += len(block)
                     else:
                         f.seek(BLOCK_SIZE, 1)
             f.seek(desc_offset)
@@ -179,7 +206,14 @@ def write_diskdump(
     except OSError as e:
         raise VmemspectError(f"cannot write {path} ({e.strerror or e})",
                              "give a writable path for the extract")
-    return at
+    return DiskdumpLayout(
+        size=at,
+        header_bytes=(1 + sub_hdr_blocks) * BLOCK_SIZE,
+        bitmap_bytes=bitmap_blocks * BLOCK_SIZE,
+        bitmap_nonzero_bytes=nonzero,
+        descriptor_bytes=data_offset - desc_offset,
+        data_bytes=at - data_offset,
+    )
 
 
 def read_diskdump_header(path: str) -> Optional[dict]:

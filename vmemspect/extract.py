@@ -38,7 +38,7 @@ import drgn
 from drgn import FaultError, Program
 
 from .btf import load_kernel_btf
-from .diskdump import BLOCK_SIZE, DiskdumpInfo, compress_page, read_diskdump_header, write_diskdump
+from .diskdump import BLOCK_SIZE, DiskdumpInfo, compress_page, write_diskdump
 from .errors import VmemspectError
 from .hvo import decode_page
 from .kernel import kernel_model
@@ -157,6 +157,8 @@ class ExtractResult:
     path: str
     #: Size of the file in bytes (apparent size; bitmap holes included).
     size: int
+    #: Where those bytes went (:class:`~vmemspect.diskdump.DiskdumpLayout`).
+    layout: Dict[str, int]
     #: Pages held, by what they are: "page_table", "vmemmap", "kernel".
     classes: Dict[str, int]
     #: (what was traced, pages it added, their stored bytes), in order.
@@ -214,36 +216,6 @@ def _loaded_modules(prog: Program) -> None:
             pass
     except Exception:  # noqa: BLE001 - drgn's own walk; any failure only means fewer pages
         pass
-
-
-def _source_max_mapnr(source: Program) -> Optional[int]:
-    """One past the last pfn the source dump describes (its own header or
-    ELF program headers), None for a live kernel or an unknown file."""
-    path = getattr(source, "core_dump_path", None)
-    if not path or not os.path.isfile(path):
-        return None
-    header = read_diskdump_header(path)
-    if header is not None:
-        return header["max_mapnr"]
-    try:
-        import struct
-
-        with open(path, "rb") as f:
-            ehdr = f.read(64)
-            if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", ehdr, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
-        return None
-    end = 0
-    for i in range(len(table) // max(phentsize, 1)):
-        p_type, _, _, _, paddr, _, memsz = struct.unpack_from("<IIQQQQQ", table, i * phentsize)
-        if p_type == 1 and paddr != 0xFFFFFFFFFFFFFFFF:
-            end = max(end, paddr + memsz)
-    return -(-end // PAGE) or None
 
 
 def _utsname(source: Program, vmcoreinfo: bytes) -> Tuple[str, str, str, str, str, str]:
@@ -375,18 +347,20 @@ def _extract(source: Program, vmcoreinfo: bytes, path: str,
         max_pfn = btf["max_pfn"].value_()
     except (KeyError, LookupError, FaultError):
         max_pfn = 0
-    highest = max(snapshot.pages, default=0) + 1
-    max_mapnr = max(_source_max_mapnr(source) or 0, max_pfn, highest)
+    # The machine's pfns: reads below max_mapnr of a page not held say
+    # "Excluded page", above it "Out-of-bounds PFN" (both fault).
+    max_mapnr = max(max_pfn, max(snapshot.pages, default=0) + 1)
     classes = page_classes(snapshot, (model.vmemmap_start,
                                       model.vmemmap_start + max_mapnr * model.sizeof_page))
     phys_base = int(_vmcoreinfo_number(vmcoreinfo, "NUMBER(phys_base)") or "0", 0)
     info = DiskdumpInfo(max_mapnr=max_mapnr, utsname=_utsname(source, vmcoreinfo),
                         phys_base=phys_base, nr_cpus=_nr_cpus(source))
     say("writing")
-    size = write_diskdump(path, snapshot.pages, vmcoreinfo, info)
+    layout = write_diskdump(path, snapshot.pages, vmcoreinfo, info)
     return ExtractResult(
         path=path,
-        size=size,
+        size=layout.size,
+        layout=dataclasses.asdict(layout),
         classes=dict(collections.Counter(classes.values())),
         phases=phases,
         missing=len(snapshot.missing),
@@ -452,6 +426,7 @@ def extract_doc(r: ExtractResult) -> Dict[str, object]:
         "path": r.path,
         "format": "kdump-compressed (zlib per page)",
         "size": r.size,
+        "layout": r.layout,
         "release": r.release,
         "pages": sum(r.classes.values()),
         "classes": r.classes,
