@@ -174,3 +174,25 @@ def test_corruption_survives(series, tmp_path):
     # corruption's, carried over.
     ext = open_vmcore(out)
     assert ext.read_u64(phys, True) == (entry & ~ADDR_MASK) | (foreign << 12)
+
+
+def test_live_extract():
+    """``vmemspect live extract OUT`` in the test bed's live guest (the
+    host's root over virtiofs, the guest's /proc/kcore, no debug package):
+    the extract reads, with types from its own BTF, as the dump taken right
+    after it does with DWARF (the guest's folios do not change meanwhile)."""
+    from conftest import live_run, run_dir
+
+    out = run_dir() / "7.2-live-extract" / "live.kdump"
+    run = live_run("7.2", f"python3 -m vmemspect live extract {out} --json", "live-extract")
+    assert run["guest_cmd_rc"] == 0, run["guest_cmd_stderr"]
+    doc = json.loads(run["guest_cmd_output"])
+    assert doc["types"] == ["btf"] and doc["size"] <= 8 << 20
+    assert doc["folios"] == len(run["truth"]["hugetlb_folios"])
+    live, dump = docs(str(out)), docs(run["kdump"], "-s", run["vmlinux"])
+    for cmd in COMMANDS:
+        rc, got = live[cmd]
+        want_rc, want = dump[cmd]
+        if "kernel" in got:
+            assert (got["kernel"].pop("types"), want["kernel"].pop("types")) == ("btf", "dwarf")
+        assert (rc, got) == (want_rc, want), cmd
