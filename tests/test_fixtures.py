@@ -218,3 +218,40 @@ def test_drgn_opens_fixture(name):
     assert rc.strip() == "0"
     doc = json.loads(out)
     assert doc["ok"] and doc["checked_folios"] == len(meta["truth"]["hugetlb_folios"])
+
+
+def test_extract_of_a_fixture(tmp_path):
+    """Extracting an extract keeps what vmemspect reads (a subset of the
+    fixture's pages: the fixture also holds what the DWARF run read), and
+    reads the same."""
+    src = FIXTURES / "6.12-mixed.kdump"
+    out = tmp_path / "again.kdump"
+    p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", str(src), "extract",
+                        str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["types"] == ["btf"] and doc["missing_in_source"] == 0
+    assert set(read_page_list(str(out))) <= set(read_page_list(str(src)))
+    a, b = open_vmcore(str(src)), open_vmcore(str(out))
+    assert a["VMCOREINFO"].to_bytes_() == b["VMCOREINFO"].to_bytes_()
+    for cmd in ("report", "folios", "tails", "verify"):
+        assert _run(a, cmd, "--json") == _run(b, cmd, "--json")
+
+
+@pytest.mark.parametrize("dump, out, message", [
+    ("fixtures/7.2-mixed.kdump", "/nonexistent-dir/x.kdump", "no directory /nonexistent-dir"),
+    ("fixtures/7.2-mixed.kdump", "fixtures", "is a directory"),
+    ("fixtures/7.2-mixed.kdump", "/proc/vmemspect-test.kdump", "cannot write"),
+    ("fixtures/7.2-mixed.json", "{tmp}/x.kdump", "not a usable vmcore"),
+    ("fixtures/no-such.kdump", "{tmp}/x.kdump", "no such file"),
+])
+def test_extract_errors(tmp_path, dump, out, message):
+    """Unusable input: one line on stderr, exit 2, no traceback, no file left."""
+    out = out.format(tmp=tmp_path)
+    p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", str(ROOT / dump),
+                        "extract", out], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []
