@@ -1,12 +1,43 @@
 #!/usr/bin/env bash
-# The main job, on any machine with no HVO host at hand: install vmemspect and
-# its test bed, boot a real Debian 7.2 kernel (mask form) on a two-node guest
-# with HVO under QEMU, dump it, and run vmemspect on the dump; then the same
-# on Debian 6.12 (pointer form). Kernels are downloaded once into
-# ~/.cache/vmemspect. On a real host use `vmemspect live` or
-# `vmemspect vmcore DUMP` directly.
+# The main job, on any machine, in seconds: install vmemspect (into .venv;
+# no root, no QEMU, no debug package) and run it on fixtures/: extracts of
+# real Debian kernels booted under QEMU with HVO on a two-node guest (7.2,
+# mask form, then 6.12, pointer form), each a few MB that
+# `vmemspect vmcore DUMP extract OUT` cut from the guest's whole dump. The
+# kernel's types come from the BTF inside each file.
+#
+#   scripts/demo.sh          the fixtures (seconds)
+#   scripts/demo.sh --boot   boot fresh kernels under QEMU instead, dump them
+#                            and inspect the dumps (installs QEMU & co. as root;
+#                            kernels are downloaded once into ~/.cache/vmemspect)
+#
+# On a real host use `vmemspect live` or `vmemspect vmcore DUMP` directly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" != --boot ]; then
+  scripts/deps.sh --python-only
+  for k in 7.2 6.12; do
+    fx=fixtures/$k-numa.kdump
+    .venv/bin/python - "$fx" <<'PY' >&2
+import json, sys
+meta = json.load(open(sys.argv[1].replace(".kdump", ".json")))
+print(f"== Debian {meta['release']} ({meta['form']} form), {meta['scenario']} guest "
+      f"({meta['cmdline'].split('hugetlb_free_vmemmap=on ')[-1]}): {sys.argv[1]}, "
+      f"{meta['extract']['size'] / 1e6:.1f} MB extracted from its "
+      f"{meta['source_dump']['bytes'] / 1e6:.0f} MB dump; types from its BTF")
+PY
+    echo "\$ vmemspect vmcore $fx"
+    .venv/bin/vmemspect vmcore "$fx"
+    echo
+    if [ "$k" = 7.2 ]; then
+      echo "\$ vmemspect vmcore $fx folios --node 1 --hstate 1G"
+      .venv/bin/vmemspect vmcore "$fx" folios --node 1 --hstate 1G
+      echo
+    fi
+  done
+  echo "== fresh kernels under QEMU instead: scripts/demo.sh --boot" >&2
+  exit 0
+fi
 scripts/deps.sh
 cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
 for k in 7.2 6.12; do

@@ -19,6 +19,7 @@ import drgn
 
 from . import __version__
 from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
+from .extract import extract, extract_doc, render_extract
 from .hugetlb import for_each_hstate_record
 from .hvo import decode_page
 from .kernel import kernel_model
@@ -48,12 +49,14 @@ Commands after the target (none: the full report):
   tails    shared tail frames (7.1+) or each folio's aliased frame (before 7.1)
   decode   decode one struct page's compound_info/compound_head
   verify   check every HVO invariant; exit 1 if any does not hold
+  extract  write a small vmcore of only what vmemspect reads (OUT)
 \b
 Examples:
   vmemspect vmcore /var/crash/dump.img -s vmlinux
   vmemspect vmcore dump.img verify --json
   sudo vmemspect live folios --hstate 1G
   vmemspect live decode pfn:0x100000
+  vmemspect vmcore /var/crash/dump.img extract hvo.kdump
 \b
 Exit status: 0 ok, 1 verify found violations, 2 unusable input, 3 internal error.
 """
@@ -171,7 +174,21 @@ def verify_cmd(show_all, as_json, fmt, no_progress) -> None:
         sys.exit(EXIT_FINDINGS)
 
 
-COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd)
+@click.command("extract")
+@click.argument("out", type=click.Path())
+@_output_options
+def extract_cmd(out, as_json, fmt, no_progress) -> None:
+    """Write OUT: a small kdump-compressed vmcore holding only what vmemspect
+    reads (page tables, the folios' vmemmap, kernel data, BTF and kallsyms),
+    to attach to a bug report (docs/extract.md)."""
+    c = _ctx(as_json, fmt, no_progress)
+    say = None
+    if c.progress and sys.stderr.isatty():
+        say = lambda what: click.echo(f"extract: {what}...", err=True)  # noqa: E731
+    c.emit(extract_doc(extract(c.prog, out, progress=say)), render_extract)
+
+
+COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, extract_cmd)
 
 
 class _TargetGroup(click.Group):
