@@ -42,6 +42,7 @@ def main(argv=None) -> int:
                 ok += 1
             except testbed.TestbedError as e:
                 console = (out / k / "console.log").read_text(errors="replace")
+                (out / k / f"console-failed-{i + 1}.log").write_text(console)
                 m = CRASH.search(console)
                 failures.append({"boot": i + 1, "why": str(e).splitlines()[0],
                                  "console": m.group(0) if m else None})

@@ -37,8 +37,10 @@ def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
     (docs/testbed.md).  No KVM: /dev/kvm exists here but does not run these
     kernels (hvo-facts.md)."""
     machine = arch.machine + (f",{machine_opts}" if machine_opts else "")
+    # VMEMSPECT_QEMU_CPU: another CPU model, for experiments (boot-soak.py).
+    cpu = os.environ.get("VMEMSPECT_QEMU_CPU") or arch.cpu
     return [arch.qemu, "-machine", machine, "-accel", "tcg,thread=single",
-            "-cpu", arch.cpu, "-smp", str(arch.smp), "-m", mem,
+            "-cpu", cpu, "-smp", str(arch.smp), "-m", mem,
             "-nodefaults", "-display", "none", "-no-reboot"]
 
 
