@@ -87,7 +87,11 @@ class GuestProtocol:
             self.state, self.truth_lines = "truth", []
         elif self.state == "truth":
             if ln.startswith("TRUTH END"):
-                _, _, n, md5 = ln.split()
+                words = ln.split()
+                if len(words) != 4 or not words[2].isdigit():
+                    # Kernel messages interleaved with the marker line.
+                    raise ProtocolError(f"truth block end mangled on the console: {ln!r}")
+                _, _, n, md5 = words
                 payload = "".join(x + "\n" for x in self.truth_lines)
                 if len(self.truth_lines) != int(n) or hashlib.md5(payload.encode()).hexdigest() != md5:
                     raise ProtocolError(f"truth block mangled on the console "
