@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what vmemspect and its real-kernel test bed need: QEMU, busybox,
 # cpio, makedumpfile, kexec-tools, a C compiler for the guest helpers,
-# python3-venv (Debian packages), then vmemspect itself with its Python
+# python3-venv, and for the monitoring tests promtool (package prometheus),
+# prometheus-node-exporter and systemd-analyze (package systemd) (Debian
+# packages), then vmemspect itself with its Python
 # dependencies, editable, into the virtual environment .venv of this
 # checkout (Debian's and Ubuntu's own python3 refuse `pip install` outside
 # one: PEP 668). The Python is Debian's /usr/bin/python3 where it exists
@@ -11,13 +13,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pkg in qemu-system-x86 busybox-static cpio makedumpfile kexec-tools xz-utils zstd gcc \
-           libc6-dev python3-venv; do
+           libc6-dev python3-venv prometheus prometheus-node-exporter systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
   echo "deps: installing ${need[*]}" >&2
   $sudo_ apt-get update -qq >&2
+  # prometheus and prometheus-node-exporter are installed for their programs
+  # (promtool, the exporter the tests start on 127.0.0.1); their services
+  # must not start: on a host run by systemd, mask them before they exist.
+  if [ -d /run/systemd/system ]; then
+    $sudo_ systemctl mask -q prometheus.service prometheus-node-exporter.service >&2 || true
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >&2
 fi
 python=${VMEMSPECT_PYTHON:-}
