@@ -30,9 +30,11 @@ from .render import (
     render_folios,
     render_json,
     render_report,
+    render_savings,
     render_tails,
     render_verify,
     report_doc,
+    savings_doc,
     tails_doc,
     verify_doc,
 )
@@ -48,6 +50,7 @@ Commands after the target (none: the full report):
   tails    shared tail frames (7.1+) or each folio's aliased frame (before 7.1)
   decode   decode one struct page's compound_info/compound_head
   verify   check every HVO invariant; exit 1 if any does not hold
+  savings  vmemmap saved, and what each HVO scheme would take (what-if)
 \b
 Examples:
   vmemspect vmcore /var/crash/dump.img -s vmlinux
@@ -171,7 +174,17 @@ def verify_cmd(show_all, as_json, fmt, no_progress) -> None:
         sys.exit(EXIT_FINDINGS)
 
 
-COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd)
+@click.command("savings")
+@_output_options
+def savings_cmd(as_json, fmt, no_progress) -> None:
+    """Vmemmap HVO saves, measured and by the kernel's counters, and what
+    each scheme (none, two pages, pointer form, mask form) would take for
+    the folios HVO can optimize."""
+    c = _ctx(as_json, fmt, no_progress)
+    c.emit(savings_doc(c.report()), render_savings)
+
+
+COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, savings_cmd)
 
 
 class _TargetGroup(click.Group):
