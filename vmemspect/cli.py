@@ -22,6 +22,8 @@ from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
 from .hugetlb import for_each_hstate_record
 from .hvo import decode_page
 from .kernel import kernel_model
+from .fastscan import DEFAULT_SAMPLE
+from .metrics import write_metrics
 from .pagetable import MissingMemory
 from .render import (
     decode_doc,
@@ -51,12 +53,14 @@ Commands after the target (none: the full report):
   decode   decode one struct page's compound_info/compound_head
   verify   check every HVO invariant; exit 1 if any does not hold
   savings  vmemmap saved, and what each HVO scheme would take (what-if)
+  metrics  Prometheus metrics (--textfile PATH for node_exporter, --fast)
 \b
 Examples:
   vmemspect vmcore /var/crash/dump.img -s vmlinux
   vmemspect vmcore dump.img verify --json
   sudo vmemspect live folios --hstate 1G
   vmemspect live decode pfn:0x100000
+  vmemspect live metrics --textfile /var/lib/prometheus/node-exporter/vmemspect.prom
 \b
 Exit status: 0 ok, 1 verify found violations, 2 unusable input, 3 internal error.
 """
@@ -184,7 +188,26 @@ def savings_cmd(as_json, fmt, no_progress) -> None:
     c.emit(savings_doc(c.report()), render_savings)
 
 
-COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, savings_cmd)
+@click.command("metrics")
+@click.option("--textfile", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Write to PATH atomically (temporary file, then rename) for "
+                   "node_exporter's textfile collector, instead of stdout. A failed "
+                   "run writes its failure there too.")
+@click.option("--fast", is_flag=True,
+              help="Counters, the vmemmap's read-only PTEs and a sample of folios instead "
+                   "of every folio (docs/monitoring.md says what it leaves out).")
+@click.option("--sample", type=click.IntRange(min=0), default=DEFAULT_SAMPLE, show_default=True,
+              help="With --fast: folios checked in full per hstate.")
+def metrics_cmd(textfile, fast, sample) -> None:
+    """Prometheus metrics of one scan (text exposition format); exit 1 if
+    the scan found violations, as verify."""
+    c: _Context = click.get_current_context().find_object(_Context)
+    if write_metrics(lambda: c.prog, textfile, sys.stdout.buffer, fast, sample):
+        sys.exit(EXIT_FINDINGS)
+
+
+COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, savings_cmd,
+            metrics_cmd)
 
 
 class _TargetGroup(click.Group):
