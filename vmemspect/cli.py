@@ -216,7 +216,10 @@ class _TargetGroup(click.Group):
     options at its first positional, so the options are moved before it."""
 
     def parse_args(self, ctx: click.Context, args: list) -> list:
-        if args and not args[0].startswith("-"):
+        # Only a group with a positional (vmcore DUMP): in `live metrics
+        # --textfile F` the first word is the command, whose options stay.
+        if args and not args[0].startswith("-") and any(
+                isinstance(p, click.Argument) for p in self.params):
             takes_value = {o for p in self.params if isinstance(p, click.Option)
                            and not p.is_flag for o in p.opts}
             first, rest = args[0], list(args[1:])

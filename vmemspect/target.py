@@ -227,6 +227,23 @@ def _lockdown(path: str = "/sys/kernel/security/lockdown") -> Optional[str]:
     return text[start + 1:end] if 0 <= start < end else None
 
 
+#: capability(7) number of CAP_SYS_RAWIO, which open("/proc/kcore") needs.
+CAP_SYS_RAWIO = 17
+
+
+def _has_capability(cap: int, path: str = "/proc/self/status") -> Optional[bool]:
+    """Whether this process has capability ``cap`` in its effective set
+    (CapEff of ``path``); None if that cannot be read."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
     """Open the running kernel through /proc/kcore (needs root)."""
     prog = drgn.Program()
@@ -239,6 +256,15 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
                 "the kernel's lockdown (confidentiality, /sys/kernel/security/lockdown) "
                 "forbids reading /proc/kcore, even as root",
                 "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
+        if os.geteuid() == 0 and _has_capability(CAP_SYS_RAWIO) is False:
+            # A capability bounding set (systemd's CapabilityBoundingSet=,
+            # a container) that drops it: /proc/kcore refuses root too.
+            raise VmemspectError(
+                "cannot read /proc/kcore: running as root without CAP_SYS_RAWIO, "
+                "which /proc/kcore requires",
+                "keep CAP_SYS_RAWIO (systemd: CapabilityBoundingSet=CAP_SYS_RAWIO ...; "
+                "contrib/systemd/vmemspect-metrics.service)",
             )
         if os.geteuid() == 0:
             # Root is refused only by a security policy: lockdown (whose mode
