@@ -7,19 +7,19 @@ OUT=$(mktemp -d /tmp/vmemspect-live-metrics.XXXXXX)
 echo "@out $OUT"
 V="python3 -m vmemspect live"
 step() { name=$1; shift; "$@" > "$OUT/$name.stdout" 2> "$OUT/$name.stderr"; echo "@step $name rc=$?"; }
-# As root with every capability, DWARF types (-s) and BTF types (none).
+# As root with every capability, DWARF types (-s): every folio, and --fast.
 step dwarf $V -s "$VMEMSPECT_VMLINUX" metrics --textfile "$OUT/dwarf.prom"
-step btf $V metrics --textfile "$OUT/btf.prom"
 step fast $V -s "$VMEMSPECT_VMLINUX" metrics --fast --textfile "$OUT/fast.prom"
 # The capabilities the systemd unit keeps (contrib/systemd): CAP_SYS_RAWIO
 # for /proc/kcore, CAP_SYSLOG for real addresses in /proc/kallsyms (BTF).
 only() { caps=$1; shift; setpriv --bounding-set=-all$caps --inh-caps=-all "$@"; }
-step caps_rawio_dwarf only ,+sys_rawio $V -s "$VMEMSPECT_VMLINUX" metrics --textfile "$OUT/caps_rawio_dwarf.prom"
+step caps_rawio_dwarf only ,+sys_rawio $V -s "$VMEMSPECT_VMLINUX" metrics --fast --textfile "$OUT/caps_rawio_dwarf.prom"
 step caps_rawio_btf only ,+sys_rawio $V metrics --textfile "$OUT/caps_rawio_btf.prom"
-step caps_unit_btf only ,+sys_rawio,+syslog $V metrics --textfile "$OUT/caps_unit_btf.prom"
+# BTF types with the unit's capabilities, and what drgn's live mode opens
+# (files only).
+step caps_unit_btf strace -f -qq -e trace=open,openat -e status=successful -o "$OUT/strace.txt" \
+	setpriv --bounding-set=-all,+sys_rawio,+syslog --inh-caps=-all $V metrics --textfile "$OUT/caps_unit_btf.prom"
 step caps_none only "" $V -s "$VMEMSPECT_VMLINUX" metrics --textfile "$OUT/caps_none.prom"
-# What drgn's live mode opens (files only; BTF mode, the unit's default).
-step strace strace -f -qq -e trace=open,openat -e status=successful -o "$OUT/strace.txt" $V metrics
 grep -o '"[^"]*"' "$OUT/strace.txt" | tr -d '"' \
 	| grep -E '^(/proc|/sys|/dev|/boot|/usr/lib/debug|/lib/modules|/usr/lib/modules)' \
 	| grep -vE '^/proc/self/|^/dev/null' | sort -u > "$OUT/opened.txt"

@@ -244,6 +244,24 @@ def _has_capability(cap: int, path: str = "/proc/self/status") -> Optional[bool]
     return None
 
 
+def _kallsyms_hidden(path: str = "/proc/kallsyms", lines: int = 64) -> bool:
+    """/proc/kallsyms shows every address as 0 (kptr_restrict, or
+    perf_event_paranoid > 1 without CAP_SYSLOG): symbols cannot be placed."""
+    try:
+        with open(path) as f:
+            addresses = [line.split(" ", 1)[0] for _, line in zip(range(lines), f)]
+    except OSError:
+        return False
+    return bool(addresses) and all(int(a, 16) == 0 for a in addresses)
+
+
+_KALLSYMS_HIDDEN = VmemspectError(
+    "/proc/kallsyms shows every address as 0, so the kernel's BTF cannot be placed "
+    "(kptr_restrict: reading real addresses needs CAP_SYSLOG)",
+    "run as root with CAP_SYSLOG (systemd: CapabilityBoundingSet=CAP_SYS_RAWIO CAP_SYSLOG), "
+    "or give the kernel's DWARF vmlinux (-s; Debian: linux-image-$(uname -r)-dbg)")
+
+
 def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
     """Open the running kernel through /proc/kcore (needs root)."""
     prog = drgn.Program()
@@ -284,5 +302,12 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
             f"cannot open the running kernel ({e})",
             "check that /proc/kcore exists (CONFIG_PROC_KCORE) and that you are root",
         )
-    load_debug_info(prog, vmlinux)
+    try:
+        load_debug_info(prog, vmlinux)
+    except (drgn.FaultError, VmemspectError):
+        if vmlinux is None and _kallsyms_hidden():
+            raise _KALLSYMS_HIDDEN from None
+        raise
+    if prog.cache.get("vmemspect_types") == "btf" and _kallsyms_hidden():
+        raise _KALLSYMS_HIDDEN
     return prog
