@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what vmemspect and its real-kernel test bed need: QEMU, busybox,
 # cpio, makedumpfile, kexec-tools, a C compiler for the guest helpers,
-# python3-venv (Debian packages), then vmemspect itself with its Python
+# python3-venv, and for the monitoring tests promtool (package prometheus),
+# prometheus-node-exporter and systemd-analyze (package systemd) (Debian
+# packages), then vmemspect itself with its Python
 # dependencies, editable, into the virtual environment .venv of this
 # checkout (Debian's and Ubuntu's own python3 refuse `pip install` outside
 # one: PEP 668). The Python is Debian's /usr/bin/python3 where it exists
@@ -22,7 +24,8 @@ if [ -z "$python" ]; then
 fi
 pkgs=(python3-venv)
 [ "${1:-}" = --python-only ] || pkgs+=(qemu-system-x86 busybox-static cpio makedumpfile kexec-tools \
-                                      xz-utils zstd gcc libc6-dev)
+                                      xz-utils zstd gcc libc6-dev \
+                                      prometheus prometheus-node-exporter systemd)
 need=()
 if command -v dpkg-query >/dev/null; then
   for pkg in "${pkgs[@]}"; do
@@ -47,6 +50,12 @@ if [ ${#need[@]} -gt 0 ]; then
   else
     echo "deps: installing ${need[*]}" >&2
     $sudo_ apt-get update -qq >&2
+    # prometheus and prometheus-node-exporter are installed for their programs
+    # (promtool, the exporter the tests start on 127.0.0.1); their services
+    # must not start: on a host run by systemd, mask them before they exist.
+    if [ -d /run/systemd/system ]; then
+      $sudo_ systemctl mask -q prometheus.service prometheus-node-exporter.service >&2 || true
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >&2
   fi
 fi

@@ -23,6 +23,8 @@ from .extract import extract, extract_doc, render_extract
 from .hugetlb import for_each_hstate_record
 from .hvo import decode_page
 from .kernel import kernel_model
+from .fastscan import DEFAULT_SAMPLE
+from .metrics import write_metrics
 from .pagetable import MissingMemory
 from .render import (
     decode_doc,
@@ -31,9 +33,11 @@ from .render import (
     render_folios,
     render_json,
     render_report,
+    render_savings,
     render_tails,
     render_verify,
     report_doc,
+    savings_doc,
     tails_doc,
     verify_doc,
 )
@@ -50,6 +54,8 @@ Commands after the target (none: the full report):
   decode   decode one struct page's compound_info/compound_head
   verify   check every HVO invariant; exit 1 if any does not hold
   extract  write a small vmcore of only what vmemspect reads (OUT)
+  savings  vmemmap saved, and what each HVO scheme would take (what-if)
+  metrics  Prometheus metrics (--textfile PATH for node_exporter, --fast)
 \b
 Examples:
   vmemspect vmcore /var/crash/dump.img -s vmlinux
@@ -57,6 +63,7 @@ Examples:
   sudo vmemspect live folios --hstate 1G
   vmemspect live decode pfn:0x100000
   vmemspect vmcore /var/crash/dump.img extract hvo.kdump
+  vmemspect live metrics --textfile /var/lib/prometheus/node-exporter/vmemspect.prom
 \b
 Exit status: 0 ok, 1 verify found violations, 2 unusable input, 3 internal error.
 """
@@ -188,7 +195,36 @@ def extract_cmd(out, as_json, fmt, no_progress) -> None:
     c.emit(extract_doc(extract(c.prog, out, progress=say)), render_extract)
 
 
-COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, extract_cmd)
+@click.command("savings")
+@_output_options
+def savings_cmd(as_json, fmt, no_progress) -> None:
+    """Vmemmap HVO saves, measured and by the kernel's counters, and what
+    each scheme (none, two pages, pointer form, mask form) would take for
+    the folios HVO can optimize."""
+    c = _ctx(as_json, fmt, no_progress)
+    c.emit(savings_doc(c.report()), render_savings)
+
+
+@click.command("metrics")
+@click.option("--textfile", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Write to PATH atomically (temporary file, then rename) for "
+                   "node_exporter's textfile collector, instead of stdout. A failed "
+                   "run writes its failure there too.")
+@click.option("--fast", is_flag=True,
+              help="Counters, the vmemmap's read-only PTEs and a sample of folios instead "
+                   "of every folio (docs/monitoring.md says what it leaves out).")
+@click.option("--sample", type=click.IntRange(min=0), default=DEFAULT_SAMPLE, show_default=True,
+              help="With --fast: folios checked in full per hstate.")
+def metrics_cmd(textfile, fast, sample) -> None:
+    """Prometheus metrics of one scan (text exposition format); exit 1 if
+    the scan found violations, as verify."""
+    c: _Context = click.get_current_context().find_object(_Context)
+    if write_metrics(lambda: c.prog, textfile, sys.stdout.buffer, fast, sample):
+        sys.exit(EXIT_FINDINGS)
+
+
+COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, extract_cmd, savings_cmd,
+            metrics_cmd)
 
 
 class _TargetGroup(click.Group):
@@ -197,7 +233,10 @@ class _TargetGroup(click.Group):
     options at its first positional, so the options are moved before it."""
 
     def parse_args(self, ctx: click.Context, args: list) -> list:
-        if args and not args[0].startswith("-"):
+        # Only a group with a positional (vmcore DUMP): in `live metrics
+        # --textfile F` the first word is the command, whose options stay.
+        if args and not args[0].startswith("-") and any(
+                isinstance(p, click.Argument) for p in self.params):
             takes_value = {o for p in self.params if isinstance(p, click.Option)
                            and not p.is_flag for o in p.opts}
             first, rest = args[0], list(args[1:])

@@ -14,7 +14,9 @@ from tabulate import tabulate
 
 from .checks import Finding
 from .hvo import FolioVmemmap, PageDecode, SharedTail
+from .optimizable import REASONS
 from .report import Report
+from .savings import SCHEMES, WhatIf, WhatIfRow
 
 __all__ = (
     "SCHEMA",
@@ -25,9 +27,11 @@ __all__ = (
     "render_folios",
     "render_json",
     "render_report",
+    "render_savings",
     "render_tails",
     "render_verify",
     "report_doc",
+    "savings_doc",
     "tails_doc",
     "verify_doc",
 )
@@ -191,6 +195,7 @@ def report_doc(report: Report) -> Dict[str, Any]:
                 "saved_bytes": g.saved_pages * s.page_size,
                 "possible_pages": g.possible_pages,
                 "possible_bytes": g.possible_pages * s.page_size,
+                "not_optimizable": g.not_optimizable,
             }
             for g in report.groups()
         ],
@@ -211,6 +216,7 @@ def report_doc(report: Report) -> Dict[str, Any]:
             "kernel_agrees": s.kernel_agrees,
         },
         "tails": tails_doc(report)["tails"],
+        "what_if": what_if_doc(report.what_if),
         "verify": _summary(report),
     }
 
@@ -325,6 +331,9 @@ def render_report(doc: Dict[str, Any], fmt: str) -> str:
     lines.extend(_kernel_says(s, k["page_size"]))
     lines.append("")
     lines.append(render_tails({"form": k["form"], "tails": doc["tails"]}, fmt, brief=True))
+    if doc.get("what_if"):
+        lines.append("")
+        lines.append(render_what_if(doc["what_if"], fmt))
     v = doc["verify"]
     lines.append("")
     lines.append(
@@ -500,3 +509,113 @@ def render_decode(doc: Dict[str, Any], fmt: str) -> str:
         rows.append(["vmemmap frame", f"{fr['pfn']:#x} {'RW' if fr['writable'] else 'RO'} "
                                       f"{fr['level']} (entry {fr['entry']})"])
     return tabulate(rows, tablefmt=fmt, disable_numparse=True)
+
+
+# ---------------------------------------------------------------- what-if savings
+
+#: Column titles of the schemes.
+SCHEME_TITLES = {"none": "no HVO", "two_page": "two pages (5.14-5.17)",
+                 "pointer": "pointer (5.18-7.0)", "mask": "mask (7.1+)",
+                 "measured": "measured now"}
+
+
+def _what_if_row_doc(r: WhatIfRow) -> Dict[str, Any]:
+    ps = r.page_size
+    return {
+        "hstate": r.hstate,
+        "order": r.order,
+        "vmemmap_pages_per_folio": r.vmemmap_pages_per_folio,
+        "folios": r.folios,
+        "optimized": r.optimized,
+        "not_optimizable": r.not_optimizable,
+        "not_optimizable_bytes": r.not_optimizable_pages * ps,
+        "unknown": r.unknown,
+        "folio_bytes": r.folio_bytes,
+        "shared_frames": r.shared_frames,
+        "pages": dict(r.pages),
+        "bytes": {k: v * ps for k, v in r.pages.items()},
+        "saved_bytes": {k: r.saved_pages(k) * ps for k in r.pages if k != "none"},
+        "per_tib_beyond_two_page": {k: r.per_tib(k) for k in ("pointer", "mask")},
+    }
+
+
+def what_if_doc(w: Optional[WhatIf]) -> Optional[Dict[str, Any]]:
+    """The what-if figures (vmemspect.savings) as JSON, None without a scan."""
+    if w is None:
+        return None
+    t = w.total
+    return {
+        "scheme": w.scheme,
+        "page_size": w.page_size,
+        "schemes": list(SCHEMES),
+        "hstates": [_what_if_row_doc(r) for r in w.rows],
+        "total": _what_if_row_doc(t),
+        # Every optimizable folio optimized and the vmemmap exactly the
+        # kernel's scheme: measured equals the scheme's figure.
+        "measured_is_scheme": None if w.scheme is None
+        else t.pages["measured"] == t.pages[w.scheme],
+        "reasons": [{"reason": k, "folios": n, "optimizable": REASONS[k][0],
+                     "means": REASONS[k][1]} for k, n in sorted(w.reasons.items())],
+    }
+
+
+def savings_doc(report: Report) -> Dict[str, Any]:
+    """The ``savings`` command: the report's savings and what-if figures."""
+    full = report_doc(report)
+    return {"schema": SCHEMA, "command": "savings", "kernel": full["kernel"],
+            "savings": full["savings"], "what_if": full["what_if"]}
+
+
+def _kib_text(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n // 1024} KiB"
+
+
+def _gib_text(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / (1 << 30):.2f} GiB"
+
+
+def render_what_if(w: Dict[str, Any], fmt: str) -> str:
+    """The what-if table: vmemmap per scheme of the folios HVO can optimize."""
+    keys = list(w["schemes"]) + ["measured"]
+    rows = []
+    for r in w["hstates"] + ([w["total"]] if len(w["hstates"]) > 1 else []):
+        rows.append([r["hstate"], r["folios"]] + [_kib_text(r["bytes"][k]) for k in keys])
+    out = [f"what if       vmemmap of the {w['total']['folios']} folio(s) HVO can optimize, "
+           f"by scheme (this kernel: {w['scheme'] or 'no HVO'}"
+           + (" form)" if w["scheme"] else ")"),
+           _table(rows, ["hstate", "folios"] + [SCHEME_TITLES[k] for k in keys], fmt)]
+    t = w["total"]
+    saved = ", ".join(f"{SCHEME_TITLES[k]} {_kib_text(t['saved_bytes'][k])}"
+                      for k in keys if k != "none")
+    out.append(f"saved vs no HVO  {saved}"
+               + (f" (mask: after its {t['shared_frames']} shared frame(s))"
+                  if t["shared_frames"] else ""))
+    for r in w["hstates"]:
+        if r["folios"] and r["order"] == 9:
+            out.append(f"per TiB of {r['hstate']}: one page per folio saves "
+                       f"{_gib_text(r['per_tib_beyond_two_page']['pointer'])} more than two "
+                       f"(pointer; mask {_gib_text(r['per_tib_beyond_two_page']['mask'])}, "
+                       "its shared frames scaled too)")
+    if t["not_optimizable"]:
+        out.append(f"not optimizable  {t['not_optimizable']} folio(s), "
+                   f"{_kib_text(t['not_optimizable_bytes'])} of vmemmap in every scheme "
+                   "(not counted above)")
+    for reason in w["reasons"]:
+        kind = "not optimized" if reason["optimizable"] else "never optimizable"
+        out.append(f"  {reason['folios']} {kind}: {reason['means']}")
+    return "\n".join(out)
+
+
+def render_savings(doc: Dict[str, Any], fmt: str) -> str:
+    """The ``savings`` command as text: measured, the kernel's own figure,
+    and the what-if table."""
+    s = doc["savings"]
+    k = doc["kernel"]
+    lines = [f"kernel        {k['release']} ({k['form']} form; HVO built in: "
+             f"{_yes(k['hvo_built'])}, enabled now: {_yes(k['hvo_enabled'])})",
+             f"saved         {s['saved_pages']} vmemmap pages ({s['saved_bytes'] // 1024} KiB)"]
+    lines.extend(_kernel_says(s, k["page_size"]))
+    if doc["what_if"]:
+        lines.append("")
+        lines.append(render_what_if(doc["what_if"], fmt))
+    return "\n".join(lines)

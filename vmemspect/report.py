@@ -40,6 +40,8 @@ from .hugetlb import (
 )
 from .hvo import FolioVmemmap, SharedTail, TailTally, scan_folios, shared_tails, vmemmap_savings
 from .kernel import KernelModel, has_object, kernel_model
+from .optimizable import hvo_context, is_optimizable, not_optimized_reason
+from .savings import WhatIf, WhatIfTally
 
 __all__ = (
     "GroupSummary",
@@ -69,8 +71,11 @@ class GroupSummary:
     #: Vmemmap pages HVO freed for these folios (those whose vmemmap the page
     #: tables show remapped).
     saved_pages: int
-    #: Vmemmap pages HVO would free if every folio here were optimized.
+    #: Vmemmap pages HVO would free if every folio here that it can
+    #: optimize were optimized.
     possible_pages: int
+    #: Folios HVO can never optimize (vmemspect.optimizable).
+    not_optimizable: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Savings:
     saved_pages: int
     #: Pages the shared tail frames take (mask form), one per zone and order.
     shared_frame_pages: int
-    #: saved_pages if every folio were optimized.
+    #: saved_pages if every folio HVO can optimize were optimized.
     possible_pages: int
     page_size: int
     #: Kernel counters nr_memmap_boot_pages + nr_memmap_pages, None before 6.10.
@@ -158,6 +163,11 @@ class Report:
     #: Live kernel: findings that did not hold on every re-read (the kernel
     #: changed the folio or its vmemmap under the scan); not violations.
     transient: List[Finding] = dataclasses.field(default_factory=list)
+    #: What each HVO scheme would take for these folios (vmemspect.savings).
+    what_if: Optional[WhatIf] = None
+    #: Folio pfn -> why it is not optimized (vmemspect.optimizable.REASONS),
+    #: for the folios kept.
+    not_optimized: Dict[int, str] = dataclasses.field(default_factory=dict)
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then pfn order."""
@@ -172,6 +182,8 @@ class Report:
             per = vmemmap_savings(self.model, order)
             opt = sum(1 for fv in fvs if fv.folio.optimized)
             remapped = sum(1 for fv in fvs if fv.remapped)
+            never = sum(1 for fv in fvs
+                        if not is_optimizable(self.not_optimized.get(fv.folio.pfn)))
             out.append(GroupSummary(
                 hstate=hstate,
                 order=order,
@@ -184,7 +196,8 @@ class Report:
                 not_optimized=len(fvs) - opt,
                 unknown=sum(1 for fv in fvs if fv.unknown is not None),
                 saved_pages=per * remapped,
-                possible_pages=per * len(fvs),
+                possible_pages=per * (len(fvs) - never),
+                not_optimizable=never,
             ))
         return out
 
@@ -269,6 +282,11 @@ def _scan(
     # verify's memory does not grow with the folios.
     broken: List[ListBreak] = []
     unknown_frames: Dict[int, Tuple[int, str, str]] = {}
+    hvo_ctx = hvo_context(prog)
+    what_if = WhatIfTally(model, (model.struct_page_pfn(p) for z in zone_list
+                                  for p in z.tails if p))
+    not_optimized: Dict[int, str] = {}
+    flags_cache: Dict[int, bytes] = {}
     for fv in scan_folios(prog, None, progress, cut, broken):
         for pfn, why in fv.unreadable:
             if not why.startswith("not in the machine"):  # else a finding
@@ -279,7 +297,10 @@ def _scan(
         tally.add(fv)
         count_folio(found, fv)
         per_folio = vmemmap_savings(model, fv.folio.order)
-        possible += per_folio
+        reason = not_optimized_reason(prog, hvo_ctx, fv, flags_cache)
+        what_if.add(fv, reason)
+        if is_optimizable(reason):
+            possible += per_folio
         if fv.remapped:
             saved += per_folio
             remapped += 1
@@ -288,6 +309,8 @@ def _scan(
             flagged += 1
         if keep_folios:
             folios.append(fv)
+            if reason is not None:
+                not_optimized[fv.folio.pfn] = reason
         if fv.unknown is not None:
             unknown.append(fv)
     tails = shared_tails(prog, tally=tally)
@@ -335,6 +358,8 @@ def _scan(
         broken_lists=broken,
         unknown_frames=list(unknown_frames.values()),
         types=prog.cache.get("vmemspect_types"),
+        what_if=what_if.result(h.name for h in hstates),
+        not_optimized=not_optimized,
     )
 
 

@@ -269,6 +269,41 @@ def _lockdown(path: str = "/sys/kernel/security/lockdown") -> Optional[str]:
     return text[start + 1:end] if 0 <= start < end else None
 
 
+#: capability(7) number of CAP_SYS_RAWIO, which open("/proc/kcore") needs.
+CAP_SYS_RAWIO = 17
+
+
+def _has_capability(cap: int, path: str = "/proc/self/status") -> Optional[bool]:
+    """Whether this process has capability ``cap`` in its effective set
+    (CapEff of ``path``); None if that cannot be read."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _kallsyms_hidden(path: str = "/proc/kallsyms", lines: int = 64) -> bool:
+    """/proc/kallsyms shows every address as 0 (kptr_restrict, or
+    perf_event_paranoid > 1 without CAP_SYSLOG): symbols cannot be placed."""
+    try:
+        with open(path) as f:
+            addresses = [line.split(" ", 1)[0] for _, line in zip(range(lines), f)]
+    except OSError:
+        return False
+    return bool(addresses) and all(int(a, 16) == 0 for a in addresses)
+
+
+_KALLSYMS_HIDDEN = VmemspectError(
+    "/proc/kallsyms shows every address as 0, so the kernel's BTF cannot be placed "
+    "(kptr_restrict: reading real addresses needs CAP_SYSLOG)",
+    "run as root with CAP_SYSLOG (systemd: CapabilityBoundingSet=CAP_SYS_RAWIO CAP_SYSLOG), "
+    "or give the kernel's DWARF vmlinux (-s; Debian: linux-image-$(uname -r)-dbg)")
+
+
 def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
     """Open the running kernel through /proc/kcore (needs root)."""
     prog = drgn.Program()
@@ -281,6 +316,15 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
                 "the kernel's lockdown (confidentiality, /sys/kernel/security/lockdown) "
                 "forbids reading /proc/kcore, even as root",
                 "inspect a kdump vmcore of this host instead (vmemspect vmcore DUMP)",
+            )
+        if os.geteuid() == 0 and _has_capability(CAP_SYS_RAWIO) is False:
+            # A capability bounding set (systemd's CapabilityBoundingSet=,
+            # a container) that drops it: /proc/kcore refuses root too.
+            raise VmemspectError(
+                "cannot read /proc/kcore: running as root without CAP_SYS_RAWIO, "
+                "which /proc/kcore requires",
+                "keep CAP_SYS_RAWIO (systemd: CapabilityBoundingSet=CAP_SYS_RAWIO ...; "
+                "contrib/systemd/vmemspect-metrics.service)",
             )
         if os.geteuid() == 0:
             # Root is refused only by a security policy: lockdown (whose mode
@@ -300,5 +344,12 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
             f"cannot open the running kernel ({e})",
             "check that /proc/kcore exists (CONFIG_PROC_KCORE) and that you are root",
         )
-    load_debug_info(prog, vmlinux)
+    try:
+        load_debug_info(prog, vmlinux)
+    except (drgn.FaultError, VmemspectError):
+        if vmlinux is None and _kallsyms_hidden():
+            raise _KALLSYMS_HIDDEN from None
+        raise
+    if prog.cache.get("vmemspect_types") == "btf" and _kallsyms_hidden():
+        raise _KALLSYMS_HIDDEN
     return prog

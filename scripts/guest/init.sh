@@ -116,6 +116,12 @@ numa)
 	echo $((before + 20)) > $n1 || fail "node1 nr_hugepages"
 	echo "step node1_2M:$before->$(cat $n1)" >> $steps
 	;;
+hotplug)
+	mom=$(cat /sys/module/memory_hotplug/parameters/memmap_on_memory 2>/dev/null)
+	echo "step memmap_on_memory=$mom blocks=$(ls -d /sys/devices/system/memory/memory[0-9]* | wc -l)" >> $steps
+	echo 64 > $hp2m/nr_hugepages || fail "nr_hugepages 64"
+	step "nr_hugepages=64"
+	;;
 esac
 
 # ---- ground truth ----

@@ -94,6 +94,23 @@ SCENARIOS: dict[str, dict] = {
         # both pages come from alloc_contig_pages).
         "cmdline": "hugetlb_free_vmemmap=on hugetlb_cma=3G hugepagesz=2M hugepages=16 nokaslr",
     },
+    "hotplug": {
+        # "Not optimizable" (docs/savings.md): with memmap_on_memory each
+        # hot-added memory block keeps its own vmemmap at its start, and HVO
+        # never remaps vmemmap that lives inside its block
+        # (PageVmemmapSelfHosted).  QEMU's pc-dimm memory is not in the e820
+        # map: ACPI hot-adds it at boot, above 4 GiB (zone Normal), so the
+        # page allocator hands out its pages first.
+        "desc": ("HVO on, memory_hotplug.memmap_on_memory=1; 2 GiB boot memory (DMA32) "
+                 "and a 1 GiB pc-dimm that ACPI hot-adds at boot (Normal, above 4 GiB, "
+                 "each memory block holding its own vmemmap); boot: 32 2 MiB pages "
+                 "(boot memory, optimized); run time: 32 more, from the DIMM"),
+        "mem": "2G,slots=2,maxmem=4G",
+        "cmdline": ("hugetlb_free_vmemmap=on memory_hotplug.memmap_on_memory=1 "
+                    "hugepagesz=2M hugepages=32"),
+        "qemu": ["-object", "memory-backend-ram,id=hpmem0,size=1G",
+                 "-device", "pc-dimm,id=dimm0,memdev=hpmem0"],
+    },
     "live": {
         "desc": ("as hvo-2m, with the host's / shared over virtiofs; runs "
                  "guest_cmd (default: %s) chrooted in it" % DEFAULT_LIVE_CMD),

@@ -1,0 +1,162 @@
+"""
+Fast scan
+---------
+
+What ``metrics --fast`` reads instead of every folio: the kernel's own
+counters (hstates per node, the memmap counters, the count of
+``hugetlb_optimize_vmemmap_key``), the vmemmap's page tables (every
+read-only PTE under the vmemmap is a tail vmemmap page HVO remapped: their
+number is the vmemmap HVO freed, counted without walking a single list), the
+shared tail frames, and a sample: the first folios of each hstate's lists,
+checked in full. Its cost grows with the vmemmap's page tables (one 4 KiB
+table per 128 MiB of memory), not with the folios.
+"""
+
+import dataclasses
+import itertools
+from typing import List, Optional
+
+from drgn import FaultError, Program
+from drgn.helpers.linux.mmzone import for_each_present_section
+
+from .checks import Finding, check_folio, check_shared_tails, folio_check_context
+from .hugetlb import (
+    Hstate,
+    for_each_hstate_record,
+    for_each_hugetlb_folio_page,
+    hvo_enabled,
+    kernel_optimized_folios,
+    zones,
+)
+from .hvo import folio_vmemmap, shared_tails, vmemmap_savings
+from .kernel import KernelModel, kernel_model
+from .pagetable import ENTRY_PRESENT, ENTRY_RW, MissingMemory, page_table_walker
+from .report import kernel_memmap_saved
+
+__all__ = ("FastScan", "fast_scan", "readonly_vmemmap_pages")
+
+#: Folios checked in full per hstate by default.
+DEFAULT_SAMPLE = 64
+
+
+@dataclasses.dataclass
+class FastScan:
+    """What :func:`fast_scan` found."""
+
+    model: KernelModel
+    hvo_enabled: Optional[bool]
+    hstates: List[Hstate]
+    #: Read-only PTEs under the vmemmap: tail vmemmap pages HVO remapped.
+    readonly_pages: int
+    #: PTE tables under the vmemmap that were read, and 2 MiB regions of
+    #: vmemmap that the dump lacks (their PTEs are not counted).
+    tables: int
+    missing_regions: int
+    #: Filled vmemmap_tails[] slots (mask form).
+    shared_frames: int
+    #: The kernel's counters: memmap pages now and without HVO (6.10+), and
+    #: hugetlb_optimize_vmemmap_key's count (5.18-7.0).
+    kernel_memmap_pages: Optional[int]
+    memmap_pages_without_hvo: Optional[int]
+    kernel_optimized_folios: Optional[int]
+    #: Vmemmap pages HVO would free if every folio the counters count were
+    #: optimized (never-optimizable folios cannot be told without a scan).
+    possible_pages: int
+    #: Folios checked in full, and what the checks found on them and on the
+    #: shared tail frames.
+    sampled: int
+    unknown: int
+    findings: List[Finding]
+
+    @property
+    def kernel_saved_pages(self) -> Optional[int]:
+        if self.kernel_memmap_pages is None or self.memmap_pages_without_hvo is None:
+            return None
+        return self.memmap_pages_without_hvo - self.kernel_memmap_pages
+
+
+def readonly_vmemmap_pages(prog: Program) -> tuple:
+    """
+    (read-only vmemmap pages, PTE tables read, 2 MiB regions missing): the
+    PTEs that map the vmemmap of every present memory section, counted
+    where they are present and not writable. HVO maps every tail vmemmap
+    page of an optimized folio read-only (both forms) and nothing else in
+    the vmemmap is read-only on the kernels seen (Debian 6.1, 6.12, 7.2), so
+    this is the vmemmap HVO freed, from the page tables alone.
+    """
+    model = kernel_model(prog)
+    walker = page_table_walker(prog)
+    try:
+        section_bits = prog["SECTION_SIZE_BITS"].value_()
+    except (KeyError, LookupError):
+        section_bits = 27
+    section_pages = 1 << (section_bits - model.page_shift)
+    region = 512 << model.page_shift  # the vmemmap one PTE table maps
+    ro = tables = missing = 0
+    for nr, _ in for_each_present_section(prog):
+        start = model.page_address(nr * section_pages)
+        end = start + section_pages * model.sizeof_page
+        for va in range(start & ~(region - 1), end, region):
+            try:
+                run = walker.pte_run(va, 512)
+            except MissingMemory:
+                missing += 1
+                continue
+            if run is None:
+                continue  # a PMD or PUD leaf, or a hole: nothing HVO remapped
+            tables += 1
+            ro += sum(1 for e in run[0] if e & (ENTRY_PRESENT | ENTRY_RW) == ENTRY_PRESENT)
+    return ro, tables, missing
+
+
+def fast_scan(prog: Program, sample: int = DEFAULT_SAMPLE) -> FastScan:
+    """
+    The counters, the read-only vmemmap PTEs, the shared tail frames, and
+    the first ``sample`` folios of each hstate checked in full.
+
+    Seen on Debian 6.12 and 7.2 dumps: ``readonly_pages`` equals the full
+    scan's ``saved_pages``.
+    """
+    model = kernel_model(prog)
+    hstates = list(for_each_hstate_record(prog))
+    zone_list = zones(prog)
+    ro, tables, missing = readonly_vmemmap_pages(prog)
+    tails_by_zone, names = folio_check_context(model, zone_list)
+    walker = page_table_walker(prog)
+    cache: dict = {}
+    findings: List[Finding] = []
+    sampled = unknown = 0
+    for h in hstates:
+        if not h.order_ok:
+            continue
+        try:
+            pairs = list(itertools.islice(for_each_hugetlb_folio_page(prog, h, [], []), sample))
+        except FaultError:
+            pairs = []
+        for folio, data in pairs:
+            fv = folio_vmemmap(prog, folio, walker, cache, data)
+            sampled += 1
+            unknown += fv.unknown is not None
+            findings.extend(check_folio(model, fv, tails_by_zone, names))
+    tails = shared_tails(prog)
+    # Without a tally no slot is "needed": the slots' values and the
+    # frames' contents are judged, not which folios map them.
+    findings.extend(check_shared_tails(model, tails))
+    now, without = kernel_memmap_saved(prog, model)
+    return FastScan(
+        model=model,
+        hvo_enabled=hvo_enabled(prog),
+        hstates=hstates,
+        readonly_pages=ro,
+        tables=tables,
+        missing_regions=missing,
+        shared_frames=sum(1 for t in tails if t.pfn is not None),
+        kernel_memmap_pages=now,
+        memmap_pages_without_hvo=without,
+        kernel_optimized_folios=kernel_optimized_folios(prog),
+        possible_pages=sum(h.nr_huge_pages * vmemmap_savings(model, h.order)
+                           for h in hstates if h.order_ok),
+        sampled=sampled,
+        unknown=unknown,
+        findings=findings,
+    )
