@@ -42,6 +42,9 @@ class Kernel:
     form: str           # tail struct page encoding vmemspect must find: "pointer" | "mask"
     arch: str = "x86_64"
     desc: str = ""
+    #: Boots a test may try before it fails (each failed one said loudly).
+    #: 2 for every kernel but one that is known to crash under TCG.
+    boot_attempts: int = 2
 
     @property
     def arch_info(self) -> Arch:
@@ -58,8 +61,12 @@ class Kernel:
 KERNELS: dict[str, Kernel] = {k.id: k for k in (
     Kernel("6.1", "6.1", "cloud", "bookworm-security", True, "pointer",
            desc="Debian 12: page-based hugetlb, no nr_memmap_* in /proc/vmstat"),
+    # 6.12.95 crashes in about a third of its boots under this QEMU's TCG
+    # (corrupted EFLAGS: double faults, debug traps; with -cpu max or
+    # Icelake-Server, 1 or 2 vCPUs), 6.12.117 of the same series never
+    # (scripts/boot-soak.py, docs/testbed.md): not root-caused.
     Kernel("6.12-bpo", "6.12", "cloud", "bookworm-backports", True, "pointer",
-           desc="Debian 12 backports"),
+           desc="Debian 12 backports", boot_attempts=6),
     Kernel("6.12", "6.12", "cloud", "trixie", True, "pointer", desc="Debian 13"),
     Kernel("7.2", "7.2", "cloud", "sid", True, "mask", desc="unstable"),
     Kernel("6.12-rt", "6.12", "rt", "trixie", False, "pointer",

@@ -39,8 +39,9 @@ def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
     machine = arch.machine + (f",{machine_opts}" if machine_opts else "")
     # VMEMSPECT_QEMU_CPU: another CPU model, for experiments (boot-soak.py).
     cpu = os.environ.get("VMEMSPECT_QEMU_CPU") or arch.cpu
+    smp = os.environ.get("VMEMSPECT_QEMU_SMP") or str(arch.smp)
     return [arch.qemu, "-machine", machine, "-accel", "tcg,thread=single",
-            "-cpu", cpu, "-smp", str(arch.smp), "-m", mem,
+            "-cpu", cpu, "-smp", smp, "-m", mem,
             "-nodefaults", "-display", "none", "-no-reboot"]
 
 

@@ -60,7 +60,7 @@ from .initramfs import build_initramfs
 from .kernels import fetch_kernel, kernel
 from .qemu import QMP, VIRTIOFSD, _Proc, _Signals, base_args
 from .scenarios import BASE_CMDLINE, DEFAULT_LIVE_CMD, SCENARIOS
-from .truth import Console, GuestProtocol, ProtocolError
+from .truth import CRASH, MARK, Console, GuestProtocol, ProtocolError
 
 
 def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
@@ -221,6 +221,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             ctx.qmp, ctx.qemu, ctx.console, ctx.fail = qmp, q, con, fail
             deadline = t_boot + timeout
             guest = GuestProtocol()
+            next_crash_check = time.monotonic() + 1.0
             t_truth = t_cmd = None
             while not guest.ready:
                 for ln in con.poll():
@@ -241,6 +242,15 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                     raise fail(f"QEMU exited ({q.p.returncode}) before READY")
                 if time.monotonic() > deadline:
                     raise fail(f"timed out in state {guest.state!r} waiting for READY")
+                if time.monotonic() > next_crash_check:
+                    # A kernel that oopsed before READY will not get there:
+                    # say so now rather than at the timeout.
+                    kernel_lines = "\n".join(ln for ln in con.tail(400).splitlines()
+                                             if MARK not in ln)  # not the guest's own
+                    crash = CRASH.search(kernel_lines)
+                    if crash:
+                        raise fail(f"the guest kernel crashed before READY: {crash.group(0)}")
+                    next_crash_check = time.monotonic() + 1.0
                 time.sleep(0.1)
             t_ready = time.monotonic()
             run["truth"] = guest.truth()

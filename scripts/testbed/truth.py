@@ -66,6 +66,11 @@ class Console:
         return "\n".join(text.splitlines()[-n:])
 
 
+#: Console lines of a guest kernel that crashed (an oops, a BUG, a panic).
+CRASH = re.compile(r"^.*(Oops: .*|BUG: .*|Kernel panic - .*|general protection fault.*)$",
+                   re.MULTILINE)
+
+
 class GuestProtocol:
     """The host's state machine over the marker lines (see the module doc).
 
