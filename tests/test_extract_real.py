@@ -113,6 +113,11 @@ def test_no_hugetlb_data_no_user_memory(case):
     frames = {f["head_frame"]["pfn"] for f in folios}
     assert frames <= by["vmemmap"]
     frames |= {t["pfn"] for f in folios for t in f["tail_frames"]}
+    # ... and the frames holding the struct pages of the folios' head frames
+    # (PageVmemmapSelfHosted, which the kernel tests before HVO).
+    walker = page_table_walker(ext)
+    frames |= {walker.lookup((start + f["head_frame"]["pfn"] * SIZEOF_PAGE) & ~(PAGE - 1)).pfn
+               for f in folios}
     assert by["vmemmap"] <= frames
     src = open_vmcore(run["kdump"], run["vmlinux"])
     pg_lru = src.constant("PG_lru").value_()

@@ -9,8 +9,8 @@ attach to a bug report instead of the whole dump::
     $ vmemspect vmcore hvo.kdump verify        # same answer, no debug package
 
 What goes in is found by tracing, not by a list: vmemspect's commands
-(``report``, ``folios``, ``tails``, ``verify``, ``decode`` of a few struct
-pages) run on a program whose only memory is a segment over the whole
+(``report``, ``folios``, ``tails``, ``verify``, ``savings``, ``metrics``
+and its ``--fast`` scan, ``decode`` of a few struct pages) run on a program whose only memory is a segment over the whole
 physical address space that reads from the source and records each page
 (:class:`PageSnapshot`). drgn translates virtual addresses through the page
 tables in that memory, so the page tables every read needs are recorded as
@@ -43,7 +43,8 @@ from .errors import VmemspectError
 from .hvo import decode_page
 from .kernel import kernel_model
 from .pagetable import MissingMemory
-from .render import folios_doc, report_doc, tails_doc, verify_doc
+from .fastscan import fast_scan
+from .render import folios_doc, report_doc, savings_doc, tails_doc, verify_doc
 from .report import build_report
 from .target import load_debug_info
 
@@ -185,13 +186,16 @@ def _vmcoreinfo_number(vmcoreinfo: bytes, key: str) -> Optional[str]:
 
 def _run_commands(prog: Program) -> int:
     """Do every read vmemspect's commands do: report, folios, tails, verify,
-    and decode of one head, tail and (pointer form) fake head per hstate,
-    node and zone. Returns the number of folios."""
+    savings, metrics (its --fast scan too), and decode of one head, tail and
+    (pointer form) fake head per hstate, node and zone. Returns the number
+    of folios."""
     report = build_report(prog)
     report_doc(report)
     folios_doc(report, list(report.folios))
     tails_doc(report)
+    savings_doc(report)
     verify_doc(build_report(prog, keep_folios=False))
+    fast_scan(prog)
     model = report.model
     seen = set()
     for fv in report.folios:
