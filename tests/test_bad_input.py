@@ -204,8 +204,11 @@ def _as_snappy(src: str, dst) -> None:
 
 
 def test_compression_drgn_cannot_read(tmp_path):
-    """A kdump file whose compression libkdumpfile cannot read: one line
-    naming the compression and the command that converts the dump, exit 2."""
+    """A kdump file whose pages do not decompress with the compression they
+    name: one line naming it, saying truncated or damaged, and the command
+    that converts the dump; exit 2. (This libkdumpfile reads snappy, so the
+    pages fail to decompress; one built without it says so, and vmemspect
+    then names the method: test_unsupported_compression_message.)"""
     from vmemspect.target import kdump_compressions
     run = real_run("7.2", "hvo-2m")
     assert kdump_compressions(run["kdump"]) == ["zlib"]
@@ -216,5 +219,19 @@ def test_compression_drgn_cannot_read(tmp_path):
                         run["vmlinux"], "verify"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stdout == "", p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert p.stderr.startswith(f"vmemspect: error: {dump} is compressed with snappy")
+    assert p.stderr.startswith(f"vmemspect: error: {dump} is truncated or damaged: a page "
+                               "(snappy) does not decompress")
     assert f"makedumpfile -E -d 31 {dump}" in p.stderr
+
+
+def test_unsupported_compression_message(tmp_path):
+    """libkdumpfile built without a method says "Unsupported compression
+    method"; vmemspect names the method from the file and the command."""
+    from vmemspect.target import _compression_error
+    run = real_run("7.2", "hvo-2m")
+    dump = tmp_path / "snappy.kdump"
+    _as_snappy(run["kdump"], dump)
+    e = _compression_error(str(dump), "Cannot read ...: Unsupported compression method: snappy")
+    assert str(e) == (f"{dump} is compressed with snappy, which this drgn (libkdumpfile) "
+                      f"cannot read; convert it where makedumpfile can read it: makedumpfile "
+                      f"-E -d 31 {dump} {dump}.elf (or -z/-c/-l for zstd, zlib, lzo)")

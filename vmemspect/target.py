@@ -203,6 +203,24 @@ def kdump_compressions(path: str, sample: int = 4096) -> List[str]:
     return sorted(found)
 
 
+def _compression_error(path: str, text: str) -> VmemspectError:
+    """libkdumpfile's error about a page's compression, as one line: a
+    method it was built without ("Unsupported compression method: snappy"),
+    or a page that does not decompress (a truncated or damaged file)."""
+    methods = ", ".join(kdump_compressions(path)) or "an unknown compression"
+    if "nsupported" in text:
+        return VmemspectError(
+            f"{path} is compressed with {methods}, which this drgn (libkdumpfile) cannot read",
+            f"convert it where makedumpfile can read it: makedumpfile -E -d 31 {path} "
+            f"{path}.elf (or -z/-c/-l for zstd, zlib, lzo)",
+        )
+    return VmemspectError(
+        f"{path} is truncated or damaged: a page ({methods}) does not decompress",
+        "take the dump again (or, if its compression is one this drgn lacks, convert it "
+        f"where makedumpfile reads it: makedumpfile -E -d 31 {path} {path}.elf)",
+    )
+
+
 def open_vmcore(
     path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None
 ) -> drgn.Program:
@@ -236,15 +254,7 @@ def open_vmcore(
             return prog
     text = str(last_error)
     if "ompression" in text:
-        # libkdumpfile: "Unsupported compression method: snappy" (built
-        # without it), or "Decompression failed" (damaged data).
-        methods = ", ".join(kdump_compressions(path)) or "a compression"
-        raise VmemspectError(
-            f"{path} is compressed with {methods}, which this drgn (libkdumpfile) cannot read "
-            f"or which is damaged ({text.rsplit(': ', 2)[-2] if ': ' in text else text})",
-            f"convert it where makedumpfile can read it: makedumpfile -E -d 31 {path} "
-            f"{path}.elf (or -z/-c/-l for zstd, zlib, lzo)",
-        )
+        raise _compression_error(path, text)
     if "vmcoreinfo" in text.lower():
         raise VmemspectError(
             f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
