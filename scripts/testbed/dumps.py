@@ -179,8 +179,9 @@ def _reassemble(flat: Path, out: Path) -> str:
 
 # ---------------------------------------------------------------- ELF
 
-def elf_segments(path: str | os.PathLike) -> list[tuple[int, int, int]]:
-    """PT_LOAD segments of an ELF64 core as (p_paddr, p_offset, p_filesz)."""
+def _elf_loads(path: str | os.PathLike) -> list[tuple[int, int, int, int]]:
+    """PT_LOAD headers of an ELF64 core as (p_paddr, p_offset, p_filesz,
+    p_memsz)."""
     with open(path, "rb") as f:
         eh = f.read(64)
         if eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
@@ -193,13 +194,18 @@ def elf_segments(path: str | os.PathLike) -> list[tuple[int, int, int]]:
             e_phnum = struct.unpack_from("<I", sh, 0x2C)[0]
         f.seek(e_phoff)
         ph = f.read(e_phentsize * e_phnum)
-    segs = []
+    loads = []
     for i in range(e_phnum):
-        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", ph, i * e_phentsize)
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+            "<IIQQQQQ", ph, i * e_phentsize)
         if p_type == 1:
-            segs.append((p_paddr, p_offset, p_filesz))
-    return segs
+            loads.append((p_paddr, p_offset, p_filesz, p_memsz))
+    return loads
+
+
+def elf_segments(path: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """PT_LOAD segments of an ELF64 core as (p_paddr, p_offset, p_filesz)."""
+    return [(paddr, offset, filesz) for paddr, offset, filesz, _ in _elf_loads(path)]
 
 
 def elf_phys_offset(path: str | os.PathLike, phys_addr: int) -> int:
@@ -267,21 +273,7 @@ def elf_filtered_ranges(path: str | os.PathLike) -> list[tuple[int, int]]:
     """Physical ranges [start, end) an ELF dump declares but does not hold:
     the part of each PT_LOAD between p_filesz and p_memsz.  makedumpfile -E
     leaves the pages its dump level excluded there; they read back as zeros
-    (drgn gives no error), so a reader has to treat them as missing."""
-    with open(path, "rb") as f:
-        eh = f.read(64)
-        if eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
-            raise ValueError(f"{path}: not a little-endian ELF64 file")
-        e_phoff, e_shoff = struct.unpack_from("<QQ", eh, 0x20)
-        e_phentsize, e_phnum = struct.unpack_from("<HH", eh, 0x36)
-        if e_phnum == 0xFFFF:
-            f.seek(e_shoff)
-            e_phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
-        f.seek(e_phoff)
-        ph = f.read(e_phentsize * e_phnum)
-    out = []
-    for i in range(e_phnum):
-        p_type, _, _, _, p_paddr, p_filesz, p_memsz = struct.unpack_from("<IIQQQQQ", ph, i * e_phentsize)
-        if p_type == 1 and p_memsz > p_filesz:
-            out.append((p_paddr + p_filesz, p_paddr + p_memsz))
-    return sorted(out)
+    (drgn gives no error), so a reader has to treat them as missing.  (The
+    test bed's own reading, independent of vmemspect's.)"""
+    return sorted((paddr + filesz, paddr + memsz)
+                  for paddr, _, filesz, memsz in _elf_loads(path) if memsz > filesz)
