@@ -131,8 +131,6 @@ def test_btf_only_extract(case, tmp_path):
     """An extract made without -s (only the BTF run traced) also reads the
     same with -s."""
     series, scenario, run, _, _, source = case
-    if scenario != "numa":
-        pytest.skip("numa only")
     out = str(tmp_path / "btf.kdump")
     assert extract_json(run["kdump"], out)["types"] == ["btf"]
     assert docs(out, "-s", run["vmlinux"]) == source
