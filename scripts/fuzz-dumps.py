@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import drgn  # noqa: E402
-from drgn import offsetof, sizeof  # noqa: E402
+from drgn import offsetof  # noqa: E402
 
 from vmemspect.cli import run as vmemspect_run  # noqa: E402
 from vmemspect.kernel import kernel_model  # noqa: E402

@@ -18,9 +18,7 @@ from vmemspect:
 """
 
 import contextlib
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -20,7 +20,7 @@ from vmemspect.cli import run
 from vmemspect.metrics import write_metrics
 from vmemspect.report import build_report
 
-from synthetic import FolioSpec, build_kernel, default_folios
+from synthetic import build_kernel, default_folios
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "contrib" / "prometheus" / "vmemspect.rules.yml"

@@ -12,7 +12,6 @@ around a hole, the way makedumpfile's ELF output leaves out filtered pages.
 """
 
 import contextlib
-import json
 import struct
 import subprocess
 import sys

@@ -32,7 +32,7 @@ by the area's size.
 import dataclasses
 import struct
 import zlib
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from .errors import VmemspectError
 

@@ -18,7 +18,6 @@ the previous file held, so that a stale file never looks fresh.
 
 import collections
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
