@@ -156,7 +156,6 @@ def test_tail_pte_to_other_nodes_shared_frame():
 
 import time  # noqa: E402
 
-from vmemspect.pagetable import ENTRY_ADDR_MASK, ENTRY_PRESENT  # noqa: E402
 
 #: Seconds a verify of a 2 GiB guest's dump may take, corrupted or not
 #: (it takes 1-3 s here; the looped walk used to run until killed).
@@ -234,8 +233,8 @@ def pmd_entry(walker, va: int):
     table, table_addr = walker.top, walker.top_address
     for level in range(walker.levels, 2, -1):
         entry = table[(va >> (12 + 9 * (level - 1))) & 511]
-        assert entry & ENTRY_PRESENT
-        table_addr = entry & ENTRY_ADDR_MASK
+        assert walker.entry_present(entry)
+        table_addr = walker.entry_pfn(entry) << 12
         table = walker.read_table(table_addr)
     index = (va >> 21) & 511
     return table_addr + 8 * index, table[index]
@@ -249,7 +248,7 @@ def test_pmd_above_folios_vmemmap_cleared(elf):
     _, run, folios, _, walker = elf
     target = int(folios[30]["vmemmap"], 16)
     phys, entry = pmd_entry(walker, target)
-    assert entry & ENTRY_PRESENT
+    assert walker.entry_present(entry)
     # In list order, the first folio whose vmemmap lies under that PMD.
     first = next(i for i, f in enumerate(folios) if int(f["vmemmap"], 16) >> 21 == target >> 21)
     with patched(run["elf"], phys, 0):

@@ -20,7 +20,7 @@ from vmemspect.cli import run
 from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio, hvo_enabled
 from vmemspect.hvo import decode_page
 from vmemspect.kernel import kernel_model
-from vmemspect.pagetable import PageTableWalker, page_table_walker
+from vmemspect.pagetable import _new_walker, page_table_walker
 from vmemspect.report import build_report
 
 from synthetic import (
@@ -269,7 +269,7 @@ def test_groups():
 @pytest.mark.parametrize("levels", [4, 5])
 def test_walker_vmemmap(levels, mapping):
     k = build_kernel(levels=levels, vmemmap_mapping=mapping, vmemmap_base=None)
-    w = PageTableWalker(k.prog, kernel_model(k.prog))
+    w = _new_walker(k.prog, kernel_model(k.prog))
     assert w.levels == levels
     for f in k.folios.values():
         for i in range(min(f.npages, 16)):
@@ -313,7 +313,7 @@ def test_walker_other_mappings(levels):
     # A 1 GiB PUD leaf.
     va = k.page_offset + (64 << 30)
     k.pt.map_1g(va, 3 << 30)
-    leaf = PageTableWalker(k.prog, kernel_model(k.prog)).lookup(va + 0x12345000)
+    leaf = _new_walker(k.prog, kernel_model(k.prog)).lookup(va + 0x12345000)
     assert (leaf.level, leaf.level_name, leaf.pfn) == (3, "pud", ((3 << 30) + 0x12345000) >> 12)
 
 

@@ -30,7 +30,7 @@ from .hugetlb import (
 )
 from .hvo import folio_vmemmap, shared_tails, vmemmap_savings
 from .kernel import KernelModel, kernel_model
-from .pagetable import ENTRY_PRESENT, ENTRY_RW, MissingMemory, page_table_walker
+from .pagetable import MissingMemory, page_table_walker
 from .report import kernel_memmap_saved
 
 __all__ = ("FastScan", "fast_scan", "readonly_vmemmap_pages")
@@ -93,6 +93,10 @@ def readonly_vmemmap_pages(prog: Program) -> tuple:
     section_pages = 1 << (section_bits - model.page_shift)
     region = 512 << model.page_shift  # the vmemmap one PTE table maps
     ro = tables = missing = 0
+    # Read-only and present: the present bit without the write bit (x86 P
+    # without RW, riscv64 V without W).
+    present = walker.present
+    both = walker.present | walker.write
     for nr, _ in for_each_present_section(prog):
         start = model.page_address(nr * section_pages)
         end = start + section_pages * model.sizeof_page
@@ -105,7 +109,7 @@ def readonly_vmemmap_pages(prog: Program) -> tuple:
             if run is None:
                 continue  # a PMD or PUD leaf, or a hole: nothing HVO remapped
             tables += 1
-            ro += sum(1 for e in run[0] if e & (ENTRY_PRESENT | ENTRY_RW) == ENTRY_PRESENT)
+            ro += sum(1 for e in run[0] if e & both == present)
     return ro, tables, missing
 
 

@@ -35,10 +35,6 @@ from .kernel import (
     page_flags_zone,
 )
 from .pagetable import (
-    ENTRY_ADDR_MASK,
-    ENTRY_PRESENT,
-    ENTRY_RW,
-    LEVEL_NAMES,
     Leaf,
     MissingMemory,
     PageTableWalker,
@@ -253,20 +249,20 @@ def folio_vmemmap(
     start = folio.page & ~(model.page_size - 1)
     try:
         run = walker.pte_run(start, npages) if npages > 1 else None
-        if run is not None and run[0][1:].count(run[0][1]) == npages - 1 and run[0][1] & ENTRY_PRESENT:
+        if (run is not None and run[0][1:].count(run[0][1]) == npages - 1
+                and walker.entry_present(run[0][1])):
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
             # read-only frame behind all tails). One C-level count instead
             # of a loop over the pages.
             ptes, table, upper_rw = run
-            shift = model.page_shift
             e0, e1 = ptes[0], ptes[1]
-            head_leaf = Leaf(start, 1 if e0 & ENTRY_PRESENT else 0, e0,
-                             (e0 & ENTRY_ADDR_MASK) >> shift if e0 & ENTRY_PRESENT else None,
-                             upper_rw and bool(e0 & ENTRY_RW) and bool(e0 & ENTRY_PRESENT), table)
+            p0 = walker.entry_present(e0)
+            head_leaf = Leaf(start, 1 if p0 else 0, e0, walker.entry_pfn(e0) if p0 else None,
+                             upper_rw and walker.entry_writable(e0) and p0, table)
             if head_leaf.pfn is None:
                 raise MissingMemory("the head's vmemmap page is not mapped; its PTE", table)
-            tail_pfn = (e1 & ENTRY_ADDR_MASK) >> shift
-            rw = npages - 1 if upper_rw and e1 & ENTRY_RW else 0
+            tail_pfn = walker.entry_pfn(e1)
+            rw = npages - 1 if upper_rw and walker.entry_writable(e1) else 0
             tails = (TailFrame(tail_pfn, npages - 1, rw, ("pte",)),)
             distinct = 1 + (head_leaf.pfn != tail_pfn)
         else:
@@ -286,7 +282,7 @@ def folio_vmemmap(
                 g[2].add(level)
             tails = tuple(
                 TailFrame(pfn, g[0], g[1],
-                          tuple(sorted(LEVEL_NAMES.get(lv, "none") for lv in g[2])))
+                          tuple(sorted(walker.format.level_name(lv) for lv in g[2])))
                 for pfn, g in groups.items()
             )
             distinct = len(groups) + (head_leaf.pfn not in groups)
