@@ -712,7 +712,8 @@ def test_cli_decode(capsys):
             doc["agrees_with_drgn"]) == (0x10245, hex(tail_mask(9)), hex(f.page), 0x10200, 9,
                                          True, True)
     assert doc["vmemmap_frame"] == {"pfn": k.shared_frame(0, 1), "level": "pte",
-                                    "writable": False, "entry": hex(k.read_pte(f.vmemmap_page(1)))}
+                                    "writable": False, "entry": hex(k.read_pte(f.vmemmap_page(1))),
+                                    "bits": "P A D G NX"}
     assert k.read_pte(f.vmemmap_page(1)) == (k.shared_frame(0, 1) << 12) | PTE_RO
     assert run(["decode", hex(f.page)], prog=k.prog) == 0
     assert "0x10200" in capsys.readouterr().out

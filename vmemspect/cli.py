@@ -280,11 +280,15 @@ def live(ctx, vmlinux, as_json, fmt, no_progress) -> None:
 @_target_group("vmcore", "Inspect a kernel dump (ELF or kdump-compressed, QEMU's too).")
 @click.argument("dump", type=click.Path())
 @click.option("-s", "--vmlinux", type=click.Path(), help="The kernel's DWARF vmlinux.")
-@click.option("--architecture", type=click.Choice(["x86_64"]),
+@click.option("--architecture", type=click.Choice(["x86_64", "riscv64"]),
               help="The dump's architecture, when the dump does not say (QEMU kdump).")
+@click.option("--vmcoreinfo", "vmcoreinfo", type=click.Path(), metavar="FILE",
+              help="The kernel's VMCOREINFO text, for a dump without the note "
+              "(QEMU riscv64); overrides the dump's own.")
 @click.pass_context
-def vmcore(ctx, dump, vmlinux, architecture, as_json, fmt, no_progress) -> None:
-    _start(ctx, lambda: open_vmcore(dump, vmlinux, architecture), as_json, fmt, no_progress)
+def vmcore(ctx, dump, vmlinux, architecture, vmcoreinfo, as_json, fmt, no_progress) -> None:
+    _start(ctx, lambda: open_vmcore(dump, vmlinux, architecture, vmcoreinfo), as_json, fmt,
+           no_progress)
 
 
 main.add_command(live)

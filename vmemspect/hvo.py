@@ -496,6 +496,9 @@ class PageDecode:
     drgn_head: Optional[int]
     #: How the vmemmap page holding this struct page is mapped.
     leaf: Optional[Leaf]
+    #: The leaf entry's flag bits by the architecture's names ("P RW NX",
+    #: "V R W A D G"), None without a leaf.
+    leaf_bits: Optional[str] = None
 
 
 def decode_page(prog: Program, page: int) -> PageDecode:
@@ -543,9 +546,11 @@ def decode_page(prog: Program, page: int) -> PageDecode:
     except FaultError:
         drgn_head = None
     try:
-        leaf = page_table_walker(prog).lookup(page & ~(model.page_size - 1))
+        walker = page_table_walker(prog)
+        leaf = walker.lookup(page & ~(model.page_size - 1))
+        leaf_bits = walker.format.bits(leaf.entry)
     except MissingMemory:
-        leaf = None
+        leaf = leaf_bits = None
     return PageDecode(
         page=page,
         pfn=model.page_pfn(page),
@@ -558,4 +563,5 @@ def decode_page(prog: Program, page: int) -> PageDecode:
         head_pfn=head_pfn,
         drgn_head=drgn_head,
         leaf=leaf,
+        leaf_bits=leaf_bits,
     )

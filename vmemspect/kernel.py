@@ -22,6 +22,7 @@ from drgn import FaultError, Program, ProgramFlags, offsetof, sizeof
 from drgn.helpers.linux.mm import pfn_to_page
 
 from .errors import VmemspectError
+from .mmu import parse_vmcoreinfo, riscv64_kernel_root
 from .target import vmcoreinfo_release
 
 __all__ = (
@@ -48,7 +49,8 @@ class KernelModel:
     """Facts about one kernel, found from its types and symbols."""
 
     release: str
-    #: "x86_64" is the only architecture whose page tables vmemspect walks.
+    #: "x86_64" or "riscv64" (the architectures with HVO and page tables
+    #: vmemspect walks); others are modelled but cannot be walked.
     arch: str
     page_shift: int
     #: sizeof(struct page).
@@ -98,7 +100,7 @@ class KernelModel:
     zones_mask: int
     #: Address of the struct page of pfn 0 (vmemmap_base on x86_64, KASLR'd).
     vmemmap_start: int
-    #: 4 or 5.
+    #: x86_64: 4 or 5; riscv64: 3, 4, 5 (Sv39, Sv48, Sv57).
     pgtable_levels: int
 
     @property
@@ -224,6 +226,37 @@ def _hugetlb_unit(prog: Program) -> Optional[str]:
     return None
 
 
+def _pgtable_levels(prog: Program, arch: str) -> Tuple[int, str]:
+    """
+    How many levels the kernel's page tables have, and what said so.
+
+    x86_64: 5 with LA57, else 4: ``pgdir_shift`` (48 with 5 levels) or
+    ``__pgtable_l5_enabled`` (older kernels), else VMCOREINFO's
+    ``NUMBER(pgtable_l5_enabled)``, which is what drgn's own translation
+    goes by. riscv64: 3, 4 or 5 (Sv39/Sv48/Sv57, chosen at boot): from
+    VMCOREINFO's ``NUMBER(satp)`` mode (Debian 7.2) or ``NUMBER(VA_BITS)``
+    (6.12), which the kernel writes on every riscv64 build with an MMU.
+    """
+    if arch == "riscv64":
+        try:
+            _, levels, source = riscv64_kernel_root(parse_vmcoreinfo(_vmcoreinfo(prog)))
+        except ValueError:
+            raise VmemspectError(
+                "cannot tell the riscv64 kernel's paging mode: VMCOREINFO has neither "
+                "NUMBER(satp) nor NUMBER(VA_BITS)",
+                "give the kernel's complete VMCOREINFO (--vmcoreinfo FILE)") from None
+        return levels, f"Sv{12 + 9 * levels} paging ({source.split(',')[-1].strip()})"
+    if has_object(prog, "pgdir_shift"):
+        levels = 5 if prog["pgdir_shift"].value_() == 48 else 4
+        return levels, f"{levels}-level paging (pgdir_shift)"
+    if has_object(prog, "__pgtable_l5_enabled"):
+        levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
+        return levels, f"{levels}-level paging (__pgtable_l5_enabled)"
+    if b"NUMBER(pgtable_l5_enabled)=1\n" in _vmcoreinfo(prog):
+        return 5, "5-level paging (VMCOREINFO NUMBER(pgtable_l5_enabled)=1)"
+    return 4, "4-level paging (no LA57 seen)"
+
+
 def _detect(prog: Program) -> KernelModel:
     if not prog.flags & ProgramFlags.IS_LINUX_KERNEL:
         raise VmemspectError(
@@ -317,15 +350,8 @@ def _detect(prog: Program) -> KernelModel:
     nodes_pgoff = 64 - nodes_shift
     zones_pgoff = nodes_pgoff - zones_shift
 
-    levels = 4
-    if has_object(prog, "pgdir_shift"):
-        levels = 5 if prog["pgdir_shift"].value_() == 48 else 4
-    elif has_object(prog, "__pgtable_l5_enabled"):
-        levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
-    elif b"NUMBER(pgtable_l5_enabled)=1\n" in _vmcoreinfo(prog):
-        # Kernels without those variables still say it in VMCOREINFO, which
-        # is what drgn's own translation goes by.
-        levels = 5
+    levels, levels_source = _pgtable_levels(prog, arch)
+    evidence.append(levels_source)
 
     return KernelModel(
         release=_release(prog),

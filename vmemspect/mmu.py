@@ -51,7 +51,7 @@ class PageTableFormat:
 
     #: "x86_64" or "riscv64".
     arch: str
-    #: "x86-64 4-level", "Sv48"...
+    #: "4-level", "5-level" (x86_64), "Sv39", "Sv48", "Sv57" (riscv64).
     name: str
     levels: int
     #: Entry bit that says the entry is valid/present.
@@ -112,7 +112,7 @@ def page_table_format(arch: str, levels: int) -> PageTableFormat:
     :raises ValueError: for another architecture or level count.
     """
     if arch == "x86_64" and levels in (4, 5):
-        return PageTableFormat("x86_64", f"x86-64 {levels}-level", levels, present=1, write=2,
+        return PageTableFormat("x86_64", f"{levels}-level", levels, present=1, write=2,
                                leaf_bits=0x80, huge_levels=(2, 3), upper_write=True,
                                pfn_shift=12, pfn_mask=(1 << 40) - 1, bit_names=_X86_BITS)
     if arch == "riscv64" and levels in (3, 4, 5):

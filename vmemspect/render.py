@@ -14,6 +14,7 @@ from tabulate import tabulate
 
 from .checks import Finding
 from .hvo import FolioVmemmap, PageDecode, SharedTail
+from .mmu import page_table_format
 from .optimizable import REASONS
 from .report import Report
 from .savings import SCHEMES, WhatIf, WhatIfRow
@@ -44,6 +45,15 @@ def _hex(v: Optional[int]) -> Optional[str]:
     return None if v is None else hex(v)
 
 
+def _paging(model) -> str:
+    """"4-level" (x86_64), "Sv48" (riscv64)... (the levels alone for an architecture
+    vmemspect does not walk)."""
+    try:
+        return page_table_format(model.arch, model.pgtable_levels).name
+    except ValueError:
+        return f"{model.pgtable_levels}-level"
+
+
 def kernel_doc(report: Report) -> Dict[str, Any]:
     m = report.model
     return {
@@ -57,6 +67,7 @@ def kernel_doc(report: Report) -> Dict[str, Any]:
         "sizeof_page": m.sizeof_page,
         "page_size": m.page_size,
         "pgtable_levels": m.pgtable_levels,
+        "paging": _paging(m),
         "hugetlb": m.hugetlb,
         "hvo_built": m.hvo_built,
         "hvo_enabled": report.hvo_enabled,
@@ -280,7 +291,7 @@ def decode_doc(d: PageDecode) -> Dict[str, Any]:
         if not d.fake_head else None,
         "vmemmap_frame": None if d.leaf is None or d.leaf.pfn is None else {
             "pfn": d.leaf.pfn, "level": d.leaf.level_name, "writable": d.leaf.writable,
-            "entry": hex(d.leaf.entry),
+            "entry": hex(d.leaf.entry), "bits": d.leaf_bits,
         },
     }
 
@@ -302,7 +313,7 @@ def _yes(v: Optional[bool]) -> str:
 def render_report(doc: Dict[str, Any], fmt: str) -> str:
     k = doc["kernel"]
     lines = [
-        f"kernel        {k['release']} ({k['arch']}, {k['pgtable_levels']}-level paging; "
+        f"kernel        {k['release']} ({k['arch']}, {k['paging']} paging; "
         f"types from {'its BTF' if k['types'] == 'btf' else 'DWARF' if k['types'] else '?'})",
         f"encoding      {k['form']} form ({k['info_member']}); "
         f"sizeof(struct page) = {k['sizeof_page']}",
@@ -507,7 +518,7 @@ def render_decode(doc: Dict[str, Any], fmt: str) -> str:
     fr = doc["vmemmap_frame"]
     if fr:
         rows.append(["vmemmap frame", f"{fr['pfn']:#x} {'RW' if fr['writable'] else 'RO'} "
-                                      f"{fr['level']} (entry {fr['entry']})"])
+                                      f"{fr['level']} (entry {fr['entry']}: {fr['bits']})"])
     return tabulate(rows, tablefmt=fmt, disable_numparse=True)
 
 

@@ -20,12 +20,16 @@ import drgn
 
 from .btf import load_kernel_btf
 from .errors import VmemspectError
+from .mmu import MissingMemory, install_kernel_va, parse_vmcoreinfo
 
 __all__ = (
+    "elf_core_info",
     "elf_filtered_ranges",
     "load_debug_info",
     "open_live",
     "open_vmcore",
+    "read_vmcoreinfo_file",
+    "setup_kernel_va",
     "vmcoreinfo_release",
 )
 
@@ -33,7 +37,13 @@ _X86_64 = drgn.Platform(
     drgn.Architecture.X86_64,
     drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN,
 )
-_ARCHITECTURES = {"x86_64": _X86_64}
+_RISCV64 = drgn.Platform(
+    drgn.Architecture.RISCV64,
+    drgn.PlatformFlags.IS_64_BIT | drgn.PlatformFlags.IS_LITTLE_ENDIAN,
+)
+_ARCHITECTURES = {"x86_64": _X86_64, "riscv64": _RISCV64}
+#: ELF e_machine -> architecture.
+_ELF_MACHINES = {62: "x86_64", 243: "riscv64"}
 
 
 @contextlib.contextmanager
@@ -221,13 +231,156 @@ def _compression_error(path: str, text: str) -> VmemspectError:
     )
 
 
+_PT_NOTE = 4
+
+
+def elf_core_info(path: str) -> Tuple[Optional[str], bool]:
+    """
+    For an ELF core file: its architecture (from ``e_machine``; None if
+    vmemspect does not know it) and whether a PT_NOTE holds a VMCOREINFO
+    note. ``(None, False)`` for anything else (kdump-compressed files carry
+    VMCOREINFO in their own header).
+    """
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+                return None, False
+            machine = struct.unpack_from("<H", ehdr, 0x12)[0]
+            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+            if phnum == 0xFFFF:
+                f.seek(shoff)
+                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            found = False
+            for i in range(min(phnum, len(table) // max(phentsize, 1))):
+                p_type, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table,
+                                                                     i * phentsize)
+                if p_type != _PT_NOTE or filesz > 1 << 24:
+                    continue
+                f.seek(offset)
+                notes = f.read(filesz)
+                at = 0
+                while at + 12 <= len(notes):
+                    namesz, descsz, _ = struct.unpack_from("<III", notes, at)
+                    name = notes[at + 12:at + 12 + namesz].rstrip(b"\0")
+                    if name == b"VMCOREINFO":
+                        found = True
+                    at += 12 + (namesz + 3 & ~3) + (descsz + 3 & ~3)
+    except (OSError, struct.error):
+        return None, False
+    return _ELF_MACHINES.get(machine), found
+
+
+def read_vmcoreinfo_file(path: str) -> bytes:
+    """
+    The VMCOREINFO text in ``path``: the guest's ``KEY=value`` lines, as the
+    kernel's VMCOREINFO note holds them (``OSRELEASE=...``, ``PAGESIZE=...``,
+    ``SYMBOL(...)=...``). For dumps without the note (QEMU riscv64).
+
+    :raises VmemspectError: if the file cannot be read or is not VMCOREINFO.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as e:
+        raise VmemspectError(f"{path}: cannot read the VMCOREINFO file ({e.strerror})",
+                             "check the --vmcoreinfo path")
+    data = data.split(b"\0", 1)[0]
+    info = parse_vmcoreinfo(data)
+    if "OSRELEASE" not in info or "PAGESIZE" not in info:
+        raise VmemspectError(
+            f"{path} is not VMCOREINFO text (no OSRELEASE= and PAGESIZE= lines)",
+            "give the text of the guest's VMCOREINFO note (docs/access.md: riscv64)")
+    return data if data.endswith(b"\n") else data + b"\n"
+
+
+def _drgn_translates(prog: drgn.Program, info: dict) -> bool:
+    """drgn itself reads the struct page of the first RAM frame (riscv64:
+    ``NUMBER(VMEMMAP_START)``): true of /proc/kcore, whose segments map the
+    vmemmap, and of a drgn that walks riscv64 page tables; false of drgn
+    0.3.0 on a riscv64 dump."""
+    try:
+        start = int(info["NUMBER(VMEMMAP_START)"], 16)
+    except (KeyError, ValueError):
+        return False
+    try:
+        prog.read(start, 8)
+        return True
+    except (drgn.FaultError, ValueError, NotImplementedError):
+        return False
+
+
+def setup_kernel_va(prog: drgn.Program) -> None:
+    """
+    Make kernel virtual addresses readable where drgn cannot translate them
+    (riscv64: drgn 0.3.0 has no riscv64 page tables): install vmemspect's
+    walker as a memory segment (:func:`vmemspect.mmu.install_kernel_va`)
+    and serve ``vmemmap`` (``VMEMMAP_START - (phys_ram_base >> PAGE_SHIFT)``
+    struct pages, as the kernel's macro computes it) if drgn does not.
+    Nothing happens on x86_64 or where drgn translates by itself.
+
+    :raises VmemspectError: if VMCOREINFO does not say where the tables
+        are, or the top table is not in the dump.
+    """
+    if prog.platform is None or prog.platform.arch != drgn.Architecture.RISCV64:
+        return
+    if "vmemspect_va" in prog.cache:
+        return
+    try:
+        info = parse_vmcoreinfo(prog["VMCOREINFO"].string_())
+    except (KeyError, LookupError, drgn.FaultError):
+        info = {}
+    try:
+        how = install_kernel_va(prog, info, probe=lambda p: _drgn_translates(p, info))
+    except ValueError as e:
+        raise VmemspectError(f"cannot read riscv64 kernel addresses: {e}",
+                             "give a dump whose VMCOREINFO is complete (--vmcoreinfo FILE)")
+    except MissingMemory as e:
+        raise VmemspectError(f"cannot read riscv64 kernel addresses: {e}",
+                             "the dump lacks the kernel's top page table: take a complete dump")
+    prog.cache["vmemspect_va"] = how or "drgn's own translation"
+    _serve_vmemmap(prog, info)
+
+
+def _serve_vmemmap(prog: drgn.Program, info: dict) -> None:
+    """An object finder for ``vmemmap`` (drgn's pfn_to_page() needs it),
+    consulted after drgn's own: riscv64's is a macro over VMCOREINFO
+    numbers."""
+    try:
+        start = int(info["NUMBER(VMEMMAP_START)"], 16)
+        ram_base = int(info["NUMBER(phys_ram_base)"], 16)
+        page_shift = int(info.get("PAGESIZE", "4096")).bit_length() - 1
+    except (KeyError, ValueError):
+        return
+
+    def find(prog: drgn.Program, name: str, flags, filename) -> Optional[drgn.Object]:
+        if name != "vmemmap" or filename is not None:
+            return None
+        try:
+            page = prog.type("struct page")
+        except LookupError:
+            return None
+        address = (start - (ram_base >> page_shift) * page.size) & ((1 << 64) - 1)
+        return drgn.Object(prog, prog.pointer_type(page), address)
+
+    prog.register_object_finder("vmemspect-riscv64-vmemmap", find, enable_index=-1)
+
+
 def open_vmcore(
-    path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None
+    path: str, vmlinux: Optional[str] = None, architecture: Optional[str] = None,
+    vmcoreinfo: Optional[str] = None,
 ) -> drgn.Program:
     """
     Open an ELF or kdump-compressed vmcore (QEMU's ``dump-guest-memory``
     dumps included; their kdump format does not name the architecture, so
     x86_64 is assumed when libkdumpfile cannot tell).
+
+    :param vmcoreinfo: a file holding the kernel's VMCOREINFO text, for a
+        dump without the note (QEMU's riscv64 ELF dumps); it overrides the
+        dump's own.
     """
     if not os.path.exists(path):
         raise VmemspectError(f"{path}: no such file", "give the path of a vmcore")
@@ -235,10 +388,16 @@ def open_vmcore(
         raise VmemspectError(f"{path} is a directory", "give the path of a vmcore file")
     if os.path.getsize(path) == 0:
         raise VmemspectError(f"{path} is empty", "give a complete vmcore")
+    info = read_vmcoreinfo_file(vmcoreinfo) if vmcoreinfo is not None else None
+    elf_arch, elf_has_info = elf_core_info(path)
+    if architecture is None:
+        architecture = elf_arch
+    if info is None and elf_arch is not None and not elf_has_info:
+        raise _no_vmcoreinfo(path, elf_arch)
     platforms = [_ARCHITECTURES[architecture]] if architecture else [None, _X86_64]
     last_error: Optional[Exception] = None
     for platform in platforms:
-        prog = drgn.Program(platform)
+        prog = drgn.Program(platform, vmcoreinfo=info)
         try:
             with _drgn_quiet():
                 prog.set_core_dump(path)
@@ -249,21 +408,38 @@ def open_vmcore(
                 continue
             break
         else:
+            if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+                raise _no_vmcoreinfo(path, architecture or "x86_64")
             _mark_filtered(prog, path)
+            setup_kernel_va(prog)
             load_debug_info(prog, vmlinux)
             return prog
     text = str(last_error)
     if "ompression" in text:
         raise _compression_error(path, text)
-    if "vmcoreinfo" in text.lower():
-        raise VmemspectError(
-            f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
-            "take the dump with VMCOREINFO (kdump and makedumpfile add it; QEMU needs "
-            "-device vmcoreinfo and the qemu_fw_cfg module loaded in the guest)",
-        )
+    if "vmcoreinfo" in text.lower() or "NT_AUXV" in text:
+        raise _no_vmcoreinfo(path, architecture or "x86_64")
     raise VmemspectError(
         f"{path} is not a usable vmcore ({last_error})",
         "give an ELF or kdump-compressed kernel dump; a truncated or damaged one cannot be opened",
+    )
+
+
+def _no_vmcoreinfo(path: str, arch: str) -> VmemspectError:
+    """A dump without VMCOREINFO: what to do depends on the architecture
+    (QEMU adds the note on x86_64 with -device vmcoreinfo; riscv virt
+    refuses that device)."""
+    if arch == "riscv64":
+        return VmemspectError(
+            f"{path} has no VMCOREINFO note, so it cannot be read as a Linux kernel dump "
+            "(QEMU's riscv64 dumps never have one)",
+            "pass the guest's VMCOREINFO text with --vmcoreinfo FILE (docs/access.md), "
+            "or take the dump with kdump")
+    return VmemspectError(
+        f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
+        "take the dump with VMCOREINFO (kdump and makedumpfile add it; QEMU needs "
+        "-device vmcoreinfo and the qemu_fw_cfg module loaded in the guest), "
+        "or pass the kernel's VMCOREINFO text with --vmcoreinfo FILE",
     )
 
 
@@ -355,6 +531,7 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
             "check that /proc/kcore exists (CONFIG_PROC_KCORE) and that you are root",
         )
     try:
+        setup_kernel_va(prog)
         load_debug_info(prog, vmlinux)
     except (drgn.FaultError, VmemspectError):
         if vmlinux is None and _kallsyms_hidden():
