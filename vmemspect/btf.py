@@ -521,7 +521,10 @@ class BtfTypes:
                 return prog.bool_type(name, size)
             signed = bool(encoding & _INT_SIGNED)
             if name == "char":
-                signed = True  # x86_64's plain char; pahole does not mark it.
+                # pahole does not mark plain char; riscv64's is unsigned by
+                # its ABI, x86_64's is taken as signed.
+                signed = not (prog.platform is not None
+                              and prog.platform.arch == drgn.Architecture.RISCV64)
             return prog.int_type(_C_INT_NAMES.get(name, name), size, signed)
         if kind == KIND_PTR:
             return prog.pointer_type(self.type(size), 8)

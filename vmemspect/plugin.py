@@ -14,6 +14,7 @@ after the target, run on the program drgn has open::
 In a drgn session, ``from vmemspect.helpers import *`` gives the helpers.
 """
 
+import logging
 from typing import Any, Sequence
 
 from drgn import Program, ProgramFlags
@@ -22,6 +23,7 @@ from drgn.commands import ParsedCommand, custom_command, parse_shell_command
 from .btf import load_kernel_btf
 from .cli import run
 from .errors import VmemspectError
+from .target import setup_kernel_va
 
 __all__ = ("drgn_prog_set",)
 
@@ -60,4 +62,19 @@ def _ensure_types(prog: Program) -> None:
 
 
 def drgn_prog_set(prog: Program) -> None:
-    """drgn's plugin hook; the command is registered at import."""
+    """
+    drgn's plugin hook, called once the target is set and before debug
+    info is loaded (the command is registered at import). On a riscv64
+    kernel that drgn cannot translate (drgn 0.3.0 has no riscv64 page
+    tables), it installs vmemspect's page-table walker as a memory segment
+    over the kernel half (:func:`vmemspect.target.setup_kernel_va`), so
+    that drgn's own symbols, helpers and ``%vmemspect`` work in
+    ``drgn -c DUMP`` (``--vmcoreinfo FILE`` for a dump without the note).
+    Nothing happens on x86_64, or where drgn translates by itself.
+    """
+    if not prog.flags & ProgramFlags.IS_LINUX_KERNEL:
+        return
+    try:
+        setup_kernel_va(prog)
+    except VmemspectError as e:
+        logging.getLogger("drgn").warning("vmemspect: %s", e)
