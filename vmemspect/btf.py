@@ -661,8 +661,9 @@ class BtfTypes:
         In order: VMCOREINFO's ``LENGTH(name)`` (written by the kernel:
         node_data on x86_64); another array of the same macro in BTF
         (HUGE_MAX_HSTATE sizes ``struct hugetlb_cgroup.hugepage[]``,
-        MAX_NUMNODES is ``nodemask_t.bits[]`` times 64, NR_NODE_STATES is an
-        enumerator); the kallsyms "size" divided by the element's size:
+        MAX_NUMNODES is ``struct zonelist._zonerefs[]`` less one over
+        ``__MAX_NR_ZONES``, else ``nodemask_t.bits[]`` times 64,
+        NR_NODE_STATES is an enumerator); the kallsyms "size" divided by the element's size:
         kallsyms records no sizes, drgn takes the gap to the next symbol
         (and shows 0 for hstates on 7.2), an upper bound at best, hence
         last; the x86_64 default of :data:`_MACRO_DEFAULTS`.
@@ -702,6 +703,17 @@ class BtfTypes:
                 member = prog.type("struct hugetlb_cgroup").member("hugepage")
                 return member.type.length
             if macro == "MAX_NUMNODES":
+                # struct zonelist has MAX_NUMNODES * MAX_NR_ZONES + 1
+                # zonerefs (MAX_ZONES_PER_ZONELIST + 1): exact, where
+                # nodemask_t rounds up to a word (riscv64's NODES_SHIFT=2:
+                # 4 nodes, 64 bits).
+                try:
+                    refs = prog.type("struct zonelist").member("_zonerefs").type.length
+                    zones = prog.constant("__MAX_NR_ZONES").value_()
+                    if refs and zones and (refs - 1) % zones == 0:
+                        return (refs - 1) // zones
+                except (LookupError, AttributeError, TypeError):
+                    pass
                 bits = prog.type("nodemask_t").member("bits").type
                 # Exact when MAX_NUMNODES >= BITS_PER_LONG (NODES_SHIFT >= 6).
                 return bits.length * 8 * bits.type.size

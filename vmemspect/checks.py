@@ -182,8 +182,9 @@ def check_folio(
                 add("tail-frame", want_name,
                     f"{t.pages} tail vmemmap page(s) on pfn "
                     f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn)
-            if t.writable or t.levels != ("pte",):
-                add("tail-readonly", "read-only pte",
+            if (t.writable and model.tails_readonly) or t.levels != ("pte",):
+                add("tail-readonly", "read-only pte" if model.tails_readonly else
+                    "pte (PAGE_KERNEL_RO, writable on riscv64)",
                     f"{t.writable} of {t.pages} writable, levels {','.join(t.levels)}", t.pfn)
     for c in fv.tail_contents:
         if model.form == "mask" and f.optimized:

@@ -75,14 +75,21 @@ class FastScan:
         return self.memmap_pages_without_hvo - self.kernel_memmap_pages
 
 
-def readonly_vmemmap_pages(prog: Program) -> tuple:
+def readonly_vmemmap_pages(prog: Program, shared_pfns: frozenset = frozenset()) -> tuple:
     """
-    (read-only vmemmap pages, PTE tables read, 2 MiB regions missing): the
+    (remapped vmemmap pages, PTE tables read, 2 MiB regions missing): the
     PTEs that map the vmemmap of every present memory section, counted
-    where they are present and not writable. HVO maps every tail vmemmap
-    page of an optimized folio read-only (both forms) and nothing else in
-    the vmemmap is read-only on the kernels seen (Debian 6.1, 6.12, 7.2), so
-    this is the vmemmap HVO freed, from the page tables alone.
+    where HVO remapped them: the vmemmap HVO freed, from the page tables
+    alone.
+
+    Where HVO maps tails read-only (x86_64: ``model.tails_readonly``) a
+    remapped PTE is one present and not writable: nothing else in the
+    vmemmap is read-only on the kernels seen (Debian 6.1, 6.12, 7.2).
+    riscv64 maps them writable (no PAGE_KERNEL_RO), so there a remapped PTE
+    is one that maps the frame its neighbour before it maps (a tail of
+    the pointer form on its head's frame, or the 2nd-7th tail on the
+    shared frame) or a frame in ``shared_pfns`` (the mask form's first
+    tail): an unoptimized vmemmap maps every page on a frame of its own.
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
@@ -93,8 +100,7 @@ def readonly_vmemmap_pages(prog: Program) -> tuple:
     section_pages = 1 << (section_bits - model.page_shift)
     region = 512 << model.page_shift  # the vmemmap one PTE table maps
     ro = tables = missing = 0
-    # Read-only and present: the present bit without the write bit (x86 P
-    # without RW, riscv64 V without W).
+    # Read-only and present: the present bit without the write bit.
     present = walker.present
     both = walker.present | walker.write
     for nr, _ in for_each_present_section(prog):
@@ -109,8 +115,27 @@ def readonly_vmemmap_pages(prog: Program) -> tuple:
             if run is None:
                 continue  # a PMD or PUD leaf, or a hole: nothing HVO remapped
             tables += 1
-            ro += sum(1 for e in run[0] if e & both == present)
+            if model.tails_readonly:
+                ro += sum(1 for e in run[0] if e & both == present)
+            else:
+                ro += _aliased_ptes(walker, run[0], shared_pfns)
     return ro, tables, missing
+
+
+def _aliased_ptes(walker, ptes, shared_pfns: frozenset) -> int:
+    """PTEs of one table that map their left neighbour's frame or a shared
+    tail frame (present ones only)."""
+    count = 0
+    last = None
+    for e in ptes:
+        if not walker.entry_present(e):
+            last = None
+            continue
+        pfn = walker.entry_pfn(e)
+        if pfn == last or pfn in shared_pfns:
+            count += 1
+        last = pfn
+    return count
 
 
 def fast_scan(prog: Program, sample: int = DEFAULT_SAMPLE) -> FastScan:
@@ -124,8 +149,8 @@ def fast_scan(prog: Program, sample: int = DEFAULT_SAMPLE) -> FastScan:
     model = kernel_model(prog)
     hstates = list(for_each_hstate_record(prog))
     zone_list = zones(prog)
-    ro, tables, missing = readonly_vmemmap_pages(prog)
     tails_by_zone, names = folio_check_context(model, zone_list)
+    ro, tables, missing = readonly_vmemmap_pages(prog, frozenset(names))
     walker = page_table_walker(prog)
     cache: dict = {}
     findings: List[Finding] = []

@@ -102,6 +102,10 @@ class KernelModel:
     vmemmap_start: int
     #: x86_64: 4 or 5; riscv64: 3, 4, 5 (Sv39, Sv48, Sv57).
     pgtable_levels: int
+    #: HVO's tail mappings are read-only: it maps them PAGE_KERNEL_RO, which
+    #: riscv64 does not define, so include/linux/pgtable_types.h falls back
+    #: to PAGE_KERNEL there (writable; seen on Debian riscv64 6.12 and 7.2).
+    tails_readonly: bool = True
 
     @property
     def page_size(self) -> int:
@@ -352,6 +356,10 @@ def _detect(prog: Program) -> KernelModel:
 
     levels, levels_source = _pgtable_levels(prog, arch)
     evidence.append(levels_source)
+    tails_readonly = arch != "riscv64"
+    if not tails_readonly:
+        evidence.append("riscv64 has no PAGE_KERNEL_RO (it falls back to PAGE_KERNEL): "
+                        "HVO maps tails writable")
 
     return KernelModel(
         release=_release(prog),
@@ -384,6 +392,7 @@ def _detect(prog: Program) -> KernelModel:
         zones_mask=(1 << zones_shift) - 1,
         vmemmap_start=pfn_to_page(prog, 0).value_(),
         pgtable_levels=levels,
+        tails_readonly=tails_readonly,
     )
 
 

@@ -251,7 +251,8 @@ def _fast_families(s: Scrape) -> List[Metric]:
     ps = f.model.page_size
     out: List[Metric] = [
         _gauge("vmemspect_vmemmap_saved_bytes", "Vmemmap HVO freed, from the page tables: "
-               "read-only vmemmap PTEs (fast mode)", samples=[((), f.readonly_pages * ps)]),
+               "remapped vmemmap PTEs (fast mode: read-only ones; riscv64: ones aliasing "
+               "a neighbour or a shared frame)", samples=[((), f.readonly_pages * ps)]),
         _gauge("vmemspect_vmemmap_possible_saved_bytes", "Vmemmap HVO would free if every "
                "huge page the kernel counts were optimized (fast mode: folios HVO can never "
                "optimize are not told apart)", samples=[((), f.possible_pages * ps)]),

@@ -318,8 +318,8 @@ def setup_kernel_va(prog: drgn.Program) -> None:
     Make kernel virtual addresses readable where drgn cannot translate them
     (riscv64: drgn 0.3.0 has no riscv64 page tables): install vmemspect's
     walker as a memory segment (:func:`vmemspect.mmu.install_kernel_va`)
-    and serve ``vmemmap`` (``VMEMMAP_START - (phys_ram_base >> PAGE_SHIFT)``
-    struct pages, as the kernel's macro computes it) if drgn does not.
+    and serve ``vmemmap`` (VMCOREINFO's ``SYMBOL(vmemmap)``) if drgn
+    does not.
     Nothing happens on x86_64 or where drgn translates by itself.
 
     :raises VmemspectError: if VMCOREINFO does not say where the tables
@@ -347,12 +347,11 @@ def setup_kernel_va(prog: drgn.Program) -> None:
 
 def _serve_vmemmap(prog: drgn.Program, info: dict) -> None:
     """An object finder for ``vmemmap`` (drgn's pfn_to_page() needs it),
-    consulted after drgn's own: riscv64's is a macro over VMCOREINFO
-    numbers."""
+    consulted after drgn's own: riscv64's is a macro (``VMEMMAP_START -
+    vmemmap_start_pfn``, whose start pfn changed across releases), whose
+    value the kernel writes as VMCOREINFO's ``SYMBOL(vmemmap)``."""
     try:
-        start = int(info["NUMBER(VMEMMAP_START)"], 16)
-        ram_base = int(info["NUMBER(phys_ram_base)"], 16)
-        page_shift = int(info.get("PAGESIZE", "4096")).bit_length() - 1
+        address = int(info["SYMBOL(vmemmap)"], 16)
     except (KeyError, ValueError):
         return
 
@@ -360,11 +359,9 @@ def _serve_vmemmap(prog: drgn.Program, info: dict) -> None:
         if name != "vmemmap" or filename is not None:
             return None
         try:
-            page = prog.type("struct page")
+            return drgn.Object(prog, prog.pointer_type(prog.type("struct page")), address)
         except LookupError:
             return None
-        address = (start - (ram_base >> page_shift) * page.size) & ((1 << 64) - 1)
-        return drgn.Object(prog, prog.pointer_type(page), address)
 
     prog.register_object_finder("vmemspect-riscv64-vmemmap", find, enable_index=-1)
 
