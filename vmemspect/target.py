@@ -298,16 +298,19 @@ def read_vmcoreinfo_file(path: str) -> bytes:
 
 
 def _drgn_translates(prog: drgn.Program, info: dict) -> bool:
-    """drgn itself reads the struct page of the first RAM frame (riscv64:
-    ``NUMBER(VMEMMAP_START)``): true of /proc/kcore, whose segments map the
-    vmemmap, and of a drgn that walks riscv64 page tables; false of drgn
-    0.3.0 on a riscv64 dump."""
+    """drgn itself reads the struct page of the first RAM frame
+    (VMCOREINFO's ``SYMBOL(vmemmap)`` + ``NUMBER(phys_ram_base)`` pages of
+    ``SIZE(page)``): true of /proc/kcore, whose segments map the vmemmap of
+    RAM, and of a drgn that walks riscv64 page tables; false of drgn 0.3.0
+    on a riscv64 dump."""
     try:
-        start = int(info["NUMBER(VMEMMAP_START)"], 16)
+        vmemmap = int(info["SYMBOL(vmemmap)"], 16)
+        ram_pfn = int(info["NUMBER(phys_ram_base)"], 0) >> 12
+        address = vmemmap + ram_pfn * int(info.get("SIZE(page)", "64"))
     except (KeyError, ValueError):
         return False
     try:
-        prog.read(start, 8)
+        prog.read(address & ((1 << 64) - 1), 8)
         return True
     except (drgn.FaultError, ValueError, NotImplementedError):
         return False
@@ -388,7 +391,7 @@ def open_vmcore(
     info = read_vmcoreinfo_file(vmcoreinfo) if vmcoreinfo is not None else None
     elf_arch, elf_has_info = elf_core_info(path)
     if architecture is None:
-        architecture = elf_arch
+        architecture = elf_arch or (_vmcoreinfo_arch(info) if info else None)
     if info is None and elf_arch is not None and not elf_has_info:
         raise _no_vmcoreinfo(path, elf_arch)
     platforms = [_ARCHITECTURES[architecture]] if architecture else [None, _X86_64]
@@ -420,6 +423,19 @@ def open_vmcore(
         f"{path} is not a usable vmcore ({last_error})",
         "give an ELF or kdump-compressed kernel dump; a truncated or damaged one cannot be opened",
     )
+
+
+def _vmcoreinfo_arch(info: bytes) -> Optional[str]:
+    """The architecture VMCOREINFO text names by a key only it writes
+    (riscv64: ``NUMBER(va_kernel_pa_offset)``; x86_64:
+    ``SYMBOL(init_top_pgt)``), for a dump that does not say (QEMU's
+    kdump-compressed riscv64 dumps name no machine)."""
+    keys = parse_vmcoreinfo(info)
+    if "NUMBER(va_kernel_pa_offset)" in keys:
+        return "riscv64"
+    if "SYMBOL(init_top_pgt)" in keys:
+        return "x86_64"
+    return None
 
 
 def _no_vmcoreinfo(path: str, arch: str) -> VmemspectError:
