@@ -42,7 +42,8 @@ from .render import (
     verify_doc,
 )
 from .report import Report, build_report, parse_page_ref, select_folios
-from .target import open_live, open_vmcore
+from .mmu import parse_vmcoreinfo
+from .target import find_vmcoreinfo, open_live, open_vmcore
 
 #: A bug in vmemspect (the one-line message asks for VMEMSPECT_DEBUG=1).
 EXIT_INTERNAL = 3
@@ -289,6 +290,23 @@ def live(ctx, vmlinux, as_json, fmt, no_progress) -> None:
 def vmcore(ctx, dump, vmlinux, architecture, vmcoreinfo, as_json, fmt, no_progress) -> None:
     _start(ctx, lambda: open_vmcore(dump, vmlinux, architecture, vmcoreinfo), as_json, fmt,
            no_progress)
+
+
+@main.command("vmcoreinfo")
+@click.argument("dump", type=click.Path())
+@click.option("--at", "at", metavar="PADDR", help="Physical address of the note (the first "
+              "number of the guest's /sys/kernel/vmcoreinfo); default: search the dump.")
+def vmcoreinfo_cmd(dump, at) -> None:
+    """Print the VMCOREINFO text of an ELF dump that lacks the note (QEMU
+    riscv64), for --vmcoreinfo FILE."""
+    try:
+        address = None if at is None else int(at, 0)
+    except ValueError:
+        raise VmemspectError(f"--at {at}: not an address", "give it as 0x83000000")
+    paddr, text = find_vmcoreinfo(dump, address)
+    click.echo(text.decode("ascii", "replace"), nl=False)
+    click.echo(f"vmemspect: VMCOREINFO of {parse_vmcoreinfo(text).get('OSRELEASE')} "
+               f"at physical address {paddr:#x}", err=True)
 
 
 main.add_command(live)

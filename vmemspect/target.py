@@ -25,6 +25,7 @@ from .mmu import MissingMemory, install_kernel_va, parse_vmcoreinfo
 __all__ = (
     "elf_core_info",
     "elf_filtered_ranges",
+    "find_vmcoreinfo",
     "load_debug_info",
     "open_live",
     "open_vmcore",
@@ -293,8 +294,124 @@ def read_vmcoreinfo_file(path: str) -> bytes:
     if "OSRELEASE" not in info or "PAGESIZE" not in info:
         raise VmemspectError(
             f"{path} is not VMCOREINFO text (no OSRELEASE= and PAGESIZE= lines)",
-            "give the text of the guest's VMCOREINFO note (docs/access.md: riscv64)")
+            "give the text of the guest's VMCOREINFO note (docs/riscv64.md)")
     return data if data.endswith(b"\n") else data + b"\n"
+
+
+#: An ELF note named VMCOREINFO whose text starts as the kernel writes it.
+_NOTE_TEXT = b"VMCOREINFO\x00\x00OSRELEASE="
+
+
+def _elf_loads(path: str) -> List[Tuple[int, int, int]]:
+    """(file offset, physical address, file size) of each PT_LOAD of an
+    ELF64 little-endian file; [] for anything else."""
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+                return []
+            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+            if phnum == 0xFFFF:
+                f.seek(shoff)
+                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except (OSError, struct.error):
+        return []
+    out = []
+    for i in range(min(phnum, len(table) // max(phentsize, 1))):
+        p_type, _, offset, _, paddr, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        if p_type == _PT_LOAD and filesz:
+            out.append((offset, paddr, filesz))
+    return out
+
+
+def vmcoreinfo_candidates(path: str, at: Optional[int] = None) -> List[Tuple[int, bytes]]:
+    """
+    VMCOREINFO notes in the memory of an ELF dump, as (physical address,
+    text): the one at physical address ``at`` (what the guest's
+    ``/sys/kernel/vmcoreinfo`` says), or every one found by searching all
+    of memory for the note's header (``VMCOREINFO`` then ``OSRELEASE=``).
+    A search can find stale copies (a kexec'd kernel's); see
+    :func:`find_vmcoreinfo`.
+    """
+    import mmap
+
+    out = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for offset, paddr, filesz in _elf_loads(path):
+                end = min(offset + filesz, size)
+                if at is not None:
+                    if not paddr <= at < paddr + filesz:
+                        continue
+                    start = offset + (at - paddr)
+                    hdr = m[start:start + 24]
+                    if hdr[12:24] != _NOTE_TEXT[:12]:
+                        continue
+                    found = [start + 12]
+                else:
+                    found, pos = [], m.find(_NOTE_TEXT, offset, end)
+                    while pos >= 0:
+                        found.append(pos)
+                        pos = m.find(_NOTE_TEXT, pos + 1, end)
+                for name_at in found:
+                    namesz, descsz, _ = struct.unpack_from("<III", m, name_at - 12)
+                    if namesz != 11 or not 0 < descsz < 1 << 16:
+                        continue
+                    text = m[name_at + 12:name_at + 12 + descsz].split(b"\0", 1)[0]
+                    out.append((paddr + (name_at - 12 - offset), text))
+    return out
+
+
+def _release_matches(path: str, info: bytes, arch: Optional[str]) -> bool:
+    """The kernel's own ``init_uts_ns`` release, read through the page
+    tables this VMCOREINFO names, equals its OSRELEASE: the note belongs
+    to the kernel that wrote the dump (a stale copy names other tables)."""
+    keys = parse_vmcoreinfo(info)
+    try:
+        uts = int(keys["SYMBOL(init_uts_ns)"], 16) + int(keys.get("OFFSET(uts_namespace.name)",
+                                                                   "0"))
+        prog = drgn.Program(_ARCHITECTURES[arch] if arch else None, vmcoreinfo=info)
+        with _drgn_quiet():
+            prog.set_core_dump(path)
+        setup_kernel_va(prog)
+        # struct new_utsname: sysname[65], nodename[65], release[65].
+        release = prog.read(uts + 130, 65).split(b"\0", 1)[0].decode()
+    except Exception:
+        return False
+    return release == keys.get("OSRELEASE")
+
+
+def find_vmcoreinfo(path: str, at: Optional[int] = None) -> Tuple[int, bytes]:
+    """
+    The VMCOREINFO text of the kernel in an ELF dump that lacks the note
+    (QEMU's riscv64 dumps): at physical address ``at``, or found by
+    searching memory, keeping only a note whose page tables read back its
+    own OSRELEASE from ``init_uts_ns``.
+
+    :raises VmemspectError: if none is found or none checks out.
+    """
+    if not os.path.isfile(path):
+        raise VmemspectError(f"{path}: no such file", "give the path of an ELF vmcore")
+    arch, _ = elf_core_info(path)
+    if arch is None:
+        raise VmemspectError(f"{path} is not an ELF dump of a known architecture",
+                             "vmcoreinfo reads ELF dumps (x86_64, riscv64)")
+    candidates = vmcoreinfo_candidates(path, at)
+    good = [(paddr, text) for paddr, text in candidates if _release_matches(path, text, arch)]
+    if not good:
+        where = f"at physical address {at:#x}" if at is not None else "in its memory"
+        raise VmemspectError(
+            f"{path}: no VMCOREINFO of the dumped kernel {where} "
+            f"({len(candidates)} note(s) found, none reading back its own release)",
+            "give the address the guest's /sys/kernel/vmcoreinfo shows (--at), or take "
+            "the dump with kdump")
+    return good[0]
 
 
 def _drgn_translates(prog: drgn.Program, info: dict) -> bool:
@@ -446,13 +563,14 @@ def _no_vmcoreinfo(path: str, arch: str) -> VmemspectError:
         return VmemspectError(
             f"{path} has no VMCOREINFO note, so it cannot be read as a Linux kernel dump "
             "(QEMU's riscv64 dumps never have one)",
-            "pass the guest's VMCOREINFO text with --vmcoreinfo FILE (docs/access.md), "
-            "or take the dump with kdump")
+            f"get it from the dump (vmemspect vmcoreinfo {path} > FILE) and pass "
+            "--vmcoreinfo FILE (docs/riscv64.md)")
     return VmemspectError(
         f"{path} has no VMCOREINFO, so it cannot be read as a Linux kernel dump",
         "take the dump with VMCOREINFO (kdump and makedumpfile add it; QEMU needs "
         "-device vmcoreinfo and the qemu_fw_cfg module loaded in the guest), "
-        "or pass the kernel's VMCOREINFO text with --vmcoreinfo FILE",
+        f"or find it in the dump (vmemspect vmcoreinfo {path} > FILE) and pass "
+        "--vmcoreinfo FILE",
     )
 
 
