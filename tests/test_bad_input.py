@@ -120,8 +120,9 @@ def test_dump_without_vmcoreinfo(run72_elf):
 
 
 def test_unsupported_architecture(run72):
-    """vmemspect walks only x86_64 page tables: another architecture is one
-    line and exit 2 (the model is a real 7.2 one, its arch changed)."""
+    """vmemspect walks x86_64 and riscv64 page tables only: another
+    architecture is one line and exit 2 (the model is a real 7.2 one, its
+    arch changed)."""
     import dataclasses
 
     from vmemspect.cli import run
