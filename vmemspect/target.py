@@ -119,6 +119,36 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
 
 
 _PT_LOAD = 1
+_PT_NOTE = 4
+
+
+def _elf_headers(path: str) -> Optional[Tuple[int, List[Tuple[int, int, int, int, int, int]]]]:
+    """
+    ``(e_machine, program headers)`` of a little-endian ELF64 file, each
+    header as (p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz); None
+    for anything else (kdump-compressed files, truncated ones).
+    """
+    try:
+        with open(path, "rb") as f:
+            ehdr = f.read(64)
+            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+                return None
+            machine = struct.unpack_from("<H", ehdr, 0x12)[0]
+            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+            if phnum == 0xFFFF:  # PN_XNUM: the count is in section 0's sh_info
+                f.seek(shoff)
+                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except (OSError, struct.error):
+        return None
+    headers = []
+    for i in range(min(phnum, len(table) // max(phentsize, 1))):
+        p_type, _, offset, vaddr, paddr, filesz, memsz = struct.unpack_from(
+            "<IIQQQQQ", table, i * phentsize)
+        headers.append((p_type, offset, vaddr, paddr, filesz, memsz))
+    return machine, headers
 
 
 def elf_filtered_ranges(path: str) -> List[Tuple[int, int, int]]:
@@ -130,26 +160,11 @@ def elf_filtered_ranges(path: str) -> List[Tuple[int, int, int]]:
     there, and a reader fills them with zeros: kernel data that is not.
     Empty for anything but a little-endian ELF64 file.
     """
-    try:
-        with open(path, "rb") as f:
-            ehdr = f.read(64)
-            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-                return []
-            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-            if phnum == 0xFFFF:  # PN_XNUM: the count is in section 0's sh_info
-                f.seek(shoff)
-                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
+    parsed = _elf_headers(path)
+    if parsed is None:
         return []
-    loads = []
-    for i in range(min(phnum, len(table) // max(phentsize, 1))):
-        p_type, _, _, vaddr, paddr, filesz, memsz = struct.unpack_from(
-            "<IIQQQQQ", table, i * phentsize)
-        if p_type == _PT_LOAD:
-            loads.append((paddr, vaddr, filesz, memsz))
+    loads = [(paddr, vaddr, filesz, memsz)
+             for p_type, _, vaddr, paddr, filesz, memsz in parsed[1] if p_type == _PT_LOAD]
     held = sorted((paddr, paddr + filesz) for paddr, _, filesz, _ in loads if filesz)
     out = []
     for paddr, vaddr, filesz, memsz in loads:
@@ -232,9 +247,6 @@ def _compression_error(path: str, text: str) -> VmemspectError:
     )
 
 
-_PT_NOTE = 4
-
-
 def elf_core_info(path: str) -> Tuple[Optional[str], bool]:
     """
     For an ELF core file: its architecture (from ``e_machine``; None if
@@ -242,23 +254,14 @@ def elf_core_info(path: str) -> Tuple[Optional[str], bool]:
     note. ``(None, False)`` for anything else (kdump-compressed files carry
     VMCOREINFO in their own header).
     """
+    parsed = _elf_headers(path)
+    if parsed is None:
+        return None, False
+    machine, headers = parsed
+    found = False
     try:
         with open(path, "rb") as f:
-            ehdr = f.read(64)
-            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-                return None, False
-            machine = struct.unpack_from("<H", ehdr, 0x12)[0]
-            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-            if phnum == 0xFFFF:
-                f.seek(shoff)
-                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-            found = False
-            for i in range(min(phnum, len(table) // max(phentsize, 1))):
-                p_type, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table,
-                                                                     i * phentsize)
+            for p_type, offset, _, _, filesz, _ in headers:
                 if p_type != _PT_NOTE or filesz > 1 << 24:
                     continue
                 f.seek(offset)
@@ -266,11 +269,10 @@ def elf_core_info(path: str) -> Tuple[Optional[str], bool]:
                 at = 0
                 while at + 12 <= len(notes):
                     namesz, descsz, _ = struct.unpack_from("<III", notes, at)
-                    name = notes[at + 12:at + 12 + namesz].rstrip(b"\0")
-                    if name == b"VMCOREINFO":
+                    if notes[at + 12:at + 12 + namesz].rstrip(b"\0") == b"VMCOREINFO":
                         found = True
                     at += 12 + (namesz + 3 & ~3) + (descsz + 3 & ~3)
-    except (OSError, struct.error):
+    except OSError:
         return None, False
     return _ELF_MACHINES.get(machine), found
 
@@ -302,31 +304,6 @@ def read_vmcoreinfo_file(path: str) -> bytes:
 _NOTE_TEXT = b"VMCOREINFO\x00\x00OSRELEASE="
 
 
-def _elf_loads(path: str) -> List[Tuple[int, int, int]]:
-    """(file offset, physical address, file size) of each PT_LOAD of an
-    ELF64 little-endian file; [] for anything else."""
-    try:
-        with open(path, "rb") as f:
-            ehdr = f.read(64)
-            if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
-                return []
-            phoff, shoff = struct.unpack_from("<QQ", ehdr, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-            if phnum == 0xFFFF:
-                f.seek(shoff)
-                phnum = struct.unpack_from("<I", f.read(64), 0x2C)[0]
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except (OSError, struct.error):
-        return []
-    out = []
-    for i in range(min(phnum, len(table) // max(phentsize, 1))):
-        p_type, _, offset, _, paddr, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-        if p_type == _PT_LOAD and filesz:
-            out.append((offset, paddr, filesz))
-    return out
-
-
 def vmcoreinfo_candidates(path: str, at: Optional[int] = None) -> List[Tuple[int, bytes]]:
     """
     VMCOREINFO notes in the memory of an ELF dump, as (physical address,
@@ -344,7 +321,10 @@ def vmcoreinfo_candidates(path: str, at: Optional[int] = None) -> List[Tuple[int
         if size == 0:
             return []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            for offset, paddr, filesz in _elf_loads(path):
+            parsed = _elf_headers(path)
+            loads = [(offset, paddr, filesz) for p_type, offset, _, paddr, filesz, _
+                     in (parsed[1] if parsed else []) if p_type == _PT_LOAD and filesz]
+            for offset, paddr, filesz in loads:
                 end = min(offset + filesz, size)
                 if at is not None:
                     if not paddr <= at < paddr + filesz:
