@@ -94,7 +94,7 @@ class _Context:
             return build_report(prog, keep_folios=keep_folios)
         total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
         with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
-            return build_report(prog, progress=lambda _: bar.update(1), keep_folios=keep_folios)
+            return build_report(prog, progress=lambda _, n: bar.update(n), keep_folios=keep_folios)
 
     def emit(self, doc: Dict[str, Any], table: Callable[[Dict[str, Any], str], str]) -> None:
         click.echo(render_json(doc) if self.as_json else table(doc, self.fmt))
