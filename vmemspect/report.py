@@ -61,6 +61,7 @@ __all__ = (
     "Savings",
     "Spool",
     "build_report",
+    "folio_filter",
     "kernel_memmap_saved",
     "parse_page_ref",
     "select_folios",
@@ -526,6 +527,43 @@ def _hstate_matches(name: str, order: int, page_shift: int, want: str) -> bool:
     return False
 
 
+def folio_filter(
+    model: KernelModel,
+    hstates: Optional[List[Hstate]],
+    hstate: Optional[str] = None,
+    nid: Optional[int] = None,
+    state: Optional[str] = None,
+    optimized: Optional[bool] = None,
+) -> Callable[[FolioVmemmap], bool]:
+    """
+    Whether a folio matches every filter given (for a scan's
+    :class:`RowSink`, so that no record is kept).
+
+    :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
+    :param state: "free" or "in-use" (the kernel's active list).
+    :param hstates: the kernel's, to check that ``hstate`` is one of them.
+    :raises VmemspectError: if the kernel has no such hstate.
+    """
+    if hstate is not None and hstates is not None and not any(
+        _hstate_matches(h.name, h.order, model.page_shift, hstate) for h in hstates
+    ):
+        names = ", ".join(h.name for h in hstates) or "none (no hugetlb)"
+        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
+                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
+
+    def select(fv: FolioVmemmap) -> bool:
+        f = fv.folio
+        if hstate is not None and not _hstate_matches(f.hstate, f.order, model.page_shift,
+                                                      hstate):
+            return False
+        if nid is not None and f.nid != nid:
+            return False
+        if state is not None and (f.state == "free") != (state == "free"):
+            return False
+        return optimized is None or f.optimized == optimized
+    return select
+
+
 def select_folios(
     report: Report,
     hstate: Optional[str] = None,
@@ -534,33 +572,13 @@ def select_folios(
     optimized: Optional[bool] = None,
 ) -> List[FolioVmemmap]:
     """
-    The report's folios that match every filter given.
+    The report's folios (kept: ``keep_folios``) that match every filter
+    given (:func:`folio_filter`).
 
-    :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
-    :param state: "free" or "in-use" (the kernel's active list).
     :raises VmemspectError: if the kernel has no such hstate.
     """
-    if hstate is not None and not any(
-        _hstate_matches(h.name, h.order, report.model.page_shift, hstate) for h in report.hstates
-    ):
-        names = ", ".join(h.name for h in report.hstates) or "none (no hugetlb)"
-        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
-                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
-    out = []
-    for fv in report.folios:
-        f = fv.folio
-        if hstate is not None and not _hstate_matches(
-            f.hstate, f.order, report.model.page_shift, hstate
-        ):
-            continue
-        if nid is not None and f.nid != nid:
-            continue
-        if state is not None and (f.state == "free") != (state == "free"):
-            continue
-        if optimized is not None and f.optimized != optimized:
-            continue
-        out.append(fv)
-    return out
+    select = folio_filter(report.model, report.hstates, hstate, nid, state, optimized)
+    return [fv for fv in report.folios if select(fv)]
 
 
 def parse_page_ref(model: KernelModel, text: str) -> int:
