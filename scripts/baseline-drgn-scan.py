@@ -2,7 +2,7 @@
 """The HVO scan a drgn user would write with drgn 0.3.0's own helpers: the
 baseline that scripts/bench-scale.py compares ``vmemspect verify`` with.
 
-usage: python3 scripts/baseline-drgn-scan.py DUMP VMLINUX [--open-only] [--json]
+usage: python3 scripts/baseline-drgn-scan.py DUMP VMLINUX [--open-only | --floor] [--json]
 
 Opens the dump with drgn (x86_64 given explicitly, as QEMU's kdump dumps
 need), loads the vmlinux, then walks every hstate's
@@ -16,7 +16,12 @@ vmemmap pages 1..N-1 on one frame, which is page 0's own frame before Linux
 (mask form: the zone's shared ``vmemmap_tails`` frame).
 
 ``--open-only`` stops after loading the vmlinux (the fixed cost of opening
-a dump, which every tool pays before its scan).  Prints a summary line, or
+a dump, which every tool pays before its scan).
+
+``--floor`` is the read floor of any scan that walks the hstate lists:
+per list, follow ``lru.next`` reading each folio's head vmemmap page once
+(one 4 KiB ``prog.read()``: on a compressed dump one page inflation), the
+next link taken from those bytes, nothing else (no check, no record).  Prints a summary line, or
 one JSON object with ``--json``: folios, optimized, vmemmap_pages,
 follow_phys_faults, hvo_mismatch, open_s, scan_s (seconds inside this
 process; the caller measures wall time and peak RSS from outside).
@@ -87,6 +92,26 @@ def scan(prog: drgn.Program) -> dict:
             "follow_phys_faults": faults, "hvo_mismatch": mismatch}
 
 
+def floor(prog: drgn.Program) -> dict:
+    """The read floor: each folio's head vmemmap page read once, whole."""
+    page_size = prog["PAGE_SIZE"].value_()
+    mask = page_size - 1
+    nr_node_ids = prog["nr_node_ids"].value_()
+    read = prog.read
+    folios = 0
+    for h in for_each_hstate(prog):
+        heads = [h.hugepage_freelists[nid].address_ for nid in range(nr_node_ids)]
+        heads.append(h.hugepage_activelist.address_)
+        for head in heads:
+            pos = prog.read_u64(head)
+            while pos != head:
+                data = read(pos & ~mask, page_size)
+                off = pos & mask
+                pos = int.from_bytes(data[off:off + 8], "little")
+                folios += 1
+    return {"folios": folios}
+
+
 def _has_member(prog: drgn.Program, type_name: str, member: str) -> bool:
     try:
         return prog.type(type_name).has_member(member)
@@ -99,6 +124,8 @@ def main() -> int:
     ap.add_argument("dump")
     ap.add_argument("vmlinux")
     ap.add_argument("--open-only", action="store_true", help="open the dump and load the vmlinux only")
+    ap.add_argument("--floor", action="store_true",
+                    help="the read floor: each folio's head vmemmap page read once, nothing else")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -106,7 +133,7 @@ def main() -> int:
     t1 = time.perf_counter()
     out = {"import_s": round(t0 - T_START, 3), "open_s": round(t1 - t0, 3)}
     if not a.open_only:
-        out.update(scan(prog))
+        out.update(floor(prog) if a.floor else scan(prog))
         out["scan_s"] = round(time.perf_counter() - t1, 3)
         out["folios_per_s"] = round(out["folios"] / out["scan_s"], 1) if out["scan_s"] else None
     if a.json:

@@ -27,13 +27,23 @@ Then it times, each in its own process (wall time; peak RSS from wait4()):
   open       plain drgn: open the dump and load the vmlinux, no scan
              (``baseline-drgn-scan.py --open-only``) - the fixed cost
   vs-open    the same through vmemspect's ``open_vmcore`` (its imports too)
+  floor      the read floor (``baseline-drgn-scan.py --floor``): walk every
+             hstate list reading each folio's head vmemmap page once, whole,
+             in plain drgn, nothing else
   baseline   ``baseline-drgn-scan.py``: list_for_each_entry over each
              hstate's lists and follow_phys() on every vmemmap page
   vmemspect  ``python3 -m vmemspect vmcore DUMP -s VMLINUX verify --json``
              with PYTHONPATH=--vmemspect-path (default: this repository)
 
 and prints a table (or JSON with ``--json``): times, the ratio
-vmemspect/baseline end to end and beyond the open cost, peak RSS, folios/s.
+vmemspect/baseline end to end and beyond the open cost, vmemspect's time
+beyond the open as a multiple of the floor's, peak RSS, folios/s.  Only
+ratios between measures of one run mean much on a shared machine.
+
+The dump of a configuration is looked for in the cache's ``bench/`` and in
+``extract-scale/<series>-<2M|1G>-<pages>/`` (the extract issue's scale
+dumps); ``--dump-dir DIR`` names a test bed run directory (with its
+run.json) instead.
 Results are also written to the cache's bench/results/.
 
 ``--profile`` instead runs vmemspect's verify in this process under
@@ -74,7 +84,7 @@ ALL_CONFIGS = [("7.2", "2M"), ("7.2", "1G"), ("6.12", "2M")]
 # QEMU's peak RSS seen: 5.2 GB for 120,000 2 MiB pages (hvo-facts.md).
 MIN_AVAILABLE_TO_BOOT = 7 << 30
 MIN_AVAILABLE_WHILE_MEASURING = 1 << 30
-MEASURES = ("open", "vs-open", "baseline", "vmemspect")
+MEASURES = ("open", "vs-open", "floor", "baseline", "vmemspect")
 
 
 def log(msg: str) -> None:
@@ -154,16 +164,37 @@ class QemuWatch(threading.Thread):
         self.join(5)
 
 
+def reuse_candidates(series: str, page_size: str, mem: str, pages: int,
+                     dump_dir: Path | None = None) -> list[Path]:
+    """Run directories that may hold this configuration's dump, best first."""
+    if dump_dir is not None:
+        return [dump_dir]
+    return [bench_dir(series, page_size, mem, pages),
+            testbed.cache_dir() / "extract-scale" / f"{series}-{page_size}-{pages}"]
+
+
 def get_dump(series: str, page_size: str, mem: str, pages: int, reuse: bool,
-             boot_retries: int = 2) -> dict:
+             boot_retries: int = 2, dump_dir: Path | None = None) -> dict:
     """Boot and dump (or reuse the cached dump); the run dict of the test
     bed plus "bench_boot" (QEMU peak RSS etc.)."""
     out = bench_dir(series, page_size, mem, pages)
     cmdline_extra = f"hugepagesz={page_size} hugepages={pages}"
-    rj = out / "run.json"
     kdir = testbed.fetch_kernel(series)
     release = (kdir / "release").read_text().strip()
-    if reuse and rj.is_file():
+    for cand in reuse_candidates(series, page_size, mem, pages, dump_dir) if reuse else []:
+        run = _reusable(cand, release, cmdline_extra, series, page_size)
+        if run is not None:
+            return run
+    if dump_dir is not None:
+        raise SystemExit(f"{dump_dir}: no reusable dump of {series} {page_size} there")
+    return _boot_and_dump(series, page_size, mem, pages, out, cmdline_extra, boot_retries)
+
+
+def _reusable(out: Path, release: str, cmdline_extra: str, series: str,
+              page_size: str) -> dict | None:
+    """The run dict of the dump in ``out`` if it is this configuration's."""
+    rj = out / "run.json"
+    if rj.is_file():
         run = json.loads(rj.read_text())
         k = Path(run.get("kdump") or "")
         why = None
@@ -181,6 +212,11 @@ def get_dump(series: str, page_size: str, mem: str, pages: int, reuse: bool,
             log(f"{series} {page_size}: reusing {k} ({k.stat().st_size / 1e6:.0f} MB)")
             return run
         log(f"{series} {page_size}: not reusing {out}: {why}")
+    return None
+
+
+def _boot_and_dump(series: str, page_size: str, mem: str, pages: int, out: Path,
+                   cmdline_extra: str, boot_retries: int) -> dict:
     avail = meminfo()["MemAvailable"]
     if avail < MIN_AVAILABLE_TO_BOOT:
         raise SystemExit(f"only {avail / 1e9:.1f} GB available; a {mem} guest needs about "
@@ -308,6 +344,8 @@ def measure_argv(which: str, dump: str, vmlinux: str) -> list[str]:
     py = sys.executable
     if which == "open":
         return [py, str(BASELINE), dump, vmlinux, "--open-only", "--json"]
+    if which == "floor":
+        return [py, str(BASELINE), dump, vmlinux, "--floor", "--json"]
     if which == "baseline":
         return [py, str(BASELINE), dump, vmlinux, "--json"]
     if which == "vs-open":
@@ -357,7 +395,7 @@ def warm_cache(*paths: str) -> float:
 
 def bench_config(series: str, page_size: str, a) -> dict:
     pages = a.hugepages or DEFAULT_PAGES[page_size]
-    run = get_dump(series, page_size, a.mem, pages, a.reuse, a.boot_retries)
+    run = get_dump(series, page_size, a.mem, pages, a.reuse, a.boot_retries, a.dump_dir)
     dump, vmlinux = run["kdump"], run["vmlinux"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = testbed.cache_dir() / "bench" / "results" / f"{stamp}-{series}-{page_size.lower()}"
@@ -444,10 +482,16 @@ def summarize(res: dict) -> dict:
     s["baseline_scan_s"] = scan(base.get("wall_s"), open_s)
     s["vmemspect_scan_s"] = scan(vm.get("wall_s"), open_s)
     s["vmemspect_scan_s_vs_own_open"] = scan(vm.get("wall_s"), vm_open_s)
+    s["floor_scan_s"] = scan(best.get("floor", {}).get("wall_s"), open_s)
+    # vmemspect's own open beyond drgn's bare open (its imports, checks).
+    s["vs_open_extra_s"] = scan(vm_open_s, open_s)
+    for k in ("vmemspect", "baseline"):
+        t, f = s.get(f"{k}_scan_s"), s["floor_scan_s"]
+        s[f"{k}_vs_floor"] = round(t / f, 2) if t is not None and f else None
     # vmemmap pages (PTEs) per folio: 8 for 2 MiB, 4,096 for 1 GiB.
     per_folio = _kib(res["page_size"]) * 1024 // 4096 * 64 // 4096
     s["vmemmap_pages"] = folios * per_folio if folios else None
-    for k in ("baseline", "vmemspect"):
+    for k in ("floor", "baseline", "vmemspect"):
         t = s[f"{k}_scan_s"]
         s[f"{k}_folios_per_s"] = round(folios / t) if folios and t and t > 0 else None
         s[f"{k}_vmemmap_pages_per_s"] = round(folios * per_folio / t) \
@@ -502,6 +546,10 @@ def table(results: list[dict]) -> str:
         for row in rows:
             lines.append("   " + "  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i])
                                            for i, c in enumerate(row)))
+        lines.append(f"   beyond the open, as multiples of the read floor "
+                     f"({s.get('floor_scan_s')} s): vmemspect {s.get('vmemspect_vs_floor')}x, baseline "
+                     f"{s.get('baseline_vs_floor')}x; vmemspect's own open costs "
+                     f"{s.get('vs_open_extra_s')} s more than drgn's bare open")
         lines.append(f"   vmemspect/baseline: end to end {s.get('ratio_end_to_end', '-')}x, "
                      f"beyond the open cost {s.get('ratio_scan', '-')}x; "
                      f"folios: vmemspect checked {s['vmemspect_checked_folios']} "
@@ -523,7 +571,7 @@ def table(results: list[dict]) -> str:
 
 def profile(series: str, page_size: str, a) -> dict:
     pages = a.hugepages or DEFAULT_PAGES[page_size]
-    run = get_dump(series, page_size, a.mem, pages, a.reuse, a.boot_retries)
+    run = get_dump(series, page_size, a.mem, pages, a.reuse, a.boot_retries, a.dump_dir)
     dump, vmlinux = run["kdump"], run["vmlinux"]
     for mod in [m for m in sys.modules if m == "vmemspect" or m.startswith("vmemspect.")]:
         del sys.modules[mod]
@@ -579,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem", default=DEFAULT_MEM, help="guest RAM (default 256G)")
     ap.add_argument("--reuse", action="store_true",
                     help="use the cached dump of the same configuration if there is one")
+    ap.add_argument("--dump-dir", type=Path,
+                    help="a test bed run directory (run.json and its dump) to measure "
+                    "instead of the cached one (implies --reuse)")
     ap.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     ap.add_argument("--vmemspect-path", type=Path, default=REPO,
                     help="checkout whose vmemspect is measured (PYTHONPATH); default: %(default)s")
@@ -595,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                     "by cumulative and total time")
     a = ap.parse_args(argv)
     a.vmemspect_path = a.vmemspect_path.resolve()
+    if a.dump_dir is not None:
+        a.reuse = True
     if not (a.vmemspect_path / "vmemspect" / "__init__.py").is_file():
         ap.error(f"{a.vmemspect_path} has no vmemspect/ package")
     a.measure = [m for m in a.measure.split(",") if m]

@@ -231,12 +231,13 @@ def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[
     return out
 
 
-def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap) -> None:
-    """Add a folio to (hstate, node) -> [folios, free] for check_hstate_counts()."""
+def count_folio(found: Dict[Tuple[str, int], List[int]], fv: FolioVmemmap, n: int = 1) -> None:
+    """Add a folio (``n`` folios like it) to (hstate, node) -> [folios, free]
+    for check_hstate_counts()."""
     entry = found.setdefault((fv.folio.hstate, fv.folio.nid), [0, 0])
-    entry[0] += 1
+    entry[0] += n
     if fv.folio.state == "free":
-        entry[1] += 1
+        entry[1] += n
 
 
 def check_hstate_orders(hstates: Sequence[Hstate]) -> List[Finding]:

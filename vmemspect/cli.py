@@ -27,11 +27,12 @@ from .fastscan import DEFAULT_SAMPLE
 from .metrics import write_metrics
 from .pagetable import MissingMemory
 from .render import (
+    aliased_rows,
     decode_doc,
+    folio_rows,
     folios_doc,
     render_decode,
     render_folios,
-    render_json,
     render_report,
     render_savings,
     render_tails,
@@ -40,9 +41,10 @@ from .render import (
     savings_doc,
     tails_doc,
     verify_doc,
+    write_json,
 )
-from .report import Report, build_report, parse_page_ref, select_folios
 from .mmu import parse_vmcoreinfo
+from .report import Report, RowSink, build_report, folio_filter, parse_page_ref
 from .target import find_vmcoreinfo, open_live, open_vmcore
 
 #: A bug in vmemspect (the one-line message asks for VMEMSPECT_DEBUG=1).
@@ -88,17 +90,32 @@ class _Context:
             self._prog = self._opener()
         return self._prog
 
-    def report(self, keep_folios: bool = True) -> Report:
+    def report(self, rows: Optional[RowSink] = None) -> Report:
+        """The scan, keeping no folio record (rows, if asked, go to disk)."""
         prog = self.prog
         model = kernel_model(prog)
         if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
-            return build_report(prog, keep_folios=keep_folios)
+            return build_report(prog, keep_folios=False, rows=rows)
         total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
         with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
-            return build_report(prog, progress=lambda _: bar.update(1), keep_folios=keep_folios)
+            return build_report(prog, progress=lambda _, n: bar.update(n), keep_folios=False,
+                                rows=rows)
 
-    def emit(self, doc: Dict[str, Any], table: Callable[[Dict[str, Any], str], str]) -> None:
-        click.echo(render_json(doc) if self.as_json else table(doc, self.fmt))
+    def aliased(self) -> Optional[RowSink]:
+        """The pointer form's aliased frames are listed per folio (tails)."""
+        return aliased_rows() if kernel_model(self.prog).form == "pointer" else None
+
+    def emit(self, doc: Dict[str, Any], table: Callable[[Dict[str, Any], str], Any]) -> None:
+        """JSON or the table, written as made (lists streamed from disk)."""
+        if self.as_json:
+            write_json(doc, sys.stdout.write)
+            return
+        out = table(doc, self.fmt)
+        if isinstance(out, str):
+            click.echo(out)
+        else:
+            for line in out:
+                sys.stdout.write(line + "\n")
 
 
 def _output_options(f: Callable) -> Callable:
@@ -127,7 +144,7 @@ def _ctx(as_json: Optional[bool], fmt: Optional[str], no_progress: bool) -> _Con
 def report_cmd(as_json, fmt, no_progress) -> None:
     """The full report (the default command)."""
     c = _ctx(as_json, fmt, no_progress)
-    c.emit(report_doc(c.report()), render_report)
+    c.emit(report_doc(c.report(c.aliased())), render_report)
 
 
 @click.command("folios")
@@ -139,9 +156,10 @@ def report_cmd(as_json, fmt, no_progress) -> None:
 def folios_cmd(hstate, nid, state, optimized, as_json, fmt, no_progress) -> None:
     """A row per hugetlb folio, with its vmemmap frames and verdict."""
     c = _ctx(as_json, fmt, no_progress)
-    report = c.report()
-    c.emit(folios_doc(report, select_folios(report, hstate, nid, state, optimized)),
-           render_folios)
+    model = kernel_model(c.prog)
+    report = c.report(folio_rows(folio_filter(model, None, hstate, nid, state, optimized)))
+    folio_filter(model, report.hstates, hstate)  # an hstate this kernel lacks: say so
+    c.emit(folios_doc(report), render_folios)
 
 
 @click.command("tails")
@@ -150,7 +168,7 @@ def tails_cmd(as_json, fmt, no_progress) -> None:
     """Shared tail frames per node, zone and order (mask form), or each
     folio's aliased frame and fake heads (pointer form)."""
     c = _ctx(as_json, fmt, no_progress)
-    c.emit(tails_doc(c.report()), render_tails)
+    c.emit(tails_doc(c.report(c.aliased())), render_tails)
 
 
 @click.command("decode")
@@ -175,8 +193,7 @@ def decode_cmd(page, as_json, fmt, no_progress) -> None:
 def verify_cmd(show_all, as_json, fmt, no_progress) -> None:
     """Check every HVO invariant; exit 1 if any does not hold."""
     c = _ctx(as_json, fmt, no_progress)
-    # verify needs the findings, not every folio's record.
-    report = c.report(keep_folios=False)
+    report = c.report()
     c.emit(verify_doc(report), lambda doc, f: render_verify(doc, f, show_all))
     if report.findings:
         sys.exit(EXIT_FINDINGS)

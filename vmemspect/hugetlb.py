@@ -29,7 +29,9 @@ __all__ = (
     "Zone",
     "for_each_hstate_record",
     "for_each_hugetlb_folio",
+    "for_each_hugetlb_entry",
     "for_each_hugetlb_folio_page",
+    "folio_record",
     "frame_absence",
     "hvo_enabled",
     "kernel_freeable_kib",
@@ -383,7 +385,7 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
         prev, pos = pos, _U64.unpack_from(data, pos & mask)[0]
 
 
-def _folio_record(
+def folio_record(
     prog: Program,
     model: KernelModel,
     zone_list: Sequence[Zone],
@@ -394,7 +396,7 @@ def _folio_record(
     list_nid: int,
 ) -> HugetlbFolio:
     """A folio's record from its first two struct pages (at the start of
-    ``data``)."""
+    ``data``), found on ``h``'s list ``state`` (of node ``list_nid``)."""
     pfn = model.page_pfn(page)
     flags = _U64.unpack_from(data, model.off_flags)[0]
     private = _U64.unpack_from(data, model.off_private)[0]
@@ -464,8 +466,40 @@ def for_each_hugetlb_folio_page(
     """
     model = kernel_model(prog)
     zone_list = zones(prog)
+    ps = model.page_size
+    for h, state, nid, page, data in for_each_hugetlb_entry(prog, hstate, cut, broken):
+        offset = page & (ps - 1)
+        yield folio_record(prog, model, zone_list, h, page,
+                           data[offset:offset + 2 * model.sizeof_page], state, nid), data
+
+
+def for_each_hugetlb_entry(
+    prog: Program,
+    hstate: Optional[Hstate] = None,
+    cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
+) -> Iterator[Tuple[Hstate, str, int, int, bytes]]:
+    """
+    The raw walk behind :func:`for_each_hugetlb_folio_page`: ``(hstate,
+    state, list nid, head struct page address, bytes of the vmemmap page
+    holding it)`` for every entry, no record made (:func:`folio_record`
+    makes one), so that a scan can skip the record of a folio it has seen
+    the like of. Same lists, order, ``cut`` and ``broken`` as
+    :func:`for_each_hugetlb_folio`.
+    """
+    model = kernel_model(prog)
+    zone_list = zones(prog)
     lru = model.off_lru
     ps = model.page_size
+    # model.struct_page_pfn(pos - lru) is not None, without the calls.
+    first = model.vmemmap_start + lru
+    span = (1 << (52 - model.page_shift)) * model.sizeof_page
+    size = model.sizeof_page
+
+    def is_entry(pos: int) -> bool:
+        offset = pos - first
+        return 0 <= offset < span and not offset % size
+
     for h in [hstate] if hstate else for_each_hstate_record(prog):
         if not h.order_ok:
             continue  # hstate-order says so; its folios cannot be sized
@@ -477,16 +511,9 @@ def for_each_hugetlb_folio_page(
             where = f"free list of node {nid}" if state == "free" else "active list"
             found = 0
             try:
-                for entry, data in _walk_list(
-                        prog, head, limit, ps,
-                        lambda pos: model.struct_page_pfn(pos - lru) is not None):
-                    page = entry - lru
-                    offset = page & (ps - 1)
-                    folio = _folio_record(prog, model, zone_list, h, page,
-                                          data[offset:offset + 2 * model.sizeof_page],
-                                          state, nid)
+                for entry, data in _walk_list(prog, head, limit, ps, is_entry):
                     found += 1
-                    yield folio, data
+                    yield h, state, nid, entry - lru, data
             except ListCut as e:
                 if cut is None:
                     raise

@@ -16,14 +16,23 @@ head". Mask form (7.1+): vmemmap page 0 is a copy of the head page, pages
 read-only, one frame for every folio of that order in the zone.
 """
 
+import bisect
 import collections
 import dataclasses
 import struct
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from drgn import FaultError, Program
+from drgn import FaultError, Program, ProgramFlags
 
-from .hugetlb import HugetlbFolio, ListBreak, for_each_hugetlb_folio_page, frame_absence, zones
+from .hugetlb import (
+    HugetlbFolio,
+    ListBreak,
+    for_each_hugetlb_entry,
+    for_each_hugetlb_folio_page,
+    folio_record,
+    frame_absence,
+    zones,
+)
 from .kernel import (
     KernelModel,
     TAIL_MAPPING,
@@ -51,6 +60,7 @@ __all__ = (
     "decode_page",
     "folio_vmemmap",
     "frame_contents",
+    "scan_folio_groups",
     "scan_folios",
     "shared_tails",
     "vmemmap_savings",
@@ -211,6 +221,14 @@ def frame_contents(
     )
 
 
+def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
+    """(pfn, writable) of a PTE, (None, False) if it is not present: the
+    one place the scans below decode a PTE (by the walker's format)."""
+    if not walker.entry_present(entry):
+        return None, False
+    return walker.entry_pfn(entry), upper_rw and walker.entry_writable(entry)
+
+
 def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
     """compound_info of a tail of ``folio`` in the kernel's form."""
     if model.form == "mask":
@@ -249,20 +267,20 @@ def folio_vmemmap(
     start = folio.page & ~(model.page_size - 1)
     try:
         run = walker.pte_run(start, npages) if npages > 1 else None
-        if (run is not None and run[0][1:].count(run[0][1]) == npages - 1
-                and walker.entry_present(run[0][1])):
+        tail_pfn = None
+        if run is not None and run[0][1:].count(run[0][1]) == npages - 1:
+            tail_pfn, tail_rw = _pte_leaf(walker, run[0][1], run[2])
+        if tail_pfn is not None:
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
             # read-only frame behind all tails). One C-level count instead
             # of a loop over the pages.
             ptes, table, upper_rw = run
-            e0, e1 = ptes[0], ptes[1]
-            p0 = walker.entry_present(e0)
-            head_leaf = Leaf(start, 1 if p0 else 0, e0, walker.entry_pfn(e0) if p0 else None,
-                             upper_rw and walker.entry_writable(e0) and p0, table)
+            e0 = ptes[0]
+            head_pfn, head_rw = _pte_leaf(walker, e0, upper_rw)
+            head_leaf = Leaf(start, 0 if head_pfn is None else 1, e0, head_pfn, head_rw, table)
             if head_leaf.pfn is None:
                 raise MissingMemory("the head's vmemmap page is not mapped; its PTE", table)
-            tail_pfn = walker.entry_pfn(e1)
-            rw = npages - 1 if upper_rw and walker.entry_writable(e1) else 0
+            rw = npages - 1 if tail_rw else 0
             tails = (TailFrame(tail_pfn, npages - 1, rw, ("pte",)),)
             distinct = 1 + (head_leaf.pfn != tail_pfn)
         else:
@@ -376,27 +394,149 @@ def scan_folios(
         yield record
 
 
+def _group_keyer(
+    model: KernelModel, walker: PageTableWalker, zone_list: list, shared: frozenset
+) -> Callable[..., Optional[tuple]]:
+    """
+    ``key(h, state, nid, page, data)``: everything :func:`folio_vmemmap`,
+    the checks and the scan's counters take from one folio except its
+    address, when its vmemmap is what HVO leaves (the head's vmemmap page
+    mapped on its own, every tail vmemmap page on one other frame by
+    identical PTEs in one table, or on the head's own frame in the pointer
+    form): two folios of one key give the same record but for pfn, page and
+    addresses, so they are judged and counted alike. None for any other
+    folio (it is read in full). Costs one slice of the PTE table the walker
+    holds and one C-level count of the head frame's tails, no memory read.
+    """
+    starts = [z.start_pfn for z in zone_list]
+    ends = [z.end_pfn for z in zone_list]
+    page_mask = model.page_size - 1
+    mask_form = model.form == "mask"
+    i_flags, i_info, i_private = model.off_flags >> 3, model.off_info >> 3, model.off_private >> 3
+    stride = model.sizeof_page >> 3
+    tails_from = i_info + stride
+    off_order = model.off_order
+    hpg = model.hpg_vmemmap_optimized
+    vmemmap_start, sizeof_page = model.vmemmap_start, model.sizeof_page
+    pte_run = walker.pte_run
+    bisect_right = bisect.bisect_right
+    per_order: Dict[int, Tuple[int, int]] = {}
+
+    def key(h, state: str, nid: int, page: int, data: bytes) -> Optional[tuple]:
+        if page & page_mask:
+            return None  # the head is not struct page 0 of its vmemmap page
+        o = per_order.get(h.order)
+        if o is None:
+            o = per_order[h.order] = (model.vmemmap_pages(h.order),
+                                      compound_info_mask(model, h.order) if mask_form else 0)
+        npages, tail_info = o
+        if npages < 3:
+            return None  # two vmemmap pages on two frames are not remapped
+        run = pte_run(page, npages)
+        if run is None:
+            return None
+        ptes, _table, upper_rw = run
+        e1 = ptes[1]
+        if ptes.count(e1) != npages - 1:
+            return None  # tails not uniform, or the head's PTE equals theirs
+        head_pfn, head_rw = _pte_leaf(walker, ptes[0], upper_rw)
+        tail_pfn, tail_rw = _pte_leaf(walker, e1, upper_rw)
+        if head_pfn is None or tail_pfn is None:
+            return None
+        if mask_form:
+            tail_is = tail_pfn  # the shared frame, the same for many folios
+        elif tail_pfn == head_pfn:
+            tail_info = page | 1
+            tail_is = True  # its own head frame
+        else:
+            return None  # another frame: its contents name this folio's head
+        words = memoryview(data).cast("Q")
+        good = words[tails_from::stride].tolist().count(tail_info)
+        pfn = (page - vmemmap_start) // sizeof_page
+        i = bisect_right(starts, pfn) - 1
+        return (h.index, state, nid, i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
+                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
+                head_rw, tail_rw, tail_is, head_pfn in shared, good)
+
+    return key
+
+
+def scan_folio_groups(
+    prog: Program,
+    judge: Callable[[FolioVmemmap], bool],
+    cut: Optional[List[Tuple[str, str]]] = None,
+    broken: Optional[List[ListBreak]] = None,
+) -> Iterator[Tuple[FolioVmemmap, int]]:
+    """
+    Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
+    count)``: a folio whose vmemmap is what HVO leaves and whose like
+    (:func:`_group_keyer`) ``judge`` found clean before is not read again nor
+    given a record: it is counted, and each such group comes last as
+    ``(its first record, the folios after it)``. Every other folio comes
+    in list order as ``(record, 1)``: what a consumer adds up is what it
+    would from :func:`scan_folios`; what it lists in order (findings,
+    unknowns) comes from the folios ``judge`` did not find clean.
+
+    :param judge: whether a record is clean: no finding, nothing unknown
+        (all folios of its key are then clean too).
+    """
+    model = kernel_model(prog)
+    walker = page_table_walker(prog)
+    zone_list = zones(prog)
+    shared = frozenset(model.struct_page_pfn(p) for z in zone_list for p in z.tails if p)
+    cache: Dict[Tuple[int, int], FrameContents] = {}
+    groups: Dict[tuple, Optional[list]] = {}
+    # A live kernel changes under the scan: every folio is read in full there.
+    keyer = None if prog.flags & ProgramFlags.IS_LIVE else _group_keyer(
+        model, walker, zone_list, shared)
+    for h, state, nid, page, data in for_each_hugetlb_entry(prog, None, cut, broken):
+        key = None if keyer is None else keyer(h, state, nid, page, data)
+        if key is not None:
+            g = groups.get(key, False)
+            if g:
+                g[1] += 1
+                continue
+        offset = page & (model.page_size - 1)
+        folio = folio_record(prog, model, zone_list, h, page,
+                             data[offset:offset + 2 * model.sizeof_page], state, nid)
+        fv = folio_vmemmap(prog, folio, walker, cache, data)
+        if key is not None and key not in groups:
+            groups[key] = [fv, 0] if judge(fv) else None
+        yield fv, 1
+    for g in groups.values():
+        if g and g[1]:
+            yield g[0], g[1]
+
+
 class TailTally:
     """
     What :func:`shared_tails` needs from a scan, gathered folio by folio so
     that a scan need not keep its folios: how many folios map each frame at
     tail positions, and how many optimized folios each (node, zone, order)
     has (zone -1 where the slots are per node).
+
+    :param only: count the mappings of these frames only.
     """
 
-    def __init__(self, per_node: bool = False) -> None:
+    def __init__(self, per_node: bool = False, only: Optional[Iterable[int]] = None) -> None:
         self.per_node = per_node
+        #: Count only the mappings of these frames (the vmemmap_tails[]
+        #: slots': all shared_tails() asks about), so that the tally does
+        #: not grow with the folios of the pointer form (a frame each).
+        self.only = None if only is None else frozenset(only)
         self.mapped: Dict[int, int] = collections.Counter()
         self.expected: Dict[Tuple[int, int, int], int] = collections.Counter()
 
-    def add(self, fv: FolioVmemmap) -> None:
+    def add(self, fv: FolioVmemmap, n: int = 1) -> None:
+        """Count ``fv`` (``n`` folios like it: :func:`scan_folio_groups`)."""
         for pfn in {t.pfn for t in fv.tails if t.pfn is not None}:
-            self.mapped[pfn] += 1
+            if self.only is None or pfn in self.only:
+                self.mapped[pfn] += n
         # A folio whose mapping could not be read maps nothing known: it is
         # unknown, so it is no more expected than counted.
         if fv.folio.optimized and fv.unknown is None:
             zone_idx = -1 if self.per_node else fv.folio.zone_idx
-            self.expected[(fv.folio.nid, zone_idx, fv.folio.order)] += 1
+            self.expected[(fv.folio.nid, zone_idx, fv.folio.order)] += n
 
 
 def shared_tails(

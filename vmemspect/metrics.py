@@ -68,7 +68,8 @@ class FolioTally:
         self.cache: Dict[int, bytes] = {}
         self.counts: Dict[Tuple[str, int, str, str, str], int] = collections.Counter()
 
-    def add(self, fv: FolioVmemmap) -> None:
+    def add(self, fv: FolioVmemmap, n: int = 1) -> None:
+        """Count ``fv`` (``n`` folios like it)."""
         reason = not_optimized_reason(self.prog, self.ctx, fv, self.cache)
         if reason is None:
             hvo = "optimized"
@@ -78,7 +79,7 @@ class FolioTally:
             hvo = "not_optimized" if is_optimizable(reason) else "not_optimizable"
         f = fv.folio
         state = "free" if f.state == "free" else "in_use"
-        self.counts[(f.hstate, f.nid, f.zone_name, state, hvo)] += 1
+        self.counts[(f.hstate, f.nid, f.zone_name, state, hvo)] += n
 
 
 @dataclasses.dataclass

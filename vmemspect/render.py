@@ -8,7 +8,7 @@ tabulate. Nothing here reads kernel memory.
 """
 
 import json
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from tabulate import tabulate
 
@@ -16,11 +16,14 @@ from .checks import Finding
 from .hvo import FolioVmemmap, PageDecode, SharedTail
 from .mmu import page_table_format
 from .optimizable import REASONS
-from .report import Report
+from .report import Report, RowSink, Spool
 from .savings import SCHEMES, WhatIf, WhatIfRow
 
 __all__ = (
     "SCHEMA",
+    "aliased_rows",
+    "folio_rows",
+    "write_json",
     "decode_doc",
     "folio_doc",
     "folios_doc",
@@ -170,6 +173,36 @@ def aliased_doc(fv: FolioVmemmap) -> Dict[str, Any]:
     }
 
 
+def aliased_rows() -> RowSink:
+    """Where a scan writes the pointer form's aliased frames (``tails``), a
+    row per remapped folio, kept on disk (:class:`~vmemspect.report.Spool`)."""
+    return RowSink(Spool(), lambda fv, _: aliased_doc(fv), lambda fv: fv.remapped)
+
+
+def folio_rows(select: Optional[Callable[[FolioVmemmap], bool]] = None) -> RowSink:
+    """Where a scan writes ``folios``' rows (:func:`folio_doc`, with each
+    finding's frame beside its check until :func:`folios_doc` keeps those
+    the report confirmed), kept on disk."""
+    def make(fv: FolioVmemmap, mine: List[Finding]) -> Dict[str, Any]:
+        d = folio_doc(fv, mine)
+        d["violations"] = [[x.check, x.frame_pfn] for x in mine]
+        return d
+    return RowSink(Spool(), make, select)
+
+
+def _finish_folio_rows(report: Report) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
+    """A row of :func:`folio_rows` as :func:`folio_doc` makes it from the
+    report's findings (on a live kernel: those every re-read confirmed)."""
+    keys = {(f.check, f.folio_pfn, f.frame_pfn) for f in report.findings}
+
+    def finish(row: Dict[str, Any]) -> Dict[str, Any]:
+        mine = [c for c, frame in row["violations"] if (c, row["pfn"], frame) in keys]
+        row["verdict"] = "unknown" if row["unknown"] else ("ok" if not mine else "violated")
+        row["violations"] = mine
+        return row
+    return finish
+
+
 def report_doc(report: Report) -> Dict[str, Any]:
     s = report.savings
     return {
@@ -232,11 +265,18 @@ def report_doc(report: Report) -> Dict[str, Any]:
     }
 
 
-def folios_doc(report: Report, folios: List[FolioVmemmap]) -> Dict[str, Any]:
+def folios_doc(report: Report, folios: Optional[List[FolioVmemmap]] = None) -> Dict[str, Any]:
+    """The ``folios`` document: of ``folios``, or of the rows the scan wrote
+    (:func:`folio_rows`), streamed from disk."""
+    if folios is None and report.rows is not None:
+        report.rows.finish = _finish_folio_rows(report)
+        rows: Iterable[Dict[str, Any]] = report.rows
+    else:
+        rows = [folio_doc(fv, report.findings) for fv in folios or []]
     return {
         "schema": SCHEMA,
         "command": "folios",
-        "folios": [folio_doc(fv, report.findings) for fv in folios],
+        "folios": rows,
     }
 
 
@@ -248,7 +288,8 @@ def tails_doc(report: Report) -> Dict[str, Any]:
         "schema": SCHEMA,
         "command": "tails",
         "form": "pointer",
-        "tails": [aliased_doc(fv) for fv in report.folios if fv.remapped],
+        "tails": report.rows if report.rows is not None
+        else [aliased_doc(fv) for fv in report.folios if fv.remapped],
     }
 
 
@@ -298,6 +339,45 @@ def decode_doc(d: PageDecode) -> Dict[str, Any]:
 
 def render_json(doc: Dict[str, Any]) -> str:
     return json.dumps(doc, indent=2)
+
+
+def write_json(doc: Dict[str, Any], write: Callable[[str], Any]) -> None:
+    """:func:`render_json` piece by piece (the same text, then a newline):
+    a :class:`~vmemspect.report.Spool` in ``doc`` is read from disk as it
+    is written, never held."""
+    for chunk in json.JSONEncoder(indent=2).iterencode(doc):
+        write(chunk)
+    write("\n")
+
+
+#: Table styles rendered a row at a time (the others need every row at once).
+_STREAMED_STYLES = ("simple", "plain")
+
+
+def _stream_table(rows: Callable[[], Iterable[List[Any]]], headers: List[str],
+                  fmt: str) -> Iterator[str]:
+    """The lines of ``_table(list(rows()), headers, fmt)`` for the streamed
+    styles, reading ``rows()`` twice (widths, then lines) and keeping none;
+    other styles go through tabulate with every row."""
+    if fmt not in _STREAMED_STYLES:
+        yield _table([list(r) for r in rows()], headers, fmt)
+        return
+    # tabulate: a column is as wide as its widest cell and its header plus
+    # two; cells left-aligned (no number parsing), two spaces apart, each
+    # line right-stripped.
+    widths = [len(h) + 2 for h in headers]
+    n = 0
+    for row in rows():
+        n += 1
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
+    if not n:
+        yield "(none)"
+        return
+    yield "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+    if fmt == "simple":
+        yield "  ".join("-" * w for w in widths).rstrip()
+    for row in rows():
+        yield "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
 
 
 def _table(rows: List[List[Any]], headers: List[str], fmt: str) -> str:
@@ -390,28 +470,35 @@ def _size(kib: int) -> str:
     return f"{kib} KiB"
 
 
-def render_folios(doc: Dict[str, Any], fmt: str) -> str:
-    rows = []
-    for f in doc["folios"]:
+def _folio_cells(folios: Iterable[Dict[str, Any]]) -> Iterator[List[Any]]:
+    for f in folios:
         head = f["head_frame"]
         tails = "; ".join(
             f"{t['pfn']:#x} ×{t['pages']} {'RW' if t['writable'] else 'RO'} {','.join(t['levels'])}"
             if t["pfn"] is not None else f"unmapped ×{t['pages']}"
             for t in f["tail_frames"][:3]
         ) + (" ..." if len(f["tail_frames"]) > 3 else "")
-        rows.append([
+        yield [
             hex(f["pfn"]), f["page"], f["hstate"], f["nid"], f["zone"], f["state"],
             "yes" if f["optimized"] else "no",
             "?" if head is None else
             f"{head['pfn']:#x} {'RW' if head['writable'] else 'RO'} {head['level']}",
             tails,
             f["verdict"] if not f["violations"] else "violated: " + ",".join(f["violations"]),
-        ])
-    return _table(rows, ["pfn", "struct page", "hstate", "node", "zone", "state", "HVO",
-                         "head frame", "tail frames", "verdict"], fmt)
+        ]
 
 
-def render_tails(doc: Dict[str, Any], fmt: str, brief: bool = False) -> str:
+def render_folios(doc: Dict[str, Any], fmt: str) -> Iterator[str]:
+    """The ``folios`` table, a line at a time (rows streamed from disk in
+    the simple and plain styles)."""
+    return _stream_table(lambda: _folio_cells(doc["folios"]),
+                         ["pfn", "struct page", "hstate", "node", "zone", "state", "HVO",
+                          "head frame", "tail frames", "verdict"], fmt)
+
+
+def render_tails(doc: Dict[str, Any], fmt: str, brief: bool = False) -> Union[str, Iterator[str]]:
+    """The shared tail frames (mask form), or the pointer form's aliased
+    frames: a title with ``brief``, else the table a line at a time."""
     if doc["form"] == "mask":
         rows = [
             [t["nid"], t["zone"], t["order"], f"vmemmap_tails[{t['slot']}]",
@@ -430,11 +517,17 @@ def render_tails(doc: Dict[str, Any], fmt: str, brief: bool = False) -> str:
              f"{sum(t['fake_heads'] for t in tails)} fake heads")
     if brief:
         return title
-    rows = [[hex(t["folio_pfn"]), t["hstate"], t["nid"], t["zone"],
-             "?" if t["frame_pfn"] is None else hex(t["frame_pfn"]), t["aliases"], t["fake_heads"]]
-            for t in tails]
-    return title + "\n" + _table(rows, ["folio pfn", "hstate", "node", "zone", "frame pfn",
-                                        "aliases", "fake heads"], fmt)
+    return _aliased_lines(title, tails, fmt)
+
+
+def _aliased_lines(title: str, tails: Iterable[Dict[str, Any]], fmt: str) -> Iterator[str]:
+    """The pointer form's table of aliased frames, a line at a time."""
+    yield title
+    yield from _stream_table(
+        lambda: ([hex(t["folio_pfn"]), t["hstate"], t["nid"], t["zone"],
+                  "?" if t["frame_pfn"] is None else hex(t["frame_pfn"]), t["aliases"],
+                  t["fake_heads"]] for t in tails),
+        ["folio pfn", "hstate", "node", "zone", "frame pfn", "aliases", "fake heads"], fmt)
 
 
 #: Findings shown per check in the grouped text output (``--all``: every one).

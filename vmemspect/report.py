@@ -10,7 +10,9 @@ findings.
 
 import collections
 import dataclasses
-from typing import Callable, Dict, List, Optional, Tuple
+import json
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program, ProgramFlags
 from drgn.helpers.linux.mmzone import for_each_present_section
@@ -38,16 +40,28 @@ from .hugetlb import (
     kernel_optimized_folios,
     zones,
 )
-from .hvo import FolioVmemmap, SharedTail, TailTally, scan_folios, shared_tails, vmemmap_savings
+from .hvo import (
+    FolioVmemmap,
+    SharedTail,
+    TailTally,
+    scan_folio_groups,
+    scan_folios,
+    shared_tails,
+    vmemmap_savings,
+)
 from .kernel import KernelModel, has_object, kernel_model
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
 
 __all__ = (
     "GroupSummary",
+    "GroupTally",
     "Report",
+    "RowSink",
     "Savings",
+    "Spool",
     "build_report",
+    "folio_filter",
     "kernel_memmap_saved",
     "parse_page_ref",
     "select_folios",
@@ -76,6 +90,95 @@ class GroupSummary:
     possible_pages: int
     #: Folios HVO can never optimize (vmemspect.optimizable).
     not_optimizable: int = 0
+
+
+class GroupTally:
+    """The per-group counts (:class:`GroupSummary`) gathered folio by folio,
+    so that the report's table needs no folio records."""
+
+    def __init__(self, model: KernelModel) -> None:
+        self.model = model
+        # (hstate, nid, zone idx) -> [zone name, order, total, free, in use,
+        # optimized, unknown, remapped, never optimizable]
+        self.acc: Dict[Tuple[str, int, int], list] = {}
+
+    def add(self, fv: FolioVmemmap, reason: Optional[str], n: int = 1) -> None:
+        """Count ``fv`` (``n`` folios like it); ``reason`` is
+        :func:`~vmemspect.optimizable.not_optimized_reason`'s."""
+        f = fv.folio
+        a = self.acc.get((f.hstate, f.nid, f.zone_idx))
+        if a is None:
+            a = self.acc[(f.hstate, f.nid, f.zone_idx)] = [f.zone_name, f.order] + [0] * 7
+        a[2] += n
+        if f.state == "free":
+            a[3] += n
+        elif f.state == "active":
+            a[4] += n
+        a[5] += n if f.optimized else 0
+        a[6] += n if fv.unknown is not None else 0
+        a[7] += n if fv.remapped else 0
+        a[8] += 0 if is_optimizable(reason) else n
+
+    def groups(self, hstates: List[Hstate]) -> List[GroupSummary]:
+        """Counts per hstate, node and zone, in hstate then node and zone order."""
+        order_of = {h.name: h.order for h in hstates}
+        rank = {h.name: h.index for h in hstates}
+        out = []
+        for (hstate, nid, zidx), a in sorted(
+                self.acc.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1], kv[0][2])):
+            zone, forder, total, free, in_use, opt, unknown, remapped, never = a
+            order = order_of.get(hstate, forder)
+            per = vmemmap_savings(self.model, order)
+            out.append(GroupSummary(
+                hstate=hstate, order=order, nid=nid, zone=zone, total=total, free=free,
+                in_use=in_use, optimized=opt, not_optimized=total - opt, unknown=unknown,
+                saved_pages=per * remapped, possible_pages=per * (total - never),
+                not_optimizable=never))
+        return out
+
+
+class Spool(list):
+    """
+    Records written one at a time to an unnamed temporary file (one JSON
+    line each) and read back in order, through ``finish`` if given: a list
+    for ``len()``, iteration and :mod:`json` (which encodes it as a list)
+    whose memory does not grow with its records. Records are JSON values
+    (tuples come back as lists).
+    """
+
+    def __init__(self, finish: Optional[Callable[[Any], Any]] = None) -> None:
+        super().__init__()
+        self._file = tempfile.TemporaryFile()
+        self._count = 0
+        self.finish = finish
+
+    def append(self, record: Any) -> None:
+        self._file.write(json.dumps(record).encode() + b"\n")
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._file.flush()
+        with open(self._file.fileno(), "rb", closefd=False) as f:
+            f.seek(0)
+            for line in f:
+                record = json.loads(line)
+                yield record if self.finish is None else self.finish(record)
+
+
+@dataclasses.dataclass
+class RowSink:
+    """Where a scan writes a row per folio: ``make(fv, its findings)``
+    appended to ``spool`` for each folio ``select(fv)`` accepts."""
+
+    spool: Spool
+    make: Callable[[FolioVmemmap, List[Finding]], Any]
+    select: Optional[Callable[[FolioVmemmap], bool]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +271,19 @@ class Report:
     #: Folio pfn -> why it is not optimized (vmemspect.optimizable.REASONS),
     #: for the folios kept.
     not_optimized: Dict[int, str] = dataclasses.field(default_factory=dict)
+    #: The group counts, gathered during the scan.
+    group_tally: Optional[GroupTally] = None
+    #: Rows the scan wrote per folio (RowSink), in list order.
+    rows: Optional[Spool] = None
+    #: Pointer form: folios whose vmemmap is remapped (their frames alias
+    #: the head's) and their fake heads, counted.
+    aliased_folios: int = 0
+    aliased_fake_heads: int = 0
 
     def groups(self) -> List[GroupSummary]:
-        """Counts per hstate, node and zone, in hstate then pfn order."""
+        """Counts per hstate, node and zone, in hstate then node and zone order."""
+        if self.group_tally is not None:
+            return self.group_tally.groups(self.hstates)
         acc: Dict[Tuple[str, int, int], List[FolioVmemmap]] = collections.defaultdict(list)
         for fv in self.folios:
             acc[(fv.folio.hstate, fv.folio.nid, fv.folio.zone_idx)].append(fv)
@@ -225,9 +338,10 @@ def _finding_key(f: Finding) -> Tuple[str, Optional[int], Optional[int], str]:
 
 def build_report(
     prog: Program,
-    progress: Optional[Callable[[FolioVmemmap], None]] = None,
+    progress: Optional[Callable[[FolioVmemmap, int], None]] = None,
     live_rereads: int = 3,
     keep_folios: bool = True,
+    rows: Optional[RowSink] = None,
 ) -> Report:
     """
     Scan every hugetlb folio, the shared tail frames and the counters, and
@@ -238,11 +352,17 @@ def build_report(
     finding is kept only if every scan finds it; the others are reported as
     transient, never as violations.
 
-    :param keep_folios: keep every folio's record (for ``folios``, ``tails``
-        and the per-group table); without, memory does not grow with the
-        number of folios, which is what ``verify`` needs on large hosts.
+    :param progress: called with each record and the number of folios it
+        stands for (:func:`~vmemspect.hvo.scan_folio_groups`).
+    :param keep_folios: keep every folio's record (``report.folios``);
+        without, memory does not grow with the number of folios: every
+        table and count comes from counters, and a folio like one already
+        judged clean is counted, not read again (the scan then reads each
+        folio's head vmemmap page once, and the PTE tables).
+    :param rows: write a row per folio there (``folios``, and ``tails`` of
+        the pointer form): every folio gets its own record, one at a time.
     """
-    report = _scan(prog, progress, keep_folios)
+    report = _scan(prog, progress, keep_folios, rows)
     if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
         return report
     confirmed = {_finding_key(f) for f in report.findings}
@@ -258,8 +378,9 @@ def build_report(
 
 def _scan(
     prog: Program,
-    progress: Optional[Callable[[FolioVmemmap], None]] = None,
+    progress: Optional[Callable[[FolioVmemmap, int], None]] = None,
     keep_folios: bool = True,
+    rows: Optional[RowSink] = None,
 ) -> Report:
     model = kernel_model(prog)
     try:
@@ -272,7 +393,14 @@ def _scan(
         )
     cut: List[Tuple[str, str]] = []
     tails_by_zone, shared_names = folio_check_context(model, zone_list)
-    tally = TailTally(model.tails_owner == "pglist_data")
+    live = bool(prog.flags & ProgramFlags.IS_LIVE)
+    # Only the slots' frames are looked up (shared_tails()); on a live
+    # kernel the slots may fill during the scan: count every frame there.
+    slot_pfns = None if live else [model.struct_page_pfn(p) for z in zone_list
+                                   for p in z.tails if p]
+    tally = TailTally(model.tails_owner == "pglist_data", slot_pfns)
+    groups = GroupTally(model)
+    aliased = aliased_fake = 0
     found: Dict[Tuple[str, int], List[int]] = {}
     findings: List[Finding] = []
     folios: List[FolioVmemmap] = []
@@ -287,26 +415,45 @@ def _scan(
                                   for p in z.tails if p))
     not_optimized: Dict[int, str] = {}
     flags_cache: Dict[int, bytes] = {}
-    for fv in scan_folios(prog, None, progress, cut, broken):
+
+    def clean(fv: FolioVmemmap) -> bool:
+        return (fv.unknown is None and not fv.unreadable and fv.remapped
+                and not check_folio(model, fv, tails_by_zone, shared_names))
+
+    if keep_folios or rows is not None:
+        pairs = ((fv, 1) for fv in scan_folios(prog, None, None, cut, broken))
+    else:
+        pairs = scan_folio_groups(prog, clean, cut, broken)
+    for fv, n in pairs:
         for pfn, why in fv.unreadable:
             if not why.startswith("not in the machine"):  # else a finding
                 unknown_frames.setdefault(pfn, (pfn, f"a tail frame of folio pfn "
                                                      f"{fv.folio.pfn:#x}", why))
-        scanned += 1
-        findings.extend(check_folio(model, fv, tails_by_zone, shared_names))
-        tally.add(fv)
-        count_folio(found, fv)
+        scanned += n
+        mine = check_folio(model, fv, tails_by_zone, shared_names)
+        if mine:
+            # Never a group (scan_folio_groups): n is 1.
+            findings.extend(mine)
+        tally.add(fv, n)
+        count_folio(found, fv, n)
         per_folio = vmemmap_savings(model, fv.folio.order)
         reason = not_optimized_reason(prog, hvo_ctx, fv, flags_cache)
-        what_if.add(fv, reason)
+        what_if.add(fv, reason, n)
+        groups.add(fv, reason, n)
         if is_optimizable(reason):
-            possible += per_folio
+            possible += per_folio * n
         if fv.remapped:
-            saved += per_folio
-            remapped += 1
+            saved += per_folio * n
+            remapped += n
+            aliased += n
+            aliased_fake += fv.fake_heads * n
         if fv.folio.optimized:
-            flagged_pages += per_folio
-            flagged += 1
+            flagged_pages += per_folio * n
+            flagged += n
+        if progress:
+            progress(fv, n)
+        if rows is not None and (rows.select is None or rows.select(fv)):
+            rows.spool.append(rows.make(fv, mine))
         if keep_folios:
             folios.append(fv)
             if reason is not None:
@@ -360,6 +507,10 @@ def _scan(
         types=prog.cache.get("vmemspect_types"),
         what_if=what_if.result(h.name for h in hstates),
         not_optimized=not_optimized,
+        group_tally=groups,
+        rows=None if rows is None else rows.spool,
+        aliased_folios=aliased,
+        aliased_fake_heads=aliased_fake,
     )
 
 
@@ -376,6 +527,43 @@ def _hstate_matches(name: str, order: int, page_shift: int, want: str) -> bool:
     return False
 
 
+def folio_filter(
+    model: KernelModel,
+    hstates: Optional[List[Hstate]],
+    hstate: Optional[str] = None,
+    nid: Optional[int] = None,
+    state: Optional[str] = None,
+    optimized: Optional[bool] = None,
+) -> Callable[[FolioVmemmap], bool]:
+    """
+    Whether a folio matches every filter given (for a scan's
+    :class:`RowSink`, so that no record is kept).
+
+    :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
+    :param state: "free" or "in-use" (the kernel's active list).
+    :param hstates: the kernel's, to check that ``hstate`` is one of them.
+    :raises VmemspectError: if the kernel has no such hstate.
+    """
+    if hstate is not None and hstates is not None and not any(
+        _hstate_matches(h.name, h.order, model.page_shift, hstate) for h in hstates
+    ):
+        names = ", ".join(h.name for h in hstates) or "none (no hugetlb)"
+        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
+                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
+
+    def select(fv: FolioVmemmap) -> bool:
+        f = fv.folio
+        if hstate is not None and not _hstate_matches(f.hstate, f.order, model.page_shift,
+                                                      hstate):
+            return False
+        if nid is not None and f.nid != nid:
+            return False
+        if state is not None and (f.state == "free") != (state == "free"):
+            return False
+        return optimized is None or f.optimized == optimized
+    return select
+
+
 def select_folios(
     report: Report,
     hstate: Optional[str] = None,
@@ -384,33 +572,13 @@ def select_folios(
     optimized: Optional[bool] = None,
 ) -> List[FolioVmemmap]:
     """
-    The report's folios that match every filter given.
+    The report's folios (kept: ``keep_folios``) that match every filter
+    given (:func:`folio_filter`).
 
-    :param hstate: "hugepages-2048kB", "2048kB", "2M" or "1G".
-    :param state: "free" or "in-use" (the kernel's active list).
     :raises VmemspectError: if the kernel has no such hstate.
     """
-    if hstate is not None and not any(
-        _hstate_matches(h.name, h.order, report.model.page_shift, hstate) for h in report.hstates
-    ):
-        names = ", ".join(h.name for h in report.hstates) or "none (no hugetlb)"
-        raise VmemspectError(f"this kernel has no hstate {hstate!r}",
-                             f"give one of its hstates: {names} (or a size: 2M, 1G)")
-    out = []
-    for fv in report.folios:
-        f = fv.folio
-        if hstate is not None and not _hstate_matches(
-            f.hstate, f.order, report.model.page_shift, hstate
-        ):
-            continue
-        if nid is not None and f.nid != nid:
-            continue
-        if state is not None and (f.state == "free") != (state == "free"):
-            continue
-        if optimized is not None and f.optimized != optimized:
-            continue
-        out.append(fv)
-    return out
+    select = folio_filter(report.model, report.hstates, hstate, nid, state, optimized)
+    return [fv for fv in report.folios if select(fv)]
 
 
 def parse_page_ref(model: KernelModel, text: str) -> int:

@@ -127,25 +127,26 @@ class WhatIfTally:
         self.groups: Dict[str, Set[Tuple[int, int]]] = collections.defaultdict(set)
         self.reasons: Dict[str, int] = collections.Counter()
 
-    def add(self, fv: FolioVmemmap, reason: Optional[str]) -> None:
-        """Count one folio; ``reason`` is :func:`not_optimized_reason`'s."""
+    def add(self, fv: FolioVmemmap, reason: Optional[str], n: int = 1) -> None:
+        """Count one folio (``n`` folios like it); ``reason`` is
+        :func:`not_optimized_reason`'s."""
         f = fv.folio
         self.order.setdefault(f.hstate, f.order)
         if reason is not None:
-            self.reasons[reason] += 1
+            self.reasons[reason] += n
         if fv.unknown is not None:
-            self.unknown[f.hstate] += 1
+            self.unknown[f.hstate] += n
             return
         if not is_optimizable(reason):
-            self.not_optimizable[f.hstate] += 1
+            self.not_optimizable[f.hstate] += n
             return
-        self.folios[f.hstate] += 1
+        self.folios[f.hstate] += n
         self.groups[f.hstate].add((f.nid, f.zone_idx))
         shared = {t.pfn for t in fv.tails if t.pfn in self.shared_pfns}
         self.shared_used[f.hstate] |= shared
-        self.own_frames[f.hstate] += fv.distinct_frames - len(shared)
+        self.own_frames[f.hstate] += (fv.distinct_frames - len(shared)) * n
         if fv.remapped:
-            self.optimized[f.hstate] += 1
+            self.optimized[f.hstate] += n
 
     def _row(self, hstate: str) -> WhatIfRow:
         model = self.model
