@@ -3,6 +3,7 @@ Unusable input gets one line on stderr naming the problem and what to do,
 exit status 2, and never a traceback; on real files where the case is real.
 """
 
+import json
 import subprocess
 import sys
 
@@ -99,7 +100,7 @@ def test_live_on_this_machine():
     assert "/proc/kcore" in line or "no debug info found" in line
 
 
-def test_dump_without_vmcoreinfo(run72_elf):
+def test_dump_without_vmcoreinfo(run72_elf, tmp_path):
     """A QEMU ELF dump whose VMCOREINFO note is renamed (as when the guest
     never loaded qemu_fw_cfg): one line that says so and what to do."""
     path = run72_elf["elf"]
@@ -112,11 +113,42 @@ def test_dump_without_vmcoreinfo(run72_elf):
         f.write(b"XMCOREINFO")
     try:
         line = vmemspect_fails("vmcore", path, "-s", run72_elf["vmlinux"])
+        # The kernel's own copy of the note is in its memory, so in the
+        # dump: `vmemspect vmcoreinfo` finds it (checked against the
+        # release init_uts_ns holds), and --vmcoreinfo makes the dump usable.
+        found = subprocess.run([sys.executable, "-m", "vmemspect", "vmcoreinfo", path],
+                               capture_output=True, timeout=300)
+        assert found.returncode == 0, found.stderr
+        info = tmp_path / "vmcoreinfo.txt"
+        info.write_bytes(found.stdout)
+        verify = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", path,
+                                 "--vmcoreinfo", str(info), "-s", run72_elf["vmlinux"],
+                                 "verify", "--json"], capture_output=True, text=True,
+                                timeout=300)
     finally:
         with open(path, "r+b") as f:
             f.seek(at)
             f.write(b"VMCOREINFO")
     assert "has no VMCOREINFO" in line and "qemu_fw_cfg" in line
+    assert "vmemspect vmcoreinfo" in line
+    assert found.stdout.startswith(b"OSRELEASE=" + run72_elf["truth"]["uname"].encode() + b"\n")
+    assert b"SYMBOL(init_uts_ns)=" in found.stdout
+    assert f"VMCOREINFO of {run72_elf['truth']['uname']} at physical address 0x" in \
+        found.stderr.decode()
+    assert verify.returncode == 0, verify.stderr
+    doc = json.loads(verify.stdout)
+    assert doc["ok"] is True and doc["checked_folios"] == 64
+
+
+def test_vmcoreinfo_of_a_non_dump(tmp_path):
+    """`vmemspect vmcoreinfo` on a file that is no ELF dump, and at an
+    address holding no note: one line each, exit 2."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("OSRELEASE=1\n")
+    assert "not an ELF dump" in vmemspect_fails("vmcoreinfo", str(notes))
+    assert "not VMCOREINFO text" in vmemspect_fails("vmcore", str(notes),
+                                                    "--vmcoreinfo", str(notes))
+    assert "not an address" in vmemspect_fails("vmcoreinfo", str(notes), "--at", "zz")
 
 
 def test_unsupported_architecture(run72):
