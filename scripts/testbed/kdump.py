@@ -49,6 +49,7 @@ from pathlib import Path
 from .common import GUEST, SCRIPTS, TestbedError, _atomic_write, _sha, cache_dir
 from .dumps import DUMPS, DumpContext, DumpResult, DumpSource, dump_info, elf_filtered_ranges
 from .initramfs import _busybox, _Cpio
+from .qemu import control_args
 
 # Bump when the layout of the kdump initramfs parts changes here.
 KDUMP_FORMAT = "2"
@@ -515,9 +516,10 @@ class KdumpCapture(DumpSource):
         return ["-fw_cfg", f"name=opt/vmemspect/kdump,file={ctx.tmp}/kdump.conf",
                 "-drive", f"file={disk},format=raw,if=none,id=kdumpdisk,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=kdumpdisk",
-                # the guest's ttyS1: the host says "go" there (take())
+                # the guest's control port (ttyS1 or hvc0, Arch.control):
+                # the host says "go" there (take())
                 "-chardev", f"socket,id=ser1,path={ctx.tmp}/go.sock,server=on,wait=off",
-                "-serial", "chardev:ser1"]
+                *control_args(ctx.arch, "ser1")]
 
     # -- once the guest is READY (and the QMP dumps, if any, are taken)
     def take(self, ctx: DumpContext) -> DumpResult:
