@@ -20,9 +20,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
-from .common import SCRIPTS, TestbedError, _sha, cache_dir
+from .common import SCRIPTS, TestbedError, _atomic_write, _sha, cache_dir
 
 
 def apt(deb_arch: str, *args: str, cwd: Path | None = None) -> str:
@@ -36,55 +37,93 @@ def apt(deb_arch: str, *args: str, cwd: Path | None = None) -> str:
     return p.stdout
 
 
+def candidates(deb_arch: str, pkgs: list[str]) -> dict[str, tuple[str, str] | None]:
+    """(version, suite) of the newest of each of ``pkgs`` in the private
+    suites (one apt-cache call)."""
+    out = apt(deb_arch, "apt-cache", "policy", *pkgs)
+    found: dict[str, tuple[str, str] | None] = {p: None for p in pkgs}
+    for block in re.split(r"^(?=\S)", out, flags=re.M):
+        m = re.match(r"(\S+?):\n", block)
+        c = re.search(r"^\s*Candidate:\s*(\S+)", block, re.M)
+        if not m or not c or c[1] == "(none)":
+            continue
+        table = block[block.find("Version table:"):]
+        t = re.search(r"^\s*(?:\*\*\* )?" + re.escape(c[1]) + r" \d+\n\s+\d+ \S+ (\S+?)/", table, re.M)
+        found[m[1].split(":")[0]] = (c[1], t[1] if t else "?")
+    return found
+
+
 def candidate(deb_arch: str, pkg: str) -> tuple[str, str] | None:
     """(version, suite) of the newest ``pkg`` in the private suites."""
-    out = apt(deb_arch, "apt-cache", "policy", pkg)
-    m = re.search(r"^\s*Candidate:\s*(\S+)", out, re.M)
-    if not m or m[1] == "(none)":
-        return None
-    table = out[out.find("Version table:"):]
-    t = re.search(r"^\s*(?:\*\*\* )?" + re.escape(m[1]) + r" \d+\n\s+\d+ \S+ (\S+?)/", table, re.M)
-    return m[1], t[1] if t else "?"
+    return candidates(deb_arch, [pkg])[pkg]
 
 
-def lib_depends(deb_arch: str, pkg: str) -> list[str]:
-    """The library packages ``pkg`` depends on (Depends, Pre-Depends; the
-    first of alternatives)."""
+def lib_depends(deb_arch: str, pkgs: list[str]) -> dict[str, list[str]]:
+    """The library packages each of ``pkgs`` depends on (Depends,
+    Pre-Depends; the first of alternatives), in one apt-cache call."""
     out = apt(deb_arch, "apt-cache", "depends", "--no-recommends", "--no-suggests",
-              "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", pkg)
-    deps = []
+              "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *pkgs)
+    deps: dict[str, list[str]] = {}
+    cur = None
     alt = False
-    for ln in out.splitlines()[1:]:
+    for ln in out.splitlines():
+        if ln and not ln[0].isspace():
+            cur = deps.setdefault(ln.strip().split(":")[0], [])
+            alt = False
+            continue
         m = re.match(r"\s*(\|)?(Depends|PreDepends):\s*<?([^\s>]+)>?", ln)
-        if not m:
+        if not m or cur is None:
             alt = False
             continue
         name = m[3].split(":")[0]
-        if not alt and (name.startswith("lib") or name.startswith("zlib")):
-            deps.append(name)
+        if not alt and (name.startswith("lib") or name.startswith("zlib")) and name not in cur:
+            cur.append(name)
         alt = bool(m[1])
     return deps
 
 
 def lib_closure(deb_arch: str, pkgs: list[str]) -> list[str]:
     """``pkgs`` and the library packages they need, closed over."""
-    want, seen = list(pkgs), []
+    seen: list[str] = []
+    want = list(dict.fromkeys(pkgs))
     while want:
-        p = want.pop()
-        if p not in seen:
-            seen.append(p)
-            want += [d for d in lib_depends(deb_arch, p) if d not in seen]
+        seen += want
+        deps = lib_depends(deb_arch, want)
+        want = list(dict.fromkeys(d for p in want for d in deps.get(p, []) if d not in seen))
     return seen
+
+
+#: How long the packages picked for a set stay the newest (seconds): as
+#: long as debian-apt.sh keeps its package lists (a day).
+RESOLVED_TTL = 86400
 
 
 def unpacked(deb_arch: str, name: str, pkgs: list[str], libs: bool = True) -> Path:
     """A directory of the cache with ``pkgs`` (their newest versions) and,
     with ``libs``, the library packages they need, unpacked.  Its ``.done``
-    file lists "package version suite", one a line."""
+    file lists "package version suite", one a line.  Which directory that
+    is (the newest versions) is asked of apt at most once a day per set."""
+    base = cache_dir() / "guest-debs" / deb_arch
+    resolved = base / f"{name}.resolved"
+    key = " ".join(pkgs) + (" +libs" if libs else "")
+    try:
+        r_key, r_dir = resolved.read_text().splitlines()[:2]
+        if (r_key == key and time.time() - resolved.stat().st_mtime < RESOLVED_TTL
+                and (base / r_dir / ".done").is_file()):
+            return base / r_dir
+    except (OSError, ValueError):
+        pass
+    root = _unpack(deb_arch, name, pkgs, libs)
+    _atomic_write(resolved, f"{key}\n{root.name}\n".encode())
+    return root
+
+
+def _unpack(deb_arch: str, name: str, pkgs: list[str], libs: bool) -> Path:
     names = lib_closure(deb_arch, pkgs) if libs else list(pkgs)
     versions = []
+    cands = candidates(deb_arch, sorted(names))
     for n in sorted(names):
-        c = candidate(deb_arch, n)
+        c = cands[n]
         if not c:
             raise TestbedError(f"no {n} for {deb_arch} in the private apt suites (scripts/debian-apt.sh)")
         versions.append(f"{n} {c[0]} {c[1]}")

@@ -48,8 +48,6 @@ class Arch:
     #: UART, ttyS1) or "virtconsole" (hvc0 on virtio-serial, for machines
     #: with one UART).
     control: str = "serial"
-    #: The makedumpfile dump level of kdump captures (kdump.py).
-    capture_dump_level: int = 31
     #: The crashkernel= reservation of kdump captures, by guest memory up to
     #: 2 GiB and above (kdump.crashkernel_for).
     crashkernel: tuple = ("160M", "384M")
@@ -67,15 +65,13 @@ ARCHES = {
     # enough for every scenario.  On this machine QEMU 7.2 refuses
     # ``-device vmcoreinfo`` ("requires fw_cfg with DMA") and ``-fw_cfg``
     # ("fw_cfg device not available"), though the guest has a fw_cfg (MMIO);
-    # virt has one UART.  makedumpfile 1.7.8 -d 31 crashes (segmentation
-    # fault, "The kernel version is not supported", every mem_map 0) on
-    # 7.2: captures use -d 1 (zero pages only).  The riscv64 kernel Image
-    # with its initramfs needs more crash kernel memory than 160M.
+    # virt has one UART.  The riscv64 kernel Image (36 MB) with its
+    # initramfs needs more crash kernel memory than 160M.
     "riscv64": Arch("riscv64", "riscv64", "qemu-system-riscv64", "virt", "rv64", "ttyS0", smp=1,
                     qemu_opts=("-bios", "default"), gcc="riscv64-linux-gnu-gcc",
                     triplet="riscv64-linux-gnu", loader="ld-linux-riscv64-lp64d.so.1",
                     vmcoreinfo_device=False, fw_cfg_files=False, control="virtconsole",
-                    capture_dump_level=1, crashkernel=("256M", "384M")),
+                    crashkernel=("256M", "384M")),
 }
 
 
