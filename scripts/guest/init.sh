@@ -183,6 +183,15 @@ if [ -e "$FWC/script/raw" ]; then
 	if [ "$scenario" = live ]; then
 		mount -t virtiofs hostroot /host || fail "mount virtiofs"
 		for m in proc sys dev; do mount --bind /$m /host/$m || fail "bind $m"; done
+		# More host directories ("TAG PATH": virtiofs TAG at PATH in the
+		# chroot), where /host is not the host's root (riscv64).
+		if [ -e "$FWC/shares/raw" ]; then
+			while read -r tag path; do
+				[ -n "$tag" ] || continue
+				mkdir -p "/host$path" && mount -t virtiofs "$tag" "/host$path" ||
+					fail "mount virtiofs $tag at $path"
+			done < "$FWC/shares/raw"
+		fi
 		# The script goes to the host's /tmp under a name of this run.
 		f=/tmp/.vmemspect-cmd.$(cat /proc/sys/kernel/random/uuid)
 		cp /tmp/cmd.sh /host$f || fail "copy script to host"

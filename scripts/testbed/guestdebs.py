@@ -82,6 +82,31 @@ def lib_depends(deb_arch: str, pkgs: list[str]) -> dict[str, list[str]]:
     return deps
 
 
+def full_closure(deb_arch: str, pkgs: list[str], exclude: tuple = ()) -> list[str]:
+    """``pkgs`` and every package they depend on (Depends, Pre-Depends),
+    recursively, but for virtual packages and ``exclude`` (and what only
+    those bring in)."""
+    seen: list[str] = []
+    want = list(dict.fromkeys(pkgs))
+    while want:
+        seen += want
+        out = apt(deb_arch, "apt-cache", "depends", "--no-recommends", "--no-suggests",
+                  "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *want)
+        nxt = []
+        alt = False
+        for ln in out.splitlines():
+            m = re.match(r"\s*(\|)?(Depends|PreDepends):\s*(<)?([^\s>]+)", ln)
+            if not m:
+                alt = False
+                continue
+            name = m[4].split(":")[0]
+            if not alt and not m[3] and name not in exclude and name not in seen:
+                nxt.append(name)
+            alt = bool(m[1])
+        want = list(dict.fromkeys(nxt))
+    return seen
+
+
 def lib_closure(deb_arch: str, pkgs: list[str]) -> list[str]:
     """``pkgs`` and the library packages they need, closed over."""
     seen: list[str] = []
@@ -98,14 +123,17 @@ def lib_closure(deb_arch: str, pkgs: list[str]) -> list[str]:
 RESOLVED_TTL = 86400
 
 
-def unpacked(deb_arch: str, name: str, pkgs: list[str], libs: bool = True) -> Path:
+def unpacked(deb_arch: str, name: str, pkgs: list[str], libs: bool | str = True,
+             exclude: tuple = ()) -> Path:
     """A directory of the cache with ``pkgs`` (their newest versions) and,
-    with ``libs``, the library packages they need, unpacked.  Its ``.done``
+    with ``libs``, the library packages they need (``libs="all"``: every
+    package they need but ``exclude``), unpacked.  Its ``.done``
     file lists "package version suite", one a line.  Which directory that
     is (the newest versions) is asked of apt at most once a day per set."""
     base = cache_dir() / "guest-debs" / deb_arch
     resolved = base / f"{name}.resolved"
-    key = " ".join(pkgs) + (" +libs" if libs else "")
+    key = " ".join(pkgs) + (f" +{'libs' if libs is True else libs}" if libs else "") + (
+        f" -{' -'.join(exclude)}" if exclude else "")
     try:
         r_key, r_dir = resolved.read_text().splitlines()[:2]
         if (r_key == key and time.time() - resolved.stat().st_mtime < RESOLVED_TTL
@@ -113,13 +141,16 @@ def unpacked(deb_arch: str, name: str, pkgs: list[str], libs: bool = True) -> Pa
             return base / r_dir
     except (OSError, ValueError):
         pass
-    root = _unpack(deb_arch, name, pkgs, libs)
+    root = _unpack(deb_arch, name, pkgs, libs, exclude)
     _atomic_write(resolved, f"{key}\n{root.name}\n".encode())
     return root
 
 
-def _unpack(deb_arch: str, name: str, pkgs: list[str], libs: bool) -> Path:
-    names = lib_closure(deb_arch, pkgs) if libs else list(pkgs)
+def _unpack(deb_arch: str, name: str, pkgs: list[str], libs: bool | str, exclude: tuple) -> Path:
+    if libs == "all":
+        names = full_closure(deb_arch, pkgs, exclude)
+    else:
+        names = lib_closure(deb_arch, pkgs) if libs else list(pkgs)
     versions = []
     cands = candidates(deb_arch, sorted(names))
     for n in sorted(names):
@@ -170,3 +201,36 @@ def shared_libs(root: Path, triplet: str) -> dict[str, Path]:
             if ".so" in f.name and (f.is_file() or f.is_symlink()) and f.resolve().is_file():
                 libs.setdefault(f.name, f)
     return libs
+
+
+#: The Python of a live root, for guests of other architectures: sid's
+#: python3 with its drgn (python3-drgn 0.3.0; trixie's is 0.0.31) and
+#: vmemspect's other dependencies.
+LIVE_PACKAGES = ["python3", "python3-drgn", "python3-click", "python3-tabulate",
+                 "python3-prometheus-client"]
+#: Not needed to run Python in a chroot (maintainer scripts' tools).
+LIVE_EXCLUDE = ("debconf", "cdebconf", "dpkg", "perl-base", "init-system-helpers",
+                "debconf-2.0", "libdebian-installer4", "libnewt0.52", "libslang2",
+                "libtextwrap1")
+
+
+def live_root(arch, busybox: Path) -> Path:
+    """A root directory for "live" runs of guests of ``arch`` (not this
+    machine's: its binaries cannot run there): LIVE_PACKAGES and what they
+    need, unpacked, merged-/usr symlinks, ``busybox`` (static, the guest's)
+    as /bin/sh, and the mount points the guest uses.  Shared with the guest
+    over virtiofs in place of this machine's root."""
+    root = unpacked(arch.deb_arch, "live", LIVE_PACKAGES, libs="all", exclude=LIVE_EXCLUDE)
+    for d in ("bin", "sbin", "lib"):
+        if not (root / d).exists() and not (root / d).is_symlink():
+            os.symlink(f"usr/{d}", root / d)
+    for d in ("proc", "sys", "dev", "tmp", "root", "work", "usr/bin", "usr/sbin"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    sh = root / "usr" / "bin" / "sh"
+    if not sh.exists():
+        shutil.copyfile(busybox, root / "usr" / "bin" / ".busybox.tmp")
+        os.chmod(root / "usr" / "bin" / ".busybox.tmp", 0o755)
+        os.replace(root / "usr" / "bin" / ".busybox.tmp", root / "usr" / "bin" / "busybox")
+        os.symlink("busybox", sh)
+    return root

@@ -64,7 +64,8 @@ from pathlib import Path
 from . import dumps as _dumps
 from .aftermath import aftermath_qemu_args, run_aftermath
 from .common import TestbedError, cache_dir
-from .initramfs import _Cpio, build_initramfs
+from . import guestdebs
+from .initramfs import _Cpio, build_initramfs, guest_busybox
 from .kernels import fetch_kernel, kernel
 from .qemu import QMP, VIRTIOFSD, _Proc, _Signals, base_args
 from .scenarios import BASE_CMDLINE, DEFAULT_LIVE_CMD, SCENARIOS
@@ -72,11 +73,13 @@ from .truth import CRASH, MARK, Console, GuestProtocol, ProtocolError
 
 
 def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
-                  kdir: Path) -> str:
+                  kdir: Path, native: bool = True) -> str:
     lines = ["# written by scripts/testbed (run.py)"]
     if live:
-        path = os.path.dirname(sys.executable) + ":" + os.environ.get(
-            "PATH", "/usr/local/bin:/usr/bin:/bin")
+        # In this machine's root: its Python first; in a root of the
+        # guest's architecture (guestdebs.live_root): that root's.
+        path = (os.path.dirname(sys.executable) + ":" + os.environ.get(
+            "PATH", "/usr/local/bin:/usr/bin:/bin")) if native else "/usr/local/bin:/usr/bin:/bin"
         e = {"PATH": path + ":/usr/local/sbin:/usr/sbin:/sbin",
              "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
              # the guest must not write caches into the host's checkout
@@ -172,10 +175,25 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     (tmp / "scenario").write_text(scenario)
     machine_opts = ""
     extra: list[str] = []
+    # virtiofs shares of a live run: (tag, host directory, where in the
+    # guest's chroot).  x86_64: this machine's root.  Other architectures
+    # cannot run this machine's programs: a root of their own Debian
+    # packages (Python, drgn, vmemspect's dependencies) from the cache,
+    # and the working directory (the checkout) at its own path in it.
+    shares: list[tuple[str, str, str]] = []
+    native = arch.name == "x86_64"
     if live:
-        extra += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-                  "-chardev", f"socket,id=vfs,path={tmp}/vfs.sock",
-                  "-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"]
+        if native:
+            shares = [("hostroot", "/", "/")]
+        else:
+            shares = [("hostroot", str(guestdebs.live_root(arch, guest_busybox(arch))), "/")]
+            wd = guest_cwd or os.getcwd()
+            shares.append(("hostcwd", wd, wd))
+            (tmp / "shares").write_text("".join(f"{t} {g}\n" for t, _, g in shares[1:]))
+        extra += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on"]
+        for i, (tag, _, _) in enumerate(shares):
+            extra += ["-chardev", f"socket,id=vfs{i},path={tmp}/vfs{i}.sock",
+                      "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}"]
         machine_opts = "memory-backend=mem"
     elif sc.get("noreserve"):
         extra += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
@@ -192,8 +210,11 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
         qemu_args += ["-fw_cfg", f"name=opt/vmemspect/control,file={tmp}/control"]
     if guest_cmd is not None:
         (tmp / "script.sh").write_text(_guest_script(
-            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir))
+            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir,
+            native))
         qemu_args += ["-fw_cfg", f"name=opt/vmemspect/script,file={tmp}/script.sh"]
+    if len(shares) > 1:
+        qemu_args += ["-fw_cfg", f"name=opt/vmemspect/shares,file={tmp}/shares"]
     qemu_args += extra + sc.get("qemu", [])
     for s in sources:
         qemu_args += s.qemu_args(ctx)
@@ -210,21 +231,22 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  "truth": None, "guest_cmd": guest_cmd, "guest_cmd_output": None,
                  "guest_cmd_stderr": None, "guest_cmd_rc": None,
                  "vmcoreinfo": None, "fw_cfg_via": "fw_cfg" if arch.fw_cfg_files else "initramfs",
+                 "live_shares": [{"tag": t, "host": h, "guest": g} for t, h, g in shares] or None,
                  "timings": {}, "sizes": {}}
     procs: list[_Proc] = []
     qmp = None
     con = Console(console)
     try:
         with _Signals():
-            if live:
-                vfs = _Proc([VIRTIOFSD, f"--socket-path={tmp}/vfs.sock", "-o", "source=/",
-                             "-o", "sandbox=chroot", "-o", "cache=auto"], out_dir / "virtiofsd.log")
+            for i, (tag, src, _) in enumerate(shares):
+                log = out_dir / ("virtiofsd.log" if i == 0 else f"virtiofsd-{tag}.log")
+                vfs = _Proc([VIRTIOFSD, f"--socket-path={tmp}/vfs{i}.sock", "-o", f"source={src}",
+                             "-o", "sandbox=chroot", "-o", "cache=auto"], log)
                 procs.append(vfs)
                 end = time.monotonic() + 10
-                while not (tmp / "vfs.sock").exists():
+                while not (tmp / f"vfs{i}.sock").exists():
                     if not vfs.alive() or time.monotonic() > end:
-                        raise TestbedError("virtiofsd did not start: " +
-                                           (out_dir / "virtiofsd.log").read_text()[-2000:])
+                        raise TestbedError("virtiofsd did not start: " + log.read_text()[-2000:])
                     time.sleep(0.05)
             t_boot = time.monotonic()
             q = _Proc(qemu_args, out_dir / "qemu.log")
