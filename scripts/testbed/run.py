@@ -26,7 +26,7 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
                other dump sources (dumps.DUMPS), e.g. capture-zstd-newest:
                the dump's path, its format, what the source records
                (kdump.KdumpCapture.take())
-  truth        from the guest (truth.parse_truth); every dict key is a
+  truth        from the guest (truth.parse_truth; also out_dir/truth.json); every dict key is a
                string (JSON):
     uname, cmdline, scenario, hugetlb_optimize_vmemmap (int or None)
     meminfo      {"HugePages_Total": n, ..., "Hugepagesize": kB, "Hugetlb": kB}
@@ -155,7 +155,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     mem = mem or sc["mem"]
 
     console = out_dir / "console.log"
-    stale = [console, out_dir / "run.json", out_dir / _dumps.VMCOREINFO_FILE]
+    stale = [console, out_dir / "run.json", out_dir / "truth.json", out_dir / _dumps.VMCOREINFO_FILE]
     for src in _dumps.DUMPS.values():
         stale += src.paths(out_dir)
     for p in stale:
@@ -340,6 +340,8 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     run["timings"]["total_s"] = round(time.monotonic() - t_start, 2)
+    # The guest's truth alone, beside the dumps (also run["truth"]).
+    (out_dir / "truth.json").write_text(json.dumps(run["truth"], indent=1) + "\n")
     (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     return json.loads(json.dumps(run))
 
