@@ -16,16 +16,23 @@
 #   VMEMSPECT_CACHE                default ~/.cache/vmemspect
 #   VMEMSPECT_APT_MIRROR           main archive URI (default: from /etc/apt)
 #   VMEMSPECT_APT_SECURITY_MIRROR  security archive URI (default: from /etc/apt)
+#   VMEMSPECT_DEB_ARCH             Debian architecture of the package lists
+#                                  (default amd64; e.g. riscv64: the guest's
+#                                  packages, never installed on this host)
 # The suites of the private source list: SUITES on the main archive,
 # SECURITY_SUITES on the security archive.
 SUITES="sid trixie bookworm bookworm-backports"
 SECURITY_SUITES="bookworm-security"
+deb_arch=${VMEMSPECT_DEB_ARCH:-amd64}
+# Debian has riscv64 from trixie on: no bookworm suites for it.
+if [ "$deb_arch" = riscv64 ]; then SUITES="sid trixie"; SECURITY_SUITES=""; fi
 apt_etc=/etc/apt
 cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
 # Its own directory (not apt/, which older versions of this script fill with
 # other suites: a shared lists directory would be pruned by each other's
-# `apt-get update`).
+# `apt-get update`), one per architecture for the same reason.
 aptdir=$cache/apt-suites
+[ "$deb_arch" = amd64 ] || aptdir=$cache/apt-suites-$deb_arch
 
 # ---- archive URIs from this machine's apt sources ----
 # Prints "URI SUITE" for every enabled binary ("deb") source, from the
@@ -90,6 +97,9 @@ list=$aptdir/sources.list
 apt_opts=(-o Dir::Etc::SourceList="$list" -o Dir::Etc::SourceParts=/dev/null
           -o Dir::State::Lists="$aptdir/lists" -o Dir::Cache="$aptdir/cache"
           -o APT::Sandbox::User=root -o Acquire::Languages=none)
+# Lists and downloads of another architecture than the host's: only that one
+# (apt-get download then fetches the .deb of that architecture).
+[ "$deb_arch" = amd64 ] || apt_opts+=(-o APT::Architecture="$deb_arch" -o APT::Architectures::="$deb_arch")
 # Refresh the package lists at most once a day, or when the sources changed;
 # one process at a time (the cache is shared).
 stamp=$aptdir/lists/.stamp

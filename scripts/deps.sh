@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install what vmemspect and its real-kernel test bed need: QEMU, busybox,
-# cpio, makedumpfile, kexec-tools, a C compiler for the guest helpers,
+# Install what vmemspect and its real-kernel test bed need: QEMU (x86_64
+# and, in qemu-system-misc, riscv64), busybox,
+# cpio, makedumpfile, kexec-tools, a C compiler for the guest helpers (and a
+# riscv64 cross compiler with its static C library for riscv64 guests),
 # python3-venv, and for the monitoring tests promtool (package prometheus),
 # prometheus-node-exporter and systemd-analyze (package systemd) (Debian
 # packages), then vmemspect itself with its Python
@@ -9,6 +11,12 @@
 # one: PEP 668). The Python is Debian's /usr/bin/python3 where it exists
 # (VMEMSPECT_PYTHON chooses another). Idempotent: installs only what is
 # missing. Prints nothing on stdout.
+#
+# What riscv64 guests run besides (busybox-static, kexec-tools, makedumpfile
+# of Debian's riscv64 packages) is not installed: the test bed downloads
+# those packages with `apt-get download` into ~/.cache/vmemspect/guest-debs/
+# and unpacks them there (scripts/testbed/guestdebs.py; no
+# `dpkg --add-architecture` on this machine).
 #
 #   scripts/deps.sh                 everything (the test bed too)
 #   scripts/deps.sh --python-only   only .venv (vmemspect on dumps and fixtures)
@@ -25,6 +33,7 @@ fi
 pkgs=(python3-venv)
 [ "${1:-}" = --python-only ] || pkgs+=(qemu-system-x86 busybox-static cpio makedumpfile kexec-tools \
                                       xz-utils zstd gcc libc6-dev \
+                                      qemu-system-misc gcc-riscv64-linux-gnu libc6-dev-riscv64-cross \
                                       prometheus prometheus-node-exporter systemd)
 need=()
 if command -v dpkg-query >/dev/null; then

@@ -3,10 +3,14 @@
 # DWARF vmlinux of its -dbg package, and its config when cheap) into a cache
 # outside the repository, keyed by kernel release.  Nothing is installed.
 #
-# usage: scripts/fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg]
+# usage: scripts/fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg] [--arch DEB_ARCH]
 #   e.g. fetch-kernel.sh 7.2 cloud sid
 #        fetch-kernel.sh 6.1 cloud bookworm-security
 #        fetch-kernel.sh 6.12 rt trixie --no-dbg
+#        fetch-kernel.sh 7.2 riscv64 sid --no-dbg --arch riscv64
+# DEB_ARCH (default amd64) is Debian's architecture; a flavour named like
+# the architecture is the architecture's only one (riscv64: release
+# 7.2.13+deb14-riscv64, not ...-riscv64-riscv64).
 # prints the cache directory of that kernel on stdout (last line).
 #
 # No version is written down anywhere: the newest package of the series and
@@ -20,11 +24,21 @@
 #   VMEMSPECT_APT_MIRROR           main archive URI (default: from /etc/apt)
 #   VMEMSPECT_APT_SECURITY_MIRROR  security archive URI (default: from /etc/apt)
 set -euo pipefail
-usage="usage: fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg]"
+usage="usage: fetch-kernel.sh SERIES FLAVOUR SUITE [--no-dbg] [--arch DEB_ARCH]"
 series=${1:?$usage}; flavour=${2:?$usage}; suite=${3:?$usage}
+shift 3
 want_dbg=1
-[ "${4:-}" = --no-dbg ] && want_dbg=0
 arch=amd64
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-dbg) want_dbg=0 ;;
+    --arch) arch=${2:?$usage}; shift ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+  shift
+done
+# The package lists of that architecture (debian-apt.sh).
+export VMEMSPECT_DEB_ARCH=$arch
 cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
 die() { echo "fetch-kernel.sh: $*" >&2; exit 1; }
 mkdir -p "$cache/debs"
@@ -54,19 +68,32 @@ packages=$(/usr/lib/apt/apt-helper cat-file "$index" | awk '
   END { if (p != "") print p, v, s, h }')
 
 # ---- the newest kernel of the series and flavour ----
-# Releases: 6.1.0-56-cloud-amd64, 6.12.117+deb13-rt-amd64, 7.2.13+deb14-cloud-amd64.
-krel="${series//./\\.}(\\.[0-9]+)?(-[0-9]+)?(\\+deb[0-9.]+)?-${flavour}-${arch}"
-pick=$(awk -v re="^(linux-image-${krel}-unsigned|linux-binary-unsigned-${krel})\$" \
-         '$1 ~ re { print $2, $1 }' <<<"$packages" | sort -V | tail -n 1)
-[ -n "$pick" ] || die "no $series $flavour-$arch kernel in $suite"
-pkg=${pick#* }
+# Releases: 6.1.0-56-cloud-amd64, 6.12.117+deb13-rt-amd64, 7.2.13+deb14-cloud-amd64,
+# 7.2.13+deb14-riscv64.
+if [ "$flavour" = "$arch" ]; then fl=$arch; else fl=$flavour-$arch; fi
+krel="${series//./\\.}(\\.[0-9]+)?(-[0-9]+)?(\\+deb[0-9.]+)?-${fl}"
+# amd64 kernels are signed: the boot image to take is the -unsigned
+# package's.  Architectures without signed kernels (riscv64) have only
+# linux-image-KVER (6.x) or linux-binary-KVER (7.x; linux-image-KVER is then
+# a small package of dependencies: the binary one goes first at one version).
+case "$arch" in
+  amd64|arm64) names="linux-image-${krel}-unsigned|linux-binary-unsigned-${krel}" ;;
+  *) names="linux-image-${krel}|linux-binary-${krel}" ;;
+esac
+pick=$(awk -v re="^(${names})\$" \
+         '$1 ~ re { print $2, ($1 ~ /^linux-binary/ ? 1 : 0), $1 }' <<<"$packages" |
+       sort -V | tail -n 1)
+[ -n "$pick" ] || die "no $series $fl kernel in $suite"
+pkg=${pick##* }
 case "$pkg" in
   linux-binary-unsigned-*) kver=${pkg#linux-binary-unsigned-} ;;
+  linux-binary-*) kver=${pkg#linux-binary-} ;;
   *) kver=${pkg#linux-image-}; kver=${kver%-unsigned} ;;
 esac
 dir=$cache/kernels/$kver
 mkdir -p "$dir"
-echo "fetch-kernel.sh: $suite: $pkg ${pick%% *}" >&2
+version=${pick%% *}
+echo "fetch-kernel.sh: $suite: $pkg $version" >&2
 
 have() { awk -v p="$1" '$1 == p { found = 1 } END { exit !found }' <<<"$packages"; }
 field() { awk -v p="$1" -v i="$2" '$1 == p { print $i; exit }' <<<"$packages"; }
@@ -120,7 +147,10 @@ if [ ! -s "$dir/vmlinuz" ] || [ ! -s "$dir/qemu_fw_cfg.ko" ] || { [ ! -s "$dir/c
   #   linux-image-*-unsigned: boot/vmlinuz-KVER, boot/config-KVER, modules inside
   #   linux-binary-unsigned-*: usr/lib/modules/KVER/vmlinuz.unsigned;
   #     modules in linux-modules-KVER, config in linux-base-KVER
-  pats=("./boot/vmlinuz-$kver" "./boot/config-$kver" "./usr/lib/modules/$kver/vmlinuz*"
+  #   riscv64: linux-image-KVER (6.x): boot/vmlinux-KVER (an Image with an
+  #     EFI stub, not an ELF vmlinux); linux-binary-KVER (7.x):
+  #     usr/lib/modules/KVER/vmlinuz (the same kind)
+  pats=("./boot/vmlinuz-$kver" "./boot/vmlinux-$kver" "./boot/config-$kver" "./usr/lib/modules/$kver/vmlinuz*"
         "./usr/lib/modules/$kver/config" "*/qemu_fw_cfg.ko*")
   deb=$(fetch "$pkg")
   extract "$deb" "$work/img" "${pats[@]}"
@@ -138,7 +168,8 @@ if [ ! -s "$dir/vmlinuz" ] || [ ! -s "$dir/qemu_fw_cfg.ko" ] || { [ ! -s "$dir/c
     cfg=$(first "$work/base/usr/lib/modules/$kver/config" "$work/base/boot/config-$kver" || true)
   fi
   img=$(first "$work/img/boot/vmlinuz-$kver" "$work/img/usr/lib/modules/$kver/vmlinuz.unsigned" \
-              "$work/img/usr/lib/modules/$kver/vmlinuz") || die "no boot image for $kver in $pkg"
+              "$work/img/usr/lib/modules/$kver/vmlinuz" "$work/img/boot/vmlinux-$kver") ||
+    die "no boot image for $kver in $pkg"
   [ -n "$ko" ] || die "no qemu_fw_cfg.ko for $kver (in $pkg or linux-modules-$kver)"
   mv "$img" "$dir/vmlinuz"
   unpack_ko "$ko" "$dir/qemu_fw_cfg.ko"
@@ -157,5 +188,5 @@ if [ "$want_dbg" = 1 ] && [ ! -s "$dir/vmlinux" ]; then
   if grep -qxF "$dbg" "$work/fetched" 2>/dev/null; then rm -f "$dbg"; fi
 fi
 echo "$kver" > "$dir/release"
-echo "$suite $pkg ${pick%% *}" > "$dir/package"
+echo "$suite $pkg $version" > "$dir/package"
 echo "$dir"

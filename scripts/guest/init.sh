@@ -2,7 +2,9 @@
 # /init of the vmemspect test-bed initramfs (busybox-static).
 #
 # Loads qemu_fw_cfg (without it QEMU's dumps carry no VMCOREINFO), reads its
-# orders from fw_cfg (opt/vmemspect/*), sets up the scenario's run-time
+# orders from fw_cfg (opt/vmemspect/*; where QEMU cannot pass fw_cfg files,
+# riscv64 virt, the host appends them to the initramfs as
+# /vmemspect-opt/NAME/raw instead), sets up the scenario's run-time
 # state, prints the ground truth on the console between markers, optionally
 # runs a command (in the host's root over virtiofs for "live"), prints the
 # READY marker and waits for the host to dump memory and stop QEMU.
@@ -30,6 +32,11 @@ fail() {
 
 insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
 FWC=/sys/firmware/qemu_fw_cfg/by_name/opt/vmemspect
+[ -d /vmemspect-opt ] && FWC=/vmemspect-opt
+# The control port (aftermath, kdump capture): the second UART, or hvc0 on
+# machines with one (the host says which).
+CTL=/dev/ttyS1
+[ -e "$FWC/control/raw" ] && CTL=$(cat "$FWC/control/raw")
 i=0
 while [ ! -e "$FWC/scenario/raw" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 [ -e "$FWC/scenario/raw" ] || fail "no fw_cfg opt/vmemspect/scenario"
@@ -155,6 +162,9 @@ T=/tmp/truth
 		echo "block_size 0x$(cat /sys/devices/system/memory/block_size_bytes)"
 	dmesg | grep -E 'HugeTLB|hugetlb_cma|cma: ' | sed 's/^\[[^]]*\] *//; s/^/dmesg /'
 	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /'
+	# Physical address and size (both hex) of the VMCOREINFO ELF note: the
+	# host reads it out of dumps that do not carry it (riscv64).
+	[ -e /sys/kernel/vmcoreinfo ] && echo "vmcoreinfo $(cat /sys/kernel/vmcoreinfo)"
 	kpf || echo "error kpf failed"
 	[ -e /tmp/held ] && cat /tmp/held
 	[ -e /tmp/demote ] && cat /tmp/demote
@@ -173,6 +183,15 @@ if [ -e "$FWC/script/raw" ]; then
 	if [ "$scenario" = live ]; then
 		mount -t virtiofs hostroot /host || fail "mount virtiofs"
 		for m in proc sys dev; do mount --bind /$m /host/$m || fail "bind $m"; done
+		# More host directories ("TAG PATH": virtiofs TAG at PATH in the
+		# chroot), where /host is not the host's root (riscv64).
+		if [ -e "$FWC/shares/raw" ]; then
+			while read -r tag path; do
+				[ -n "$tag" ] || continue
+				mkdir -p "/host$path" && mount -t virtiofs "$tag" "/host$path" ||
+					fail "mount virtiofs $tag at $path"
+			done < "$FWC/shares/raw"
+		fi
 		# The script goes to the host's /tmp under a name of this run.
 		f=/tmp/.vmemspect-cmd.$(cat /proc/sys/kernel/random/uuid)
 		cp /tmp/cmd.sh /host$f || fail "copy script to host"
@@ -196,8 +215,8 @@ if [ -e "$FWC/script/raw" ]; then
 fi
 
 # ---- aftermath (opt-in: fw_cfg opt/vmemspect/aftermath) ----
-# After READY the host dumps memory, then writes a line to the second
-# serial port (ttyS1); the guest then releases what it holds, empties every
+# After READY the host dumps memory, then writes a line to the control
+# port ($CTL); the guest then releases what it holds, empties every
 # pool (2 MiB first) and prints what the kernel said meanwhile (dmesg: the
 # console shows emergencies only) between AFTERMATH markers ("@VMS ~ "
 # lines, count and md5 at the end, like the truth block).
@@ -233,12 +252,21 @@ aftermath() {
 	sed 's/^/@VMS ~ /' $A
 	say "AFTERMATH END $n $sum"
 }
+ctl_open() {  # ctl_open FD: open the control port for reading on FD
+	if [ $CTL = /dev/ttyS1 ]; then
+		[ -e $CTL ] || mknod $CTL c 4 65
+	else
+		# (hvc0 appears once virtio-serial is probed)
+		i=0
+		while [ ! -e $CTL ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	fi
+	eval "exec $1< $CTL" || fail "open $CTL"
+	stty -F $CTL raw -echo || fail "stty $CTL"
+}
 if [ -e "$FWC/aftermath/raw" ]; then
 	# Open the control port before READY: bytes that reach a closed port
 	# are lost.
-	[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65
-	exec 3< /dev/ttyS1 || fail "open ttyS1"
-	stty -F /dev/ttyS1 raw -echo || fail "stty ttyS1"
+	ctl_open 3
 fi
 
 # "kdump capture" runs (scripts/testbed/kdump.py) add this: load a capture

@@ -4,7 +4,8 @@
 # kexec with its libraries (/bin/kexec, /opt/kexec) to the initramfs.
 #
 # Loads the same kernel as capture kernel (kexec -p), then leaves a job that
-# waits for a line on /dev/ttyS1 (the host sends it once its QMP dumps of
+# waits for a line on the control port $CTL (/dev/ttyS1 or /dev/hvc0, set by
+# /init; the host sends it once its QMP dumps of
 # this state, if any, are taken) and panics through sysrq: the capture
 # kernel (/init = scripts/guest/kdump-capture.sh) dumps /proc/vmcore with
 # makedumpfile onto a raw disk and powers off.
@@ -17,7 +18,31 @@ KDUMP_APPEND=
 [ -n "$KDUMP_APPEND" ] || fail "kdump: no KDUMP_APPEND"
 size=$(cat /sys/kernel/kexec_crash_size 2>/dev/null)
 [ "${size:-0}" -gt 0 ] || fail "kdump: no crash kernel memory (crashkernel= on the command line?)"
-[ -e /dev/ttyS1 ] || mknod /dev/ttyS1 c 4 65
+if [ "$(uname -m)" = riscv64 ]; then
+	# kexec-tools (2.0.32, kexec/arch/riscv get_memory_ranges) leaves every
+	# "Reserved" range of /proc/iomem out of the dump's memory (elfcorehdr).
+	# On riscv64 those are the kernel's own memblock allocations (the
+	# vmemmap, mem_section, page tables): makedumpfile then fails with
+	# "readpage_elf: Attempt to read non-existent page" / "Can't get the
+	# address of mem_section".  Show it an /proc/iomem without them, but
+	# with the firmware's (reserved-memory in the device tree: OpenSBI's,
+	# not readable from S-mode).
+	keep=""
+	for n in /sys/firmware/devicetree/base/reserved-memory/*/; do
+		[ -e "$n/reg" ] || continue
+		a=$(hexdump -ve '1/1 "%02x"' "$n/reg" | cut -c1-16 | sed 's/^0*//')
+		keep="$keep ${a:-0}"
+	done
+	awk -v keep="$keep" '
+		BEGIN { n = split(keep, k, " "); for (i = 1; i <= n; i++) K[k[i]] = 1 }
+		/^  [0-9a-f]+-[0-9a-f]+ : Reserved$/ {
+			split($1, r, "-"); s = r[1]; sub(/^0+/, "", s); if (!(s in K)) next
+		}
+		{ print }' /proc/iomem > /tmp/iomem
+	dropped=$(($(grep -c ': Reserved$' /proc/iomem) - $(grep -c ': Reserved$' /tmp/iomem)))
+	mount --bind /tmp/iomem /proc/iomem || fail "kdump: bind mount over /proc/iomem"
+	say "KDUMP IOMEM reserved_dropped=$dropped firmware_kept=$(echo $keep | tr ' ' ,)"
+fi
 t0=$(cut -d' ' -f1 /proc/uptime)
 if ! kexec -p /kdump/vmlinuz --initrd=/kdump/capture.img --append="$KDUMP_APPEND" > /tmp/kexec.out 2>&1; then
 	sed 's/^/@VMS ! /' /tmp/kexec.out
@@ -28,8 +53,7 @@ fi
 rm -f /kdump/vmlinuz /kdump/capture.img
 say "KDUMP ARMED crash_size=$size load_s=$t0-$(cut -d' ' -f1 /proc/uptime)"
 # Open the port now, before READY: bytes that reach a closed port are lost.
-exec 4< /dev/ttyS1 || fail "kdump: open ttyS1"
-stty -F /dev/ttyS1 raw -echo || fail "kdump: stty ttyS1"
+ctl_open 4
 (
 	read -r go <&4
 	say "KDUMP GO $go"

@@ -29,7 +29,8 @@ Everything downloaded or built goes to the cache
 output directory.
 """
 from .common import TestbedError, cache_dir
-from .dumps import DUMPS, dump_info, elf_filtered_ranges, elf_phys_offset, elf_segments
+from .dumps import (DUMPS, dump_info, elf_filtered_ranges, elf_phys_offset, elf_segments,
+                    embedded_vmcoreinfo, read_phys, vmcoreinfo_from_dump)
 from .kdump import CAPTURES
 from .initramfs import build_initramfs, build_guest_programs
 from .kernels import ARCHES, KERNELS, Kernel, fetch_kernel, kernel
@@ -41,6 +42,7 @@ from .truth import parse_truth
 __all__ = [
     "ARCHES", "CAPTURES", "DUMPS", "KERNELS", "QMP", "SCENARIOS", "Kernel", "TestbedError",
     "build_guest_programs", "build_initramfs", "cache_dir", "dump_info", "elf_filtered_ranges", "elf_phys_offset",
-    "elf_segments", "fetch_kernel", "kernel", "parse_truth", "run_scenario", "summary",
+    "elf_segments", "embedded_vmcoreinfo", "fetch_kernel", "kernel", "parse_truth", "read_phys",
+    "run_scenario", "summary", "vmcoreinfo_from_dump",
     "_live_procs", "_pdeathsig", "_procs_lock",
 ]

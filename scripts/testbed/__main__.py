@@ -9,7 +9,7 @@
                                 [--guest-cmd CMD] [--hold] [--summary]
     python3 scripts/testbed dumps                    the dump sources
     python3 scripts/testbed dump-info FILE           format, real compression, ELF gaps
-    python3 scripts/testbed capture-tools            kexec and makedumpfile builds of kdump captures
+    python3 scripts/testbed capture-tools [--arch A] kexec and makedumpfile builds of kdump captures
 
 e.g. a real kdump capture, with QEMU's dump of the same state beside it:
     python3 scripts/testbed run --kernel 7.2 --dump kdump --dump capture-zstd-newest --summary
@@ -42,15 +42,15 @@ def _kernels(ids_only: bool) -> None:
     if ids_only:
         print("\n".join(KERNELS))
         return
-    print(f"{'id':9} {'series':6} {'flavour':7} {'suite':19} {'dbg':3} {'form':7} "
-          f"{'arch':6} cached release")
+    print(f"{'id':12} {'series':6} {'flavour':7} {'suite':19} {'dbg':3} {'form':7} "
+          f"{'arch':7} cached release")
     for k in KERNELS.values():
         c = cached(k)
         rel = c[-1].name + (" (vmlinux)" if (c[-1] / "vmlinux").is_file() else "") if c else "-"
-        print(f"{k.id:9} {k.series:6} {k.flavour:7} {k.suite:19} {'yes' if k.dbg else 'no':3} "
-              f"{k.form:7} {k.arch:6} {rel}")
+        print(f"{k.id:12} {k.series:6} {k.flavour:7} {k.suite:19} {'yes' if k.dbg else 'no':3} "
+              f"{k.form:7} {k.arch:7} {rel}")
         if k.desc:
-            print(f"{'':9} {k.desc}")
+            print(f"{'':12} {k.desc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--aftermath", action="store_true",
                    help="after the dump, let the guest release its holds and empty its "
                         "pools; record what the kernel said (run.json: aftermath)")
-    r.add_argument("--no-dbg", dest="dbg", action="store_false", default=None,
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--dbg", action="store_true", default=None,
+                   help="fetch the -dbg package (DWARF vmlinux) even if the registry does not "
+                        "(riscv64: about 1 GB)")
+    g.add_argument("--no-dbg", dest="dbg", action="store_false",
                    help="do not fetch the -dbg package even if the registry does")
     r.add_argument("--guest-cmd", help="command to run in the guest before the dump")
     r.add_argument("--guest-cwd", help="working dir of --guest-cmd (live: default the current dir)")
@@ -89,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("dumps", help="list the dump sources")
     di = sub.add_parser("dump-info", help="format and real compression of a dump file (JSON)")
     di.add_argument("file")
-    sub.add_parser("capture-tools",
-                   help="the kexec and makedumpfile builds kdump captures use (JSON; fetches the newest)")
+    ct = sub.add_parser("capture-tools",
+                        help="the kexec and makedumpfile builds kdump captures use (JSON; fetches the newest)")
+    ct.add_argument("--arch", default="x86_64", choices=list(testbed.ARCHES),
+                    help="of guests of this architecture")
     a = ap.parse_args(argv)
 
     if a.cmd == "dumps":
@@ -119,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             print(testbed.fetch_kernel(a.kernel, dbg=a.dbg))
             return 0
         if a.cmd == "initramfs":
-            print(testbed.build_initramfs(testbed.fetch_kernel(a.kernel, dbg=False)))
+            print(testbed.build_initramfs(testbed.fetch_kernel(a.kernel, dbg=False),
+                                          testbed.kernel(a.kernel).arch_info))
             return 0
         if a.cmd == "capture-tools":
             from testbed import kdump
-            print(json.dumps({"kexec": kdump.kexec_bundle().describe(),
-                              **{b: kdump.makedumpfile_bundle(b).describe() for b in kdump.BUILDS}},
+            arch = testbed.ARCHES[a.arch]
+            print(json.dumps({"kexec": kdump.kexec_bundle(arch).describe(),
+                              **{b: kdump.makedumpfile_bundle(b, arch).describe() for b in kdump.BUILDS
+                                 if arch.name == "x86_64" or b == "newest"}},
                              indent=1))
             return 0
     except TestbedError as e:

@@ -2,7 +2,8 @@
 dumped.
 
 Opt-in (run_scenario(aftermath=True)): the guest waits on a second serial
-port (ttyS1, a unix socket on the host) after READY; once the dumps are
+port (ttyS1, or hvc0 where the machine has one UART; a unix socket on
+the host) after READY; once the dumps are
 taken the host writes "go", the guest releases its holds, empties every
 pool and prints what the kernel said (dmesg) between AFTERMATH markers.
 A finding about a kernel is confirmed by what the kernel then does (the
@@ -17,19 +18,22 @@ import time
 from pathlib import Path
 
 from .common import TestbedError
+from .kernels import Arch
+from .qemu import control_args
 from .truth import Console
 
 
 AFTERMATH_CTL = "ctl.sock"
 
 
-def aftermath_qemu_args(tmp: Path) -> list[str]:
+def aftermath_qemu_args(tmp: Path, arch: Arch) -> list[str]:
     """QEMU arguments of the aftermath: the order in fw_cfg and the control
-    port (COM2, after the console's COM1)."""
+    port (x86: COM2, after the console's COM1; riscv64: hvc0, see
+    Arch.control)."""
     (tmp / "aftermath").write_text("1")
     return ["-fw_cfg", f"name=opt/vmemspect/aftermath,file={tmp}/aftermath",
             "-chardev", f"socket,id=ctl,path={tmp}/{AFTERMATH_CTL},server=on,wait=off",
-            "-serial", "chardev:ctl"]
+            *control_args(arch, "ctl")]
 
 
 def run_aftermath(tmp: Path, con: Console, alive, timeout: float) -> dict:

@@ -2,7 +2,11 @@
 the kernel's qemu_fw_cfg.ko (without it QEMU's dumps carry no VMCOREINFO),
 and the guest's C helpers built static on the host.  Built once per kernel
 release and guest sources, into the cache (a plain newc cpio, gzip'd: no
-cpio tool needed)."""
+cpio tool needed).
+
+A guest of another architecture (riscv64) gets that architecture's
+busybox-static (the Debian package, unpacked into the cache by
+guestdebs.py) and helpers built with its cross compiler (Arch.gcc)."""
 from __future__ import annotations
 
 import gzip
@@ -12,21 +16,30 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import guestdebs
 from .common import GUEST, TestbedError, _atomic_write, _sha, cache_dir
+from .kernels import ARCHES, Arch
 
 # Bump when the layout of the initramfs changes in this file.
 INITRAMFS_FORMAT = "1"
 GUEST_PROGRAMS = ("kpf", "hugehold")
 
 
-def build_guest_programs() -> dict[str, Path]:
-    """Compile the guest's C helpers (static), cached by source + gcc version."""
-    gcc = shutil.which("gcc")
+def build_guest_programs(arch: Arch | None = None) -> dict[str, Path]:
+    """Compile the guest's C helpers (static) with the compiler of the
+    guest's architecture (Arch.gcc), cached by source + compiler version."""
+    arch = arch or ARCHES["x86_64"]
+    gcc = shutil.which(arch.gcc)
     if not gcc:
-        raise TestbedError("gcc is needed to build the guest helpers (scripts/guest/*.c)")
+        raise TestbedError(f"{arch.gcc} is needed to build the guest helpers (scripts/guest/*.c)"
+                           + (f" for {arch.name} guests (packages gcc-{arch.triplet.replace('_', '-')} "
+                              f"libc6-dev-{arch.deb_arch}-cross: scripts/deps.sh)"
+                              if arch.gcc != "gcc" else ""))
     ver = subprocess.run([gcc, "--version"], stdout=subprocess.PIPE, text=True).stdout
     srcs = [(GUEST / f"{n}.c").read_bytes() for n in GUEST_PROGRAMS]
-    d = cache_dir() / "guest-bin" / _sha(ver.encode(), *srcs)[:16]
+    # (The x86_64 key is what it was before other architectures.)
+    d = cache_dir() / "guest-bin" / _sha(ver.encode(), *srcs, *(
+        [arch.name.encode()] if arch.name != "x86_64" else []))[:16]
     out = {}
     for n in GUEST_PROGRAMS:
         exe = d / n
@@ -36,8 +49,9 @@ def build_guest_programs() -> dict[str, Path]:
             p = subprocess.run([gcc, "-static", "-O2", "-Wall", "-o", str(tmp), str(GUEST / f"{n}.c")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if p.returncode != 0:
-                raise TestbedError(f"gcc -static {n}.c failed:\n{p.stdout}\n"
-                                   "(static glibc: package libc6-dev)")
+                raise TestbedError(f"{arch.gcc} -static {n}.c failed:\n{p.stdout}\n"
+                                   f"(static glibc: package libc6-dev"
+                                   f"{'' if arch.gcc == 'gcc' else '-' + arch.deb_arch + '-cross'})")
             os.replace(tmp, exe)
         out[n] = exe
     return out
@@ -86,11 +100,22 @@ def _busybox() -> Path:
     raise TestbedError("no busybox (package busybox-static)")
 
 
-def build_initramfs(kdir: Path) -> Path:
+def guest_busybox(arch: Arch) -> Path:
+    """busybox-static for a guest of ``arch``: this machine's for x86_64,
+    else that architecture's Debian package (the newest in the private
+    suites), unpacked into the cache."""
+    if arch.name == "x86_64":
+        return _busybox()
+    root = guestdebs.unpacked(arch.deb_arch, "busybox-static", ["busybox-static"], libs=False)
+    return guestdebs.find(root, "usr/bin/busybox", "bin/busybox")
+
+
+def build_initramfs(kdir: Path, arch: Arch | None = None) -> Path:
     """The guest's initramfs for one kernel, cached by release + guest sources."""
+    arch = arch or ARCHES["x86_64"]
     release = (kdir / "release").read_text().strip()
-    progs = build_guest_programs()
-    bb = _busybox().read_bytes()
+    progs = build_guest_programs(arch)
+    bb = guest_busybox(arch).read_bytes()
     init = (GUEST / "init.sh").read_bytes()
     ko = (kdir / "qemu_fw_cfg.ko").read_bytes()
     srcs = [(GUEST / f"{n}.c").read_bytes() for n in GUEST_PROGRAMS]

@@ -25,6 +25,13 @@ through that loader.  Two makedumpfile builds: "host", this machine's
 run with its own suite's libraries and loader, downloaded through
 scripts/debian-apt.sh (archive URIs from this machine's apt sources).
 
+riscv64 guests run riscv64 tools: kexec-tools and makedumpfile of the
+newest Debian packages of that architecture with their libraries
+(guestdebs.py), so only the "newest" build; none of them runs on the host
+(version from the package, the compressions built from its library
+dependencies).  The guest's /init works around kexec-tools' riscv memory
+ranges (scripts/guest/kdump-arm.sh).
+
 Sources (dumps.DUMPS): ``capture-VARIANT-BUILD``, VARIANT zlib, lzo, zstd or
 elf, BUILD host or newest, e.g. ``run_scenario("7.2", "hvo-2m",
 dumps=["kdump", "capture-zstd-newest"])``.  A makedumpfile built without the
@@ -46,9 +53,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import guestdebs
 from .common import GUEST, SCRIPTS, TestbedError, _atomic_write, _sha, cache_dir
 from .dumps import DUMPS, DumpContext, DumpResult, DumpSource, dump_info, elf_filtered_ranges
-from .initramfs import _busybox, _Cpio
+from .initramfs import _Cpio, guest_busybox
+from .kernels import ARCHES, Arch
+from .qemu import control_args
 
 # Bump when the layout of the kdump initramfs parts changes here.
 KDUMP_FORMAT = "2"
@@ -61,10 +71,12 @@ BUILDS = ("host", "newest")
 CAPTURE_CMDLINE = "console=ttyS0 reset_devices nr_cpus=1 irqpoll init_on_alloc=0 panic=-1"
 
 
-def crashkernel_for(mem: str) -> str:
+def crashkernel_for(mem: str, arch: Arch | None = None) -> str:
     """The crashkernel= reservation for a guest of ``mem`` (QEMU -m syntax):
-    160M was seen to be enough in a 2 GiB guest, 384M in a 4 GiB one."""
-    return "160M" if _mem_mib(mem) <= 2048 else "384M"
+    x86_64: 160M was seen to be enough in a 2 GiB guest, 384M in a 4 GiB
+    one; riscv64: 256M (its kernel Image is 36 MB); Arch.crashkernel."""
+    small, large = (arch or ARCHES["x86_64"]).crashkernel
+    return small if _mem_mib(mem) <= 2048 else large
 
 
 # ---------------------------------------------------------------- apt
@@ -149,17 +161,19 @@ class Bundle:
     that runs PROG through that loader with only those libraries."""
 
     def __init__(self, name: str, prog: Path, libs: dict[str, Path], version: str,
-                 origin: str, features: dict[str, bool] | None = None) -> None:
+                 origin: str, features: dict[str, bool] | None = None,
+                 loader: str = LOADER) -> None:
         self.name, self.prog, self.libs, self.version, self.origin = name, prog, libs, version, origin
         #: makedumpfile -v: compression -> built in
         self.features = features or {}
+        self.loader = loader
 
     def files(self) -> list[tuple[str, bytes, int]]:
         base = f"opt/{self.name}"
         out = [(f"{base}/bin/{self.prog.name}", self.prog.read_bytes(), 0o755)]
         for soname, path in sorted(self.libs.items()):
             out.append((f"{base}/lib/{soname}", path.resolve().read_bytes(), 0o755))
-        wrapper = (f"#!/bin/sh\nexec /{base}/lib/{LOADER} --library-path /{base}/lib "
+        wrapper = (f"#!/bin/sh\nexec /{base}/lib/{self.loader} --library-path /{base}/lib "
                    f"/{base}/bin/{self.prog.name} \"$@\"\n").encode()
         out.append((f"bin/{self.name}", wrapper, 0o755))
         return out
@@ -211,7 +225,35 @@ def host_bundle(name: str, program: str, version_argv: list[str], pattern: str) 
     return Bundle(name, exe, _ldd_list(exe), version, "this machine: " + _dpkg_version(exe), feats)
 
 
-def kexec_bundle() -> Bundle:
+def guest_arch_bundle(arch: Arch, name: str, package: str, program: str) -> Bundle:
+    """``program`` of the newest Debian package ``package`` of ``arch`` (not
+    this machine's), with every shared library of it and its library
+    dependencies, unpacked into the cache (guestdebs.py).  Not run here:
+    the version is the package's; for makedumpfile the compressions built
+    in are those whose library it depends on (zlib always)."""
+    root = guestdebs.unpacked(arch.deb_arch, name, [package])
+    exe = guestdebs.find(root, f"usr/sbin/{program}", f"usr/bin/{program}", f"sbin/{program}",
+                         f"bin/{program}")
+    libs = guestdebs.shared_libs(root, arch.triplet)
+    if arch.loader not in libs:
+        raise TestbedError(f"no {arch.loader} under {root}")
+    # "package version suite" lines
+    pkgs = {ln.split()[0]: ln.split()[1:] for ln in (root / ".done").read_text().splitlines()}
+    version, suite = pkgs[package]
+    feats = {}
+    if program == "makedumpfile":
+        feats = {"zlib": True, "lzo": any(p.startswith("liblzo2") for p in pkgs),
+                 "snappy": any(p.startswith("libsnappy") for p in pkgs),
+                 "zstd": any(p.startswith("libzstd") for p in pkgs)}
+        version = re.sub(r"^\d+:", "", version).split("-")[0]
+    return Bundle(name, exe, libs, version, f"{suite}: {package} {pkgs[package][0]} ({arch.deb_arch})",
+                  feats, loader=arch.loader)
+
+
+def kexec_bundle(arch: Arch | None = None) -> Bundle:
+    arch = arch or ARCHES["x86_64"]
+    if arch.name != "x86_64":
+        return guest_arch_bundle(arch, "kexec", "kexec-tools", "kexec")
     return host_bundle("kexec", "kexec", ["--version"], r"kexec-tools\s+(\S+)")
 
 
@@ -269,12 +311,26 @@ def makedumpfile_newest() -> Bundle:
     return Bundle("mdf-newest", exe, libs, version, f"{suite}: makedumpfile {ver}", feats)
 
 
-def makedumpfile_bundle(build: str) -> Bundle:
+def makedumpfile_bundle(build: str, arch: Arch | None = None) -> Bundle:
+    arch = arch or ARCHES["x86_64"]
+    if build not in BUILDS:
+        raise ValueError(f"unknown makedumpfile build {build!r}; have {', '.join(BUILDS)}")
+    if arch.name != "x86_64":
+        if build == "host":
+            raise TestbedError(f"no \"host\" makedumpfile for {arch.name} guests (this machine's "
+                               "is not of their architecture): use the \"newest\" build")
+        return guest_arch_bundle(arch, "mdf-newest", "makedumpfile", "makedumpfile")
     if build == "host":
         return makedumpfile_host()
-    if build == "newest":
-        return makedumpfile_newest()
-    raise ValueError(f"unknown makedumpfile build {build!r}; have {', '.join(BUILDS)}")
+    return makedumpfile_newest()
+
+
+def capture_builds(arch: Arch) -> list[Bundle]:
+    """The makedumpfile builds a capture initramfs holds: both on x86_64,
+    the newest elsewhere."""
+    if arch.name == "x86_64":
+        return [makedumpfile_host(), makedumpfile_newest()]
+    return [makedumpfile_bundle("newest", arch)]
 
 
 # ---------------------------------------------------------------- capture kernel modules
@@ -370,12 +426,12 @@ def _add_files(c: "_Cpio", files: list[tuple[str, bytes, int]], dirs: set[str]) 
         c.file(name, data, perm)
 
 
-def build_capture_initramfs(kdir: Path, builds: list[Bundle]) -> Path:
+def build_capture_initramfs(kdir: Path, builds: list[Bundle], arch: Arch | None = None) -> Path:
     """The capture kernel's initramfs: busybox, scripts/guest/kdump-capture.sh
     as /init, the virtio modules, and each makedumpfile build (/bin/NAME).
     Cached by its contents."""
     release = (kdir / "release").read_text().strip()
-    bb = _busybox().read_bytes()
+    bb = guest_busybox(arch or ARCHES["x86_64"]).read_bytes()
     init = (GUEST / "kdump-capture.sh").read_bytes()
     mods = capture_modules(kdir)
     key = _sha(KDUMP_FORMAT.encode(), release.encode(), bb, init,
@@ -481,17 +537,19 @@ class KdumpCapture(DumpSource):
     # -- before the boot
     def initramfs(self, ctx: DumpContext, initrd: Path) -> Path:
         t0 = time.monotonic()
-        mdf = makedumpfile_bundle(self.build)
-        kexec = kexec_bundle()
-        capture = build_capture_initramfs(ctx.kdir, [makedumpfile_host(), makedumpfile_newest()])
+        arch = ctx.arch or ARCHES["x86_64"]
+        mdf = makedumpfile_bundle(self.build, arch)
+        kexec = kexec_bundle(arch)
+        capture = build_capture_initramfs(ctx.kdir, capture_builds(arch), arch)
         first = build_first_initramfs(ctx.kdir, initrd, capture, kexec)
+        level = self.dump_level
         disk = ctx.out_dir / "capture-disk.img"
         # Sparse: at most the guest's RAM plus headers is ever written.
         with open(disk, "wb") as f:
             f.truncate((_mem_mib(ctx.mem) + 256) << 20)
-        crashkernel = crashkernel_for(ctx.mem)
+        crashkernel = crashkernel_for(ctx.mem, arch)
         append = " ".join([CAPTURE_CMDLINE, f"vmemspect.mdf={mdf.name}",
-                           f"vmemspect.opt={VARIANTS[self.variant]}", f"vmemspect.level={self.dump_level}"])
+                           f"vmemspect.opt={VARIANTS[self.variant]}", f"vmemspect.level={level}"])
         (ctx.tmp / "kdump.conf").write_text(f"KDUMP_APPEND='{append}'\n")
         ctx.state[self.name] = {
             "disk": disk,
@@ -501,23 +559,24 @@ class KdumpCapture(DumpSource):
                 "requested_compression": "none" if self.variant == "elf" else self.variant,
                 "makedumpfile": {"build": self.build, **mdf.describe()},
                 "kexec": kexec.describe(), "crashkernel": crashkernel,
-                "capture_cmdline": append, "dump_level": self.dump_level,
+                "capture_cmdline": append, "dump_level": level,
                 "capture_initramfs": str(capture), "first_initramfs": str(first),
                 "prepare_s": round(time.monotonic() - t0, 2),
             }}
         return first
 
     def cmdline(self, ctx: DumpContext) -> str:
-        return f"crashkernel={crashkernel_for(ctx.mem)}"
+        return f"crashkernel={crashkernel_for(ctx.mem, ctx.arch)}"
 
     def qemu_args(self, ctx: DumpContext) -> list[str]:
         disk = ctx.state[self.name]["disk"]
         return ["-fw_cfg", f"name=opt/vmemspect/kdump,file={ctx.tmp}/kdump.conf",
                 "-drive", f"file={disk},format=raw,if=none,id=kdumpdisk,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=kdumpdisk",
-                # the guest's ttyS1: the host says "go" there (take())
+                # the guest's control port (ttyS1 or hvc0, Arch.control):
+                # the host says "go" there (take())
                 "-chardev", f"socket,id=ser1,path={ctx.tmp}/go.sock,server=on,wait=off",
-                "-serial", "chardev:ser1"]
+                *control_args(ctx.arch, "ser1")]
 
     # -- once the guest is READY (and the QMP dumps, if any, are taken)
     def take(self, ctx: DumpContext) -> DumpResult:

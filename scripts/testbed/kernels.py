@@ -25,10 +25,53 @@ class Arch:
     cpu: str
     console: str        # the serial console device of the kernel command line
     smp: int = 2
+    #: More QEMU arguments of every guest (firmware).
+    qemu_opts: tuple = ()
+    #: The C compiler of the guest's helpers (static), a cross compiler
+    #: when the guest is not this machine's architecture.
+    gcc: str = "gcc"
+    #: Debian's multiarch triplet (library directories of the guest's
+    #: dynamically linked tools, kdump.py).
+    triplet: str = "x86_64-linux-gnu"
+    #: The dynamic loader of those tools.
+    loader: str = "ld-linux-x86-64.so.2"
+    #: QEMU's ``-device vmcoreinfo`` works on this machine: the dumps carry
+    #: the guest's VMCOREINFO.  Without it the test bed writes the note's
+    #: text beside the dumps (vmcoreinfo.txt, dumps.write_vmcoreinfo()).
+    vmcoreinfo_device: bool = True
+    #: QEMU's ``-fw_cfg name=...,file=...`` works on this machine; without
+    #: it the run's orders reach the guest as files in an extra initramfs
+    #: archive (run.py).
+    fw_cfg_files: bool = True
+    #: How the host talks to a running guest besides the console (the
+    #: aftermath's and the kdump capture's "go"): "serial" (the second
+    #: UART, ttyS1) or "virtconsole" (hvc0 on virtio-serial, for machines
+    #: with one UART).
+    control: str = "serial"
+    #: The crashkernel= reservation of kdump captures, by guest memory up to
+    #: 2 GiB and above (kdump.crashkernel_for).
+    crashkernel: tuple = ("160M", "384M")
+
+    @property
+    def control_dev(self) -> str:
+        """The guest's device of the control channel."""
+        return "/dev/ttyS1" if self.control == "serial" else "/dev/hvc0"
 
 
 ARCHES = {
     "x86_64": Arch("x86_64", "amd64", "qemu-system-x86_64", "q35", "max", "ttyS0"),
+    # QEMU 7.2 (bookworm's qemu-system-misc), virt machine, OpenSBI from
+    # QEMU ("-bios default").  One vCPU: TCG is slower here, and one is
+    # enough for every scenario.  On this machine QEMU 7.2 refuses
+    # ``-device vmcoreinfo`` ("requires fw_cfg with DMA") and ``-fw_cfg``
+    # ("fw_cfg device not available"), though the guest has a fw_cfg (MMIO);
+    # virt has one UART.  The riscv64 kernel Image (36 MB) with its
+    # initramfs needs more crash kernel memory than 160M.
+    "riscv64": Arch("riscv64", "riscv64", "qemu-system-riscv64", "virt", "rv64", "ttyS0", smp=1,
+                    qemu_opts=("-bios", "default"), gcc="riscv64-linux-gnu-gcc",
+                    triplet="riscv64-linux-gnu", loader="ld-linux-riscv64-lp64d.so.1",
+                    vmcoreinfo_device=False, fw_cfg_files=False, control="virtconsole",
+                    crashkernel=("256M", "384M")),
 }
 
 
@@ -49,6 +92,13 @@ class Kernel:
     @property
     def arch_info(self) -> Arch:
         return ARCHES[self.arch]
+
+    @property
+    def release_suffix(self) -> str:
+        """The end of the kernel release: "cloud-amd64"; "riscv64" for the
+        one flavour Debian names after its architecture."""
+        deb = self.arch_info.deb_arch
+        return deb if self.flavour == deb else f"{self.flavour}-{deb}"
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -73,6 +123,13 @@ KERNELS: dict[str, Kernel] = {k.id: k for k in (
            desc="Debian 13 PREEMPT_RT, no -dbg (BTF)"),
     Kernel("7.2-rt", "7.2", "rt", "sid", False, "mask",
            desc="unstable PREEMPT_RT, no -dbg (BTF)"),
+    # riscv64: Debian's one flavour, named after the architecture
+    # (7.2.13+deb14-riscv64).  HVO built in (DEFAULT_ON off), BTF, no KASLR;
+    # -dbg about 1 GB (1.2 GB for 7.2): fetched only on request.
+    Kernel("7.2-riscv64", "7.2", "riscv64", "sid", False, "mask", arch="riscv64",
+           desc="unstable riscv64, no -dbg (BTF), Sv48"),
+    Kernel("6.12-riscv64", "6.12", "riscv64", "trixie", False, "pointer", arch="riscv64",
+           desc="Debian 13 riscv64, no -dbg (BTF), Sv57"),
 )}
 
 
@@ -88,12 +145,12 @@ def fetch_kernel(series: str, dbg: bool | None = None) -> Path:
     cache hit when present) and return the kernel's cache directory.
     ``dbg`` None: as the registry says."""
     k = kernel(series)
-    if k.arch_info.deb_arch != "amd64":
-        raise TestbedError(f"{k.id}: fetch-kernel.sh fetches amd64 kernels only")
     want_dbg = k.dbg if dbg is None else dbg
     cmd = [str(SCRIPTS / "fetch-kernel.sh"), k.series, k.flavour, k.suite]
     if not want_dbg:
         cmd.append("--no-dbg")
+    if k.arch_info.deb_arch != "amd64":
+        cmd += ["--arch", k.arch_info.deb_arch]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
         raise TestbedError(f"fetch-kernel.sh {' '.join(cmd[1:])} failed ({p.returncode}):\n"
@@ -113,7 +170,7 @@ def cached(k: Kernel) -> list[Path]:
     the "package" file fetch-kernel.sh writes (suite, package, version);
     no network."""
     rel = re.compile(re.escape(k.series) + r"(\.[0-9]+)?(-[0-9]+)?(\+deb[0-9.]+)?-"
-                     + re.escape(k.flavour) + "-" + re.escape(k.arch_info.deb_arch) + "$")
+                     + re.escape(k.release_suffix) + "$")
     found = []
     for d in sorted((cache_dir() / "kernels").glob("*/package")):
         try:

@@ -42,7 +42,16 @@ def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
     smp = os.environ.get("VMEMSPECT_QEMU_SMP") or str(arch.smp)
     return [arch.qemu, "-machine", machine, "-accel", "tcg,thread=single",
             "-cpu", cpu, "-smp", smp, "-m", mem,
-            "-nodefaults", "-display", "none", "-no-reboot"]
+            "-nodefaults", "-display", "none", "-no-reboot", *arch.qemu_opts]
+
+
+def control_args(arch: Arch, chardev: str) -> list[str]:
+    """QEMU arguments that connect chardev ``chardev`` to the guest's
+    control channel (Arch.control: arch.control_dev in the guest)."""
+    if arch.control == "serial":
+        return ["-serial", f"chardev:{chardev}"]
+    return ["-device", "virtio-serial-pci,id=vmsctl",
+            "-device", f"virtconsole,chardev={chardev},bus=vmsctl.0"]
 
 
 # ---------------------------------------------------------------- processes

@@ -9,7 +9,13 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
   vmlinuz, initramfs,
   kdump        plain kdump-compressed file (QEMU's flattened output run
                through makedumpfile -R); kdump_format says which it is
+               (None for riscv64 guests: their default is "elf" only)
   elf          ELF dump (paging off) or None; see dumps.elf_phys_offset()
+  vmcoreinfo   where the guest's VMCOREINFO text is, for guests whose QEMU
+               dumps do not carry it (riscv64; None elsewhere): path (the
+               run dir's vmcoreinfo.txt), source, ... (dumps.write_vmcoreinfo)
+  fw_cfg_via   "fw_cfg" (QEMU -fw_cfg) or "initramfs" (how the guest got
+               its orders: scenario, script, ...)
   console      serial log;  guest_cmd, guest_cmd_output (stdout, exact),
   guest_cmd_stderr, guest_cmd_rc
   timings      boot_s (QEMU start to truth), guest_cmd_s, dump_s (kdump),
@@ -20,7 +26,7 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
                other dump sources (dumps.DUMPS), e.g. capture-zstd-newest:
                the dump's path, its format, what the source records
                (kdump.KdumpCapture.take())
-  truth        from the guest (truth.parse_truth); every dict key is a
+  truth        from the guest (truth.parse_truth; also out_dir/truth.json); every dict key is a
                string (JSON):
     uname, cmdline, scenario, hugetlb_optimize_vmemmap (int or None)
     meminfo      {"HugePages_Total": n, ..., "Hugepagesize": kB, "Hugetlb": kB}
@@ -30,6 +36,8 @@ run_scenario() returns (and writes to out_dir/run.json) a dict::
     vmemmap_freeable_kib {"2048": 28, "1048576": 16380}
     vmstat       {"nr_memmap_pages": n, "nr_memmap_boot_pages": n}
                  (empty on 6.1: it has no such counters)
+    vmcoreinfo_note  {"paddr", "size"} of the VMCOREINFO note
+                 (/sys/kernel/vmcoreinfo)
     hugetlb_folios [{"pfn", "flags" (raw /proc/kpageflags word), "nr_pages"}]
     kpf_scanned_pfns, in_use [{"kind": "anon"|"file", "pfn", "phase"}]
     node_memory_blocks {"0": [block ids]}, memory_block_size (bytes),
@@ -56,7 +64,8 @@ from pathlib import Path
 from . import dumps as _dumps
 from .aftermath import aftermath_qemu_args, run_aftermath
 from .common import TestbedError, cache_dir
-from .initramfs import build_initramfs
+from . import guestdebs
+from .initramfs import _Cpio, build_initramfs, guest_busybox
 from .kernels import fetch_kernel, kernel
 from .qemu import QMP, VIRTIOFSD, _Proc, _Signals, base_args
 from .scenarios import BASE_CMDLINE, DEFAULT_LIVE_CMD, SCENARIOS
@@ -64,11 +73,13 @@ from .truth import CRASH, MARK, Console, GuestProtocol, ProtocolError
 
 
 def _guest_script(guest_cmd: str, live: bool, cwd: str | None, env: dict | None,
-                  kdir: Path) -> str:
+                  kdir: Path, native: bool = True) -> str:
     lines = ["# written by scripts/testbed (run.py)"]
     if live:
-        path = os.path.dirname(sys.executable) + ":" + os.environ.get(
-            "PATH", "/usr/local/bin:/usr/bin:/bin")
+        # In this machine's root: its Python first; in a root of the
+        # guest's architecture (guestdebs.live_root): that root's.
+        path = (os.path.dirname(sys.executable) + ":" + os.environ.get(
+            "PATH", "/usr/local/bin:/usr/bin:/bin")) if native else "/usr/local/bin:/usr/bin:/bin"
         e = {"PATH": path + ":/usr/local/sbin:/usr/sbin:/sbin",
              "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
              # the guest must not write caches into the host's checkout
@@ -106,7 +117,9 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     ready and before the dump, with info["qmp"] the path of a spare QMP
     socket (e.g. for ``drgn --qemu``).  ``dbg`` None: fetch the -dbg
     package if the registry says so.  ``dumps``: dump sources by name
-    (dumps.DUMPS), default "kdump" plus "elf" if ``elf``.  ``aftermath``:
+    (dumps.DUMPS), default "kdump" plus "elf" if ``elf`` (for a guest whose
+    QEMU dumps carry no VMCOREINFO, riscv64: "elf" only, and the note's text
+    goes to out_dir/vmcoreinfo.txt).  ``aftermath``:
     after the dumps, let the guest release its holds and empty its pools,
     and put what the kernel said into run["aftermath"] (aftermath.py).
     Raises TestbedError on failure.
@@ -116,7 +129,12 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     arch = k.arch_info
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; have {', '.join(SCENARIOS)}")
-    sources = _dumps.ordered(dumps if dumps is not None else ["kdump"] + (["elf"] if elf else []))
+    if dumps is None:
+        # riscv64: QEMU's kdump-zlib is written, but with neither the
+        # architecture nor VMCOREINFO in its header, and drgn cannot open
+        # it ("kdump_vmcoreinfo_raw: linux.vmcoreinfo.raw is not set").
+        dumps = ["kdump"] + (["elf"] if elf else []) if arch.vmcoreinfo_device else ["elf"]
+    sources = _dumps.ordered(dumps)
     if aftermath and any(s.ends_guest for s in sources):
         # Both talk to the guest on its second serial port, and the
         # aftermath empties the pools the capture is meant to dump.
@@ -133,11 +151,11 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
 
     kdir = fetch_kernel(series, dbg=dbg)
     release = (kdir / "release").read_text().strip()
-    initrd = build_initramfs(kdir)
+    initrd = build_initramfs(kdir, arch)
     mem = mem or sc["mem"]
 
     console = out_dir / "console.log"
-    stale = [console, out_dir / "run.json"]
+    stale = [console, out_dir / "run.json", out_dir / "truth.json", out_dir / _dumps.VMCOREINFO_FILE]
     for src in _dumps.DUMPS.values():
         stale += src.paths(out_dir)
     for p in stale:
@@ -145,7 +163,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             p.unlink()
     tmp = Path(tempfile.mkdtemp(prefix="vmemspect-"))
     ctx = _dumps.DumpContext(qmp=None, out_dir=out_dir, kdir=kdir, tmp=tmp, timeout=dump_timeout,
-                             mem=mem)
+                             mem=mem, arch=arch)
     try:
         for s in sources:
             initrd = s.initramfs(ctx, initrd)
@@ -157,10 +175,25 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     (tmp / "scenario").write_text(scenario)
     machine_opts = ""
     extra: list[str] = []
+    # virtiofs shares of a live run: (tag, host directory, where in the
+    # guest's chroot).  x86_64: this machine's root.  Other architectures
+    # cannot run this machine's programs: a root of their own Debian
+    # packages (Python, drgn, vmemspect's dependencies) from the cache,
+    # and the working directory (the checkout) at its own path in it.
+    shares: list[tuple[str, str, str]] = []
+    native = arch.name == "x86_64"
     if live:
-        extra += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-                  "-chardev", f"socket,id=vfs,path={tmp}/vfs.sock",
-                  "-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"]
+        if native:
+            shares = [("hostroot", "/", "/")]
+        else:
+            shares = [("hostroot", str(guestdebs.live_root(arch, guest_busybox(arch))), "/")]
+            wd = guest_cwd or os.getcwd()
+            shares.append(("hostcwd", wd, wd))
+            (tmp / "shares").write_text("".join(f"{t} {g}\n" for t, _, g in shares[1:]))
+        extra += ["-object", f"memory-backend-memfd,id=mem,size={mem},share=on"]
+        for i, (tag, _, _) in enumerate(shares):
+            extra += ["-chardev", f"socket,id=vfs{i},path={tmp}/vfs{i}.sock",
+                      "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={tag}"]
         machine_opts = "memory-backend=mem"
     elif sc.get("noreserve"):
         extra += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
@@ -170,17 +203,25 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
         "-chardev", f"file,id=ser0,path={console}", "-serial", "chardev:ser0",
         "-qmp", f"unix:{tmp}/qmp.sock,server=on,wait=off",
         "-qmp", f"unix:{tmp}/qmp-spare.sock,server=on,wait=off",
-        "-device", "vmcoreinfo",
+        *(["-device", "vmcoreinfo"] if arch.vmcoreinfo_device else []),
         "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario"]
+    if arch.control != "serial":
+        (tmp / "control").write_text(arch.control_dev)
+        qemu_args += ["-fw_cfg", f"name=opt/vmemspect/control,file={tmp}/control"]
     if guest_cmd is not None:
         (tmp / "script.sh").write_text(_guest_script(
-            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir))
+            guest_cmd, live, (guest_cwd or os.getcwd()) if live else guest_cwd, guest_env, kdir,
+            native))
         qemu_args += ["-fw_cfg", f"name=opt/vmemspect/script,file={tmp}/script.sh"]
+    if len(shares) > 1:
+        qemu_args += ["-fw_cfg", f"name=opt/vmemspect/shares,file={tmp}/shares"]
     qemu_args += extra + sc.get("qemu", [])
     for s in sources:
         qemu_args += s.qemu_args(ctx)
     if aftermath:
-        qemu_args += aftermath_qemu_args(tmp)
+        qemu_args += aftermath_qemu_args(tmp, arch)
+    if not arch.fw_cfg_files:
+        qemu_args = _opts_into_initramfs(qemu_args, tmp)
 
     run: dict = {"series": series, "kernel": k.as_dict(), "release": release,
                  "vmlinux": str(kdir / "vmlinux") if (kdir / "vmlinux").is_file() else None,
@@ -189,21 +230,23 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  "kdump": None, "elf": None, "console": str(console),
                  "truth": None, "guest_cmd": guest_cmd, "guest_cmd_output": None,
                  "guest_cmd_stderr": None, "guest_cmd_rc": None,
+                 "vmcoreinfo": None, "fw_cfg_via": "fw_cfg" if arch.fw_cfg_files else "initramfs",
+                 "live_shares": [{"tag": t, "host": h, "guest": g} for t, h, g in shares] or None,
                  "timings": {}, "sizes": {}}
     procs: list[_Proc] = []
     qmp = None
     con = Console(console)
     try:
         with _Signals():
-            if live:
-                vfs = _Proc([VIRTIOFSD, f"--socket-path={tmp}/vfs.sock", "-o", "source=/",
-                             "-o", "sandbox=chroot", "-o", "cache=auto"], out_dir / "virtiofsd.log")
+            for i, (tag, src, _) in enumerate(shares):
+                log = out_dir / ("virtiofsd.log" if i == 0 else f"virtiofsd-{tag}.log")
+                vfs = _Proc([VIRTIOFSD, f"--socket-path={tmp}/vfs{i}.sock", "-o", f"source={src}",
+                             "-o", "sandbox=chroot", "-o", "cache=auto"], log)
                 procs.append(vfs)
                 end = time.monotonic() + 10
-                while not (tmp / "vfs.sock").exists():
+                while not (tmp / f"vfs{i}.sock").exists():
                     if not vfs.alive() or time.monotonic() > end:
-                        raise TestbedError("virtiofsd did not start: " +
-                                           (out_dir / "virtiofsd.log").read_text()[-2000:])
+                        raise TestbedError("virtiofsd did not start: " + log.read_text()[-2000:])
                     time.sleep(0.05)
             t_boot = time.monotonic()
             q = _Proc(qemu_args, out_dir / "qemu.log")
@@ -279,6 +322,11 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                     run.setdefault("dump_info", {})[s.name] = r.info
             if aftermath and "aftermath" not in run:
                 take_aftermath()
+            if not arch.vmcoreinfo_device:
+                run["vmcoreinfo"] = _dumps.write_vmcoreinfo(run, out_dir)
+                if run["vmcoreinfo"] is None:
+                    raise fail("no VMCOREINFO for this guest's dumps: the guest printed no "
+                               "/sys/kernel/vmcoreinfo, or the run has no dump to read it from")
             if not any(s.ends_guest for s in sources):
                 try:
                     qmp.cmd("quit")
@@ -292,8 +340,44 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     run["timings"]["total_s"] = round(time.monotonic() - t_start, 2)
+    # The guest's truth alone, beside the dumps (also run["truth"]).
+    (out_dir / "truth.json").write_text(json.dumps(run["truth"], indent=1) + "\n")
     (out_dir / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     return json.loads(json.dumps(run))
+
+
+def _opts_into_initramfs(qemu_args: list[str], tmp: Path) -> list[str]:
+    """For a machine whose QEMU takes no ``-fw_cfg name=...,file=...``
+    (riscv64 virt: "fw_cfg device not available"): the run's
+    opt/vmemspect/NAME files become /vmemspect-opt/NAME/raw in a cpio
+    archive appended to the initramfs (the kernel unpacks concatenated
+    archives), where scripts/guest/init.sh looks first."""
+    out: list[str] = []
+    files: list[tuple[str, bytes]] = []
+    i = 0
+    while i < len(qemu_args):
+        a = qemu_args[i]
+        if a == "-fw_cfg" and i + 1 < len(qemu_args):
+            opts = dict(kv.split("=", 1) for kv in qemu_args[i + 1].split(","))
+            name = opts.get("name", "")
+            if not name.startswith("opt/vmemspect/") or "file" not in opts:
+                raise TestbedError(f"cannot pass {qemu_args[i + 1]!r} without fw_cfg")
+            files.append((name.removeprefix("opt/vmemspect/"), Path(opts["file"]).read_bytes()))
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    c = _Cpio()
+    c.dir("vmemspect-opt")
+    for name, data in files:
+        c.dir(f"vmemspect-opt/{name}")
+        c.file(f"vmemspect-opt/{name}/raw", data, 0o644)
+    k = out.index("-initrd")
+    base = Path(out[k + 1]).read_bytes()
+    initrd = tmp / "initrd-with-opts.img"
+    initrd.write_bytes(base + b"\0" * (-len(base) % 4) + c.finish())
+    out[k + 1] = str(initrd)
+    return out
 
 
 def summary(run: dict) -> str:
@@ -339,9 +423,16 @@ def summary(run: dict) -> str:
             lines.append(f"    {st}")
         for w in a["warnings"][:3]:
             lines.append(f"    {w}")
-    lines.append(f"  kdump: {run['kdump']}")
+    if run.get("kdump"):
+        lines.append(f"  kdump: {run['kdump']}")
     if run.get("elf"):
         lines.append(f"  elf: {run['elf']}")
+    if run.get("vmcoreinfo"):
+        v = run["vmcoreinfo"]
+        lines.append(f"  vmcoreinfo: {v['path']} ({v['bytes']} bytes, from {v['source']} {v['dump']}"
+                     + (f" at {v['paddr']}" if v.get("paddr") else "")
+                     + (f"; the capture's agrees: {v['capture_agrees']}" if "capture_agrees" in v else "")
+                     + ")")
     from .kdump import capture_summary
     lines += capture_summary(run)
     return "\n".join(lines)

@@ -141,7 +141,7 @@ def parse_truth(lines: list[str]) -> dict:
                "hugetlb_dmesg": [], "vmemmap_freeable_kib": {}, "vmstat": {},
                "hugetlb_folios": [], "kpf_scanned_pfns": None, "in_use": [],
                "node_memory_blocks": {}, "memory_block_size": None,
-               "node_pfn_ranges": {}, "steps": [], "errors": [],
+               "node_pfn_ranges": {}, "steps": [], "errors": [], "vmcoreinfo_note": None,
                "demote": {"before": [], "after": [], "demoted": []}}
 
     def hs(size: str) -> dict:
@@ -182,6 +182,9 @@ def parse_truth(lines: list[str]) -> dict:
                                 "phase": int(f[2])})
         elif key == "step":
             t["steps"].append(rest)
+        elif key == "vmcoreinfo" and len(f) == 2:
+            # /sys/kernel/vmcoreinfo: "PADDR SIZE", both hex
+            t["vmcoreinfo_note"] = {"paddr": int(f[0], 16), "size": int(f[1], 16)}
         elif key == "demote" and len(f) == 2 and f[0] in ("before", "after"):
             t["demote"][f[0]].append(int(f[1], 16))
         elif ln.strip():

@@ -1,0 +1,640 @@
+"""
+riscv64 guests (scripts/testbed, kernels.RISCV): Debian sid's 7.2 (mask
+form, Sv48 under QEMU's rv64 CPU) and trixie's 6.12 (pointer form, Sv57),
+booted under qemu-system-riscv64 in hvo-2m and mixed.
+
+QEMU's riscv64 dumps are ELF only and carry no VMCOREINFO note; the test bed
+reads the note's text out of the dump at the physical address the guest
+printed (/sys/kernel/vmcoreinfo) into the run's vmcoreinfo.txt, which
+vmemspect takes as ``vmemspect vmcore DUMP --vmcoreinfo FILE``
+(conftest.types_args).
+
+Three parts:
+
+- the test bed's own checks of what it made (run, truth, ELF segments,
+  VMCOREINFO text, and the HVO state of every folio read from the dump
+  through this module's own Sv39/48/57 walk, RiscvPageTables): these need
+  no vmemspect;
+- vmemspect on those dumps, asserted like tests/test_real_kernels.py
+  asserts x86_64 ones (expected values from the guest's truth and from the
+  dump as read here, never from vmemspect);
+- corruption of the 7.2 dump like tests/test_real_corruption.py, at riscv
+  PTEs (V bit 0, R 1, W 2, X 3, U 4, G 5, A 6, D 7, PPN bits 10-53; a
+  leaf has R, W or X set).
+
+Plus a real kdump capture of 7.2 (kexec -p, makedumpfile -d 31 in the
+capture kernel: the dump carries its own VMCOREINFO) and, in the full run,
+vmemspect live in a 7.2 guest (a riscv64 root of Debian's python3 and
+python3-drgn over virtiofs).
+"""
+
+import collections
+import contextlib
+import json
+import os
+import struct
+
+import pytest
+
+import testbed
+from conftest import FORM, FULL, RISCV, capture_run, live_run, real_run, vmemspect, vmemspect_json
+
+PAGE = 4096
+SIZEOF_PAGE = 64
+#: vmemmap pages of a 2 MiB folio, and how many HVO remaps.
+VMEMMAP_PAGES_2M = 512 * SIZEOF_PAGE // PAGE
+SCENARIOS = ("hvo-2m", "mixed")
+CASES = [(k, s) for k in RISCV for s in SCENARIOS]
+#: The kernel corrupted below and captured with kdump: the mask form.
+MASK_KERNEL = next(k for k in RISCV if FORM[k] == "mask")
+#: The paging mode each kernel boots with under QEMU's rv64 CPU (which has
+#: Sv57: 6.12 takes it, 7.2 stays at Sv48; docs/testbed.md).
+PAGING = {"mask": "Sv48", "pointer": "Sv57"}
+
+# riscv64 page-table entries
+PTE_V, PTE_R, PTE_W, PTE_X = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+PTE_LEAF = PTE_R | PTE_W | PTE_X
+PPN_SHIFT = 10
+PPN_MASK = (1 << 44) - 1
+
+
+def pte_pfn(pte: int) -> int:
+    return (pte >> PPN_SHIFT) & PPN_MASK
+
+
+def with_pfn(pte: int, pfn: int) -> int:
+    return (pte & ~(PPN_MASK << PPN_SHIFT)) | (pfn << PPN_SHIFT)
+
+
+def read_vmcoreinfo(path: str) -> dict:
+    with open(path) as f:
+        return dict(ln.split("=", 1) for ln in f.read().splitlines() if "=" in ln)
+
+
+class RiscvPageTables:
+    """This module's own walk of a riscv64 kernel's page tables in a dump,
+    independent of vmemspect's (vmemspect/mmu.py): the root from
+    VMCOREINFO (``NUMBER(satp)`` where the kernel writes it, 7.x; else
+    ``SYMBOL(swapper_pg_dir) - NUMBER(va_kernel_pa_offset)`` with the
+    levels from ``NUMBER(VA_BITS)``), tables read with testbed.read_phys."""
+
+    def __init__(self, dump: str, info: dict) -> None:
+        self.dump = dump
+        if "NUMBER(satp)" in info:
+            satp = int(info["NUMBER(satp)"], 0)
+            self.levels = {8: 3, 9: 4, 10: 5}[satp >> 60]
+            self.root = (satp & PPN_MASK) << 12
+        else:
+            va = int(info["SYMBOL(swapper_pg_dir)"], 16)
+            self.root = (va - int(info["NUMBER(va_kernel_pa_offset)"], 0)) % (1 << 64)
+            self.levels = {39: 3, 48: 4, 57: 5}[int(info["NUMBER(VA_BITS)"])]
+        self.name = {3: "Sv39", 4: "Sv48", 5: "Sv57"}[self.levels]
+        self.vmemmap = int(info["SYMBOL(vmemmap)"], 16)
+
+    def word(self, phys: int) -> int:
+        return struct.unpack("<Q", testbed.read_phys(self.dump, phys, 8))[0]
+
+    def lookup(self, va: int):
+        """(level, physical address of the leaf entry, entry, physical
+        address of ``va``) of a mapped ``va`` (level 0: a PTE); None if it
+        is not mapped."""
+        table = self.root
+        for level in range(self.levels - 1, -1, -1):
+            at = table + 8 * ((va >> (12 + 9 * level)) & 511)
+            pte = self.word(at)
+            if not pte & PTE_V:
+                return None
+            if pte & PTE_LEAF:
+                span = 1 << (12 + 9 * level)
+                return level, at, pte, (pte_pfn(pte) << 12) + (va & (span - 1))
+            table = pte_pfn(pte) << 12
+        return None
+
+    def page(self, pfn: int) -> int:
+        """Virtual address of the struct page of ``pfn``."""
+        return self.vmemmap + SIZEOF_PAGE * pfn
+
+
+@contextlib.contextmanager
+def patched(path: str, phys: int, new: int):
+    """Write the 8-byte word ``new`` at physical address ``phys`` of an ELF
+    dump; put the old one back afterwards."""
+    off = testbed.elf_phys_offset(path, phys)
+    with open(path, "r+b") as f:
+        f.seek(off)
+        old = f.read(8)
+        f.seek(off)
+        f.write(struct.pack("<Q", new))
+    try:
+        yield struct.unpack("<Q", old)[0]
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(old)
+
+
+def expected_optimized(truth: dict, scenario: str, pfn: int):
+    """Which folios HVO optimized, from how the scenario allocated them
+    (None: a free folio of mixed, the kernel chose which one it is)."""
+    if scenario == "mixed":
+        phase = {u["pfn"]: u["phase"] for u in truth["in_use"]}
+        return phase[pfn] == 1 if pfn in phase else None
+    return True
+
+
+def expected_optimized_count(scenario: str) -> int:
+    return 16 if scenario == "mixed" else 64
+
+
+def node_of(truth: dict, pfn: int) -> int:
+    for nid, ranges in truth["node_pfn_ranges"].items():
+        if any(lo <= pfn < hi for lo, hi in ranges):
+            return int(nid)
+    raise AssertionError(f"pfn {pfn:#x} in no node of the guest")
+
+
+# ---------------------------------------------------------------- the runs
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda p: f"{p[0]}-{p[1]}")
+def run_case(request):
+    series, scenario = request.param
+    run = real_run(series, scenario)
+    return series, scenario, run, run["truth"]
+
+
+def dump_walk(run) -> dict:
+    """Every hugetlb folio of the guest's truth, read from its ELF dump with
+    RiscvPageTables: {head pfn: [(level, entry, frame pfn) of each of its
+    vmemmap pages]}."""
+    pt = RiscvPageTables(run["elf"], read_vmcoreinfo(run["vmcoreinfo"]["path"]))
+    walk = {}
+    for h in run["truth"]["hugetlb_folios"]:
+        va = pt.page(h["pfn"])
+        pages = []
+        for i in range(h["nr_pages"] * SIZEOF_PAGE // PAGE):
+            level, _, entry, phys = pt.lookup(va + i * PAGE)
+            pages.append((level, entry, phys >> 12))
+        walk[h["pfn"]] = pages
+    return walk
+
+
+# ---------------------------------------------------------------- the test bed's own checks
+
+def test_run_is_complete(run_case):
+    """Boot, scenario, ELF dump, vmcoreinfo.txt and truth.json are there;
+    no QEMU kdump (it would carry neither machine nor VMCOREINFO)."""
+    series, scenario, run, truth = run_case
+    out = os.path.dirname(run["console"])
+    assert run["kernel"]["arch"] == "riscv64" and run["kernel"]["id"] == series
+    assert run["scenario"] == scenario and truth["scenario"] == scenario
+    assert run["kdump"] is None and run["elf"] and run["elf_format"] == "elf"
+    assert run["fw_cfg_via"] == "initramfs"
+    assert "hugetlb_free_vmemmap=on" in truth["cmdline"]
+    assert truth["uname"] == run["release"] and run["release"].endswith("-riscv64")
+    assert not truth["errors"], truth["errors"]
+    with open(os.path.join(out, "truth.json")) as f:
+        assert json.load(f) == truth
+    v = run["vmcoreinfo"]
+    assert v["path"] == os.path.join(out, "vmcoreinfo.txt") and os.path.isfile(v["path"])
+    assert v["source"] == "qemu-dump" and v["dump"] == run["elf"]
+    assert int(v["paddr"], 16) == truth["vmcoreinfo_note"]["paddr"]
+    assert testbed.embedded_vmcoreinfo(run["elf"]) is None
+
+
+def test_elf_segments(run_case):
+    """A plain parse of the ELF's PT_LOADs: guest RAM at 0x80000000 (2 GiB,
+    as the scenario asked), the VMCOREINFO note inside it."""
+    _, _, run, truth = run_case
+    segs = testbed.elf_segments(run["elf"])
+    ram = [(p, o, s) for p, o, s in segs if p == 0x80000000]
+    assert len(ram) == 1 and ram[0][2] == 2 << 30, segs
+    assert all(p + s <= 0x80000000 for p, _, s in segs if p != 0x80000000)   # firmware ROM
+    note = truth["vmcoreinfo_note"]
+    assert 0x80000000 <= note["paddr"] < 0x80000000 + (2 << 30)
+    assert run["sizes"]["elf"] > 2 << 30
+
+
+def test_vmcoreinfo_text(run_case):
+    """vmcoreinfo.txt is the guest's note, read back the same way, and says
+    what the kernel is."""
+    series, _, run, truth = run_case
+    path = run["vmcoreinfo"]["path"]
+    with open(path) as f:
+        text = f.read()
+    note = truth["vmcoreinfo_note"]
+    assert testbed.vmcoreinfo_from_dump(run["elf"], note["paddr"], note["size"]) == text
+    info = read_vmcoreinfo(path)
+    assert info["OSRELEASE"] == truth["uname"]
+    assert info["PAGESIZE"] == "4096" and info["SIZE(page)"] == "64"
+    assert info["KERNELOFFSET"] == "0"      # no KASLR on riscv64
+    for key in ("SYMBOL(swapper_pg_dir)", "SYMBOL(vmemmap)", "SYMBOL(mem_section)",
+                "NUMBER(va_kernel_pa_offset)", "NUMBER(phys_ram_base)", "NUMBER(VA_BITS)"):
+        assert key in info, key
+    member = "compound_info" if FORM[series] == "mask" else "compound_head"
+    assert info[f"OFFSET(page.{member})"] == "8"
+    assert RiscvPageTables(run["elf"], info).name == PAGING[FORM[series]]
+
+
+def test_truth(run_case):
+    """The guest's own account: the scenario's pools, and the kernel's
+    memmap counters saying 7 vmemmap pages freed per optimized 2 MiB folio."""
+    _, scenario, _, truth = run_case
+    h = truth["hstates"]["2048"]["global"]
+    folios = truth["hugetlb_folios"]
+    assert truth["vmemmap_freeable_kib"]["2048"] == 28
+    if scenario == "hvo-2m":
+        assert h["nr_hugepages"] == h["free_hugepages"] == 64 and len(folios) == 64
+        assert truth["in_use"] == []
+    else:
+        assert h["nr_hugepages"] == 32 and h["free_hugepages"] == 22 and len(folios) == 32
+        assert collections.Counter(u["phase"] for u in truth["in_use"]) == {1: 5, 2: 5}
+    assert all(f["nr_pages"] == 512 for f in folios)
+    vmstat = truth["vmstat"]
+    blocks = sum(len(b) for b in truth["node_memory_blocks"].values())
+    without_hvo = blocks * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
+    saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
+    assert saved == (VMEMMAP_PAGES_2M - 1) * expected_optimized_count(scenario)
+
+
+def test_hvo_in_the_dump(run_case):
+    """The vmemmap of every folio, read from the dump here: optimized folios
+    have their 7 tail pages remapped (7.2: onto one frame shared by all of
+    them, whose 64 struct pages are identical order-9 tails; 6.12: onto the
+    folio's own head frame, which holds its first 64 struct pages), the
+    others 8 distinct frames.  Every vmemmap mapping is a PTE.  Tail PTEs
+    are writable (riscv64 has no PAGE_KERNEL_RO: HVO's read-only remap
+    falls back to PAGE_KERNEL)."""
+    series, scenario, run, truth = run_case
+    walk = dump_walk(run)
+    pt = RiscvPageTables(run["elf"], read_vmcoreinfo(run["vmcoreinfo"]["path"]))
+    optimized = {pfn for pfn, pages in walk.items()
+                 if len({frame for _, _, frame in pages}) < len(pages)}
+    assert len(optimized) == expected_optimized_count(scenario)
+    for pfn, pages in walk.items():
+        want = expected_optimized(truth, scenario, pfn)
+        if want is not None:
+            assert (pfn in optimized) is want, hex(pfn)
+        assert all(level == 0 for level, _, _ in pages)
+        if pfn not in optimized:
+            assert len({frame for _, _, frame in pages}) == len(pages)
+            continue
+        head_frame = pages[0][2]
+        tails = {frame for _, _, frame in pages[1:]}
+        assert all(entry & PTE_W for _, entry, _ in pages[1:])
+        if FORM[series] == "pointer":
+            assert tails == {head_frame}
+            # struct page 1 names its head (compound_head = head | 1)
+            assert pt.word((head_frame << 12) + SIZEOF_PAGE + 8) == pt.page(pfn) | 1
+        else:
+            assert len(tails) == 1 and head_frame not in tails
+    if FORM[series] == "mask":
+        shared = {walk[pfn][1][2] for pfn in optimized}
+        assert len(shared) == 1
+        (frame,) = shared
+        for i in range(PAGE // SIZEOF_PAGE):
+            # compound_info of an order-9 tail: GENMASK(63, 9 + 6) | 1
+            assert pt.word((frame << 12) + i * SIZEOF_PAGE + 8) == 0xFFFFFFFFFFFF8001
+
+
+# ---------------------------------------------------------------- vmemspect on the dumps
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda p: f"{p[0]}-{p[1]}")
+def case(request):
+    series, scenario = request.param
+    run = real_run(series, scenario)
+    truth = run["truth"]
+    report = vmemspect_json(run)
+    folios = vmemspect_json(run, "folios")["folios"]
+    return series, scenario, run, truth, report, folios
+
+
+def test_kernel_and_form(case):
+    series, _, run, truth, report, _ = case
+    k = report["kernel"]
+    assert k["release"] == truth["uname"]
+    assert k["arch"] == "riscv64"
+    assert k["paging"] == PAGING[FORM[series]]
+    assert k["form"] == FORM[series]
+    assert k["info_member"] == ("compound_info" if FORM[series] == "mask" else "compound_head")
+    assert k["types"] == "btf"          # no -dbg by default: the kernel's own BTF
+    assert k["hvo_built"] is True
+    assert k["hvo_enabled"] == bool(truth["hugetlb_optimize_vmemmap"])
+    assert k["sizeof_page"] == SIZEOF_PAGE and k["page_size"] == PAGE
+
+
+def test_folios_are_the_kernels(case):
+    """The folio set equals /proc/kpageflags' hugetlb heads; counts per node
+    equal sysfs; in-use folios are the ones the guest holds."""
+    _, _, _, truth, report, folios = case
+    assert sorted(f["pfn"] for f in folios) == sorted(h["pfn"] for h in truth["hugetlb_folios"])
+    counts = collections.Counter()
+    free = collections.Counter()
+    for f in folios:
+        size_kb = (1 << f["order"]) * PAGE // 1024
+        counts[(str(size_kb), str(f["nid"]))] += 1
+        free[(str(size_kb), str(f["nid"]))] += f["state"] == "free"
+        assert f["nid"] == node_of(truth, f["pfn"])
+    expected = {(size, nid): v["nr_hugepages"]
+                for size, h in truth["hstates"].items() for nid, v in h["nodes"].items()
+                if v["nr_hugepages"]}
+    assert dict(counts) == expected
+    assert dict(free) == {(size, nid): v["free_hugepages"]
+                          for size, h in truth["hstates"].items() for nid, v in h["nodes"].items()
+                          if v["nr_hugepages"]}
+    assert sorted(f["pfn"] for f in folios if f["state"] == "active") == sorted(
+        u["pfn"] for u in truth["in_use"])
+    groups = collections.Counter()
+    for g in report["groups"]:
+        groups[(g["hstate"].split("-")[1][:-2], str(g["nid"]))] += g["total"]
+    assert dict(groups) == expected
+
+
+def test_hvo_state_per_folio(case):
+    """Optimized as the scenario made them, and as the dump's own vmemmap
+    mappings (read here) say."""
+    _, scenario, run, truth, _, folios = case
+    walk = dump_walk(run)
+    for f in folios:
+        want = expected_optimized(truth, scenario, f["pfn"])
+        if want is not None:
+            assert f["optimized"] is want, f
+        pages = walk[f["pfn"]]
+        assert f["remapped"] is (len({frame for _, _, frame in pages}) < len(pages)), f
+        assert f["remapped"] is f["optimized"]
+        assert f["verdict"] == "ok", f
+        assert f["head_frame"]["pfn"] == pages[0][2]
+    assert sum(f["optimized"] for f in folios) == expected_optimized_count(scenario)
+
+
+def test_savings_match_kernel_counters(case):
+    """Saved vmemmap pages == what the kernel's memmap counters lost, and ==
+    the kernel's boot line per folio times the optimized folios."""
+    _, scenario, _, truth, report, folios = case
+    s = report["savings"]
+    vmstat = truth["vmstat"]
+    blocks = sum(len(b) for b in truth["node_memory_blocks"].values())
+    without_hvo = blocks * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
+    kernel_saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
+    assert s["saved_pages"] == kernel_saved
+    assert s["kernel_saved_pages"] == kernel_saved
+    assert s["kernel_source"] == "nr_memmap_boot_pages + nr_memmap_pages"
+    assert s["kernel_agrees"] is True
+    per_folio = {int(k): v // 4 for k, v in truth["vmemmap_freeable_kib"].items()}
+    assert s["saved_pages"] == sum(per_folio[(1 << f["order"]) * PAGE // 1024]
+                                   for f in folios if f["optimized"])
+    assert s["saved_pages"] == (VMEMMAP_PAGES_2M - 1) * expected_optimized_count(scenario)
+
+
+def test_tails(case):
+    series, _, run, _, _, folios = case
+    tails = vmemspect_json(run, "tails")
+    walk = dump_walk(run)
+    optimized = [f for f in folios if f["optimized"]]
+    if FORM[series] == "mask":
+        # One shared frame per node, zone and order in use, mapped by
+        # exactly that group's optimized folios, all 64 struct pages valid
+        # tails; the frame the dump's own page tables name.
+        groups = collections.Counter((f["nid"], f["zone"], f["order"]) for f in optimized)
+        frames = {(t["nid"], t["zone"], t["order"]): t for t in tails["tails"]}
+        assert set(frames) == set(groups)
+        for key, n in groups.items():
+            t = frames[key]
+            assert t["folios"] == n
+            assert t["valid_tails"] == 64 and t["invalid_tails"] == 0
+            assert (t["flags_nid"], t["flags_zone_idx"]) == (key[0], t["zone_idx"])
+            assert t["slot"] == key[2] - 7
+        for f in optimized:
+            frame = frames[(f["nid"], f["zone"], f["order"])]["pfn"]
+            assert {p[2] for p in walk[f["pfn"]][1:]} == {frame}
+            (tf,) = f["tail_frames"]
+            assert tf["pfn"] == frame and tf["pages"] == VMEMMAP_PAGES_2M - 1
+            # riscv64: tails are mapped writable (no PAGE_KERNEL_RO).
+            assert tf["writable"] == VMEMMAP_PAGES_2M - 1
+            assert tf["levels"] == ["pte"]
+            assert f["head_frame"]["writable"] is True
+    else:
+        assert sorted(t["folio_pfn"] for t in tails["tails"]) == sorted(f["pfn"] for f in optimized)
+        for t in tails["tails"]:
+            assert t["aliases"] == VMEMMAP_PAGES_2M - 1
+            assert t["fake_heads"] == VMEMMAP_PAGES_2M - 1
+            assert t["frame_pfn"] == walk[t["folio_pfn"]][0][2]
+        assert len({t["frame_pfn"] for t in tails["tails"]}) == len(optimized)
+    for f in folios:
+        if not f["optimized"]:
+            assert f["distinct_frames"] == VMEMMAP_PAGES_2M
+
+
+def test_verify_clean(case):
+    _, _, run, _, _, _ = case
+    v = vmemspect_json(run, "verify")
+    assert v["ok"] is True and v["findings"] == [] and v["unknown"] == 0
+    assert v["checked_folios"] == len(run["truth"]["hugetlb_folios"])
+
+
+def test_decode(case):
+    series, _, run, _, _, folios = case
+    f = folios[0]
+    tail = vmemspect_json(run, "decode", f"pfn:{f['pfn'] + 1}")
+    assert tail["tail"] is True and tail["head_pfn"] == f["pfn"]
+    assert tail["head_is_head"] is True
+    assert tail["agrees_with_drgn"] is True
+    if FORM[series] == "mask":
+        assert tail["raw"] == "0xffffffffffff8001"
+        assert tail["order"] == f["order"]
+    else:
+        assert int(tail["raw"], 16) == int(f["page"], 16) + 1
+    head = vmemspect_json(run, "decode", f["page"])
+    assert head["tail"] is False and head["pg_head"] is True and head["fake_head"] is False
+    if FORM[series] == "pointer" and f["optimized"]:
+        fake = vmemspect_json(run, "decode", f"pfn:{f['pfn'] + 64}")
+        assert fake["fake_head"] is True and fake["pg_head"] is True
+
+
+def test_text_output(case):
+    """The human report runs and carries the same verdict."""
+    series, _, run, _, _, _ = case
+    p = vmemspect("vmcore", run["elf"], "--vmcoreinfo", run["vmcoreinfo"]["path"])
+    assert f"{FORM[series]} form" in p.stdout
+    assert "riscv64" in p.stdout and PAGING[FORM[series]] in p.stdout
+    assert "verify        OK: 0 finding(s)" in p.stdout
+
+
+def test_vmcoreinfo_command(run_case):
+    """``vmemspect vmcoreinfo DUMP`` finds the same text the test bed read
+    at the address the guest printed, with and without that address."""
+    _, _, run, truth = run_case
+    with open(run["vmcoreinfo"]["path"]) as f:
+        text = f.read()
+    assert vmemspect("vmcoreinfo", run["elf"]).stdout == text
+    at = hex(truth["vmcoreinfo_note"]["paddr"])
+    assert vmemspect("vmcoreinfo", run["elf"], "--at", at).stdout == text
+
+
+def test_no_vmcoreinfo_is_one_line(run_case):
+    """Without --vmcoreinfo: exit 2, one line that says what to do."""
+    _, _, run, _ = run_case
+    p = vmemspect("vmcore", run["elf"], "--json", check_rc=(2,))
+    assert p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "--vmcoreinfo" in p.stderr
+
+
+# ---------------------------------------------------------------- corruption (7.2, mask form)
+
+@pytest.fixture(scope="module")
+def elf():
+    run = real_run(MASK_KERNEL, "hvo-2m")
+    healthy = vmemspect_json(run, "verify")
+    assert healthy["ok"] and healthy["checked_folios"] == 64
+    folios = vmemspect_json(run, "folios")["folios"]
+    tails = vmemspect_json(run, "tails")["tails"]
+    pt = RiscvPageTables(run["elf"], read_vmcoreinfo(run["vmcoreinfo"]["path"]))
+    return run, folios, tails, pt
+
+
+def tail_pte(pt: RiscvPageTables, folio: dict, index: int):
+    """(physical address, value) of the PTE of a folio's vmemmap page."""
+    level, at, entry, _ = pt.lookup(int(folio["vmemmap"], 16) + index * PAGE)
+    assert level == 0 and entry & PTE_V and entry & PTE_LEAF
+    return at, entry
+
+
+def findings_of(run) -> set:
+    v = vmemspect_json(run, "verify", check_rc=(1,))
+    assert v["ok"] is False
+    return {(f["check"], f["folio_pfn"], f["frame_pfn"]) for f in v["findings"]}
+
+
+def test_tail_pte_to_foreign_frame(elf):
+    """One tail PTE of a folio points at another folio's head frame: verify
+    names that folio and that frame, nothing else."""
+    run, folios, _, pt = elf
+    victim, other = folios[3], folios[5]
+    phys, entry = tail_pte(pt, victim, 3)
+    foreign = other["head_frame"]["pfn"]
+    with patched(run["elf"], phys, with_pfn(entry, foreign)):
+        found = findings_of(run)
+    assert found == {("tail-frame", victim["pfn"], foreign)}
+
+
+def test_writable_tail_pte(elf):
+    """x86_64 maps tails read-only and a writable one is a finding; riscv64
+    maps them writable (no PAGE_KERNEL_RO), so the real tail PTEs have W
+    set and are no finding, and one with W set anew is none either.  A tail
+    PTE that is no leaf (R, W and X clear: a pointer to a next level, which
+    a PTE cannot have) is a finding about that folio."""
+    run, folios, _, pt = elf
+    victim = folios[10]
+    phys, entry = tail_pte(pt, victim, 6)
+    assert entry & PTE_W and entry & PTE_R
+    with patched(run["elf"], phys, entry | PTE_W):
+        v = vmemspect_json(run, "verify")
+    assert v["ok"] is True and v["findings"] == []
+    with patched(run["elf"], phys, entry & ~PTE_LEAF):
+        found = findings_of(run)
+    assert {pfn for _, pfn, _ in found} == {victim["pfn"]}
+
+
+def test_struct_page_in_tail_frame(elf):
+    """Struct page 5 of the shared tail frame holds an order-10 tail mask."""
+    run, _, tails, _ = elf
+    frame = tails[0]["pfn"]
+    with patched(run["elf"], frame * PAGE + 5 * SIZEOF_PAGE + 8, 0xFFFFFFFFFFFF0001):
+        found = findings_of(run)
+    assert found == {("shared-frame", None, frame)}
+
+
+def test_hvo_flag_cleared(elf):
+    """HPG_vmemmap_optimized cleared in a remapped folio's head."""
+    run, folios, _, _ = elf
+    victim = folios[20]
+    page = int(victim["page"], 16)
+    private = victim["head_frame"]["pfn"] * PAGE + (page & (PAGE - 1)) + 40
+    with patched(run["elf"], private, 0) as old:
+        assert old & (1 << 4), "HPG_vmemmap_optimized was not set before"
+        found = findings_of(run)
+    assert found == {("flag-vs-mapping", victim["pfn"], None)}
+
+
+# ---------------------------------------------------------------- a real kdump capture
+
+CAPTURE = "capture-zstd-newest"
+
+
+@pytest.fixture(scope="module")
+def capture():
+    run = capture_run(MASK_KERNEL, CAPTURE)
+    return run, run[CAPTURE]
+
+
+def test_capture_made_a_dump_with_vmcoreinfo(capture):
+    """kexec -p and makedumpfile -d 31 (Debian's riscv64 builds) in the
+    capture kernel: a zstd kdump-compressed file carrying the kernel's own
+    VMCOREINFO, the same as the note the QEMU dump held (but the capture's
+    CRASHTIME)."""
+    run, dump = capture
+    c = run["dump_info"][CAPTURE]
+    assert c["makedumpfile_rc"] == 0 and c["dump_level"] == 31
+    assert run[f"{CAPTURE}_format"] == c["format"] == "kdump-compressed"
+    assert c["actual_compression"] == "zstd"
+    assert c["makedumpfile"]["origin"].endswith("(riscv64)")
+    assert c["armed"]["crash_size"] and c["vmcore"]["size"] > 0
+    text = testbed.embedded_vmcoreinfo(dump)
+    with open(run["vmcoreinfo"]["path"]) as f:
+        qemu = f.read()
+    assert "CRASHTIME=" in text
+    assert [ln for ln in text.splitlines() if not ln.startswith("CRASHTIME=")] == qemu.splitlines()
+    assert run["vmcoreinfo"]["capture_agrees"] is True
+
+
+def test_capture_read_like_qemu_dump(capture):
+    """vmemspect on the capture (no --vmcoreinfo: it has its own) finds
+    what it finds on QEMU's ELF of the same state, and verify is clean."""
+    run, dump = capture
+    p = vmemspect("vmcore", dump, "folios", "--json")
+    on_capture = json.loads(p.stdout)["folios"]
+    on_elf = vmemspect_json(run, "folios")["folios"]
+    key = lambda f: (f["pfn"], f["order"], f["nid"], f["state"], f["optimized"], f["remapped"])
+    assert sorted(map(key, on_capture)) == sorted(map(key, on_elf))
+    assert sorted(f["pfn"] for f in on_capture) == sorted(h["pfn"] for h in run["truth"]["hugetlb_folios"])
+    v = json.loads(vmemspect("vmcore", dump, "verify", "--json").stdout)
+    assert v["ok"] is True and v["findings"] == [] and v["checked_folios"] == 64
+
+
+# ---------------------------------------------------------------- live (full run)
+
+#: vmemspect live inside the riscv64 guest, with the checkout over virtiofs
+#: (Python and drgn are the guest root's: Debian sid's riscv64 packages).
+LIVE_CMD = r"""python3 -c '
+import json, subprocess, sys
+out = {}
+for name, args in (("report", []), ("verify", ["verify"])):
+    p = subprocess.run([sys.executable, "-m", "vmemspect", "live", *args, "--json"],
+                       capture_output=True, text=True)
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        doc = None
+    out[name] = {"rc": p.returncode, "stderr": p.stderr[-3000:], "doc": doc}
+print(json.dumps(out))
+'"""
+
+
+@pytest.mark.skipif(not FULL, reason="the full run only (scripts/test.sh --full): a riscv64 "
+                    "Python under TCG takes minutes")
+@pytest.mark.parametrize("series", RISCV)
+def test_live(series):
+    run = live_run(series, guest_cmd=LIVE_CMD, name="live-riscv")
+    assert run["guest_cmd_rc"] == 0, run["guest_cmd_stderr"]
+    out = json.loads(run["guest_cmd_output"])
+    truth = run["truth"]
+    rep = out["report"]
+    assert rep["rc"] == 0, rep["stderr"]
+    doc = rep["doc"]
+    assert doc["kernel"]["release"] == truth["uname"]
+    assert doc["kernel"]["form"] == FORM[series]
+    assert sum(g["total"] for g in doc["groups"]) == truth["meminfo"]["HugePages_Total"] == 64
+    assert sum(g["optimized"] for g in doc["groups"]) == 64
+    assert doc["savings"]["saved_pages"] == 64 * truth["vmemmap_freeable_kib"]["2048"] // 4
+    v = out["verify"]
+    assert v["rc"] == 0, v["stderr"]
+    assert v["doc"]["ok"] is True and v["doc"]["findings"] == []
