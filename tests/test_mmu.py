@@ -101,6 +101,7 @@ def test_riscv_walk_levels_bits(levels):
         sv.map(vmemmap + i * 4096, 0x90010000, KERNEL_RO)
     sv.map(base + (2 << 30), 0xA0000000, KERNEL_RW, level=2)   # a 2 MiB leaf
     sv.map(base + (4 << 30), 0xC0000000, KERNEL_RO | X, level=3)  # a 1 GiB leaf
+    sv.map(vmemmap + 8 * 4096, 0x90020000, V | A | D | G)  # valid, but no leaf
     w = PageTableWalker.from_root(program(mem), page_table_format("riscv64", levels), sv.root)
     assert w.format.name == {3: "Sv39", 4: "Sv48", 5: "Sv57"}[levels]
 
@@ -118,6 +119,13 @@ def test_riscv_walk_levels_bits(levels):
     assert (pmd.level, pmd.level_name, pmd.pfn, pmd.writable) == (2, "pmd", 0xA0005, True)
     pud = w.lookup(base + (4 << 30) + (3 << 21) + 0x7000)
     assert (pud.level, pud.pfn, pud.writable) == (3, 0xC0000 + 3 * 512 + 7, False)
+
+    # A valid last-level entry with no R, W or X points nowhere (the
+    # hardware faults): not mapped, and said so.
+    bad = w.lookup(vmemmap + 8 * 4096)
+    assert (bad.level, bad.pfn) == (0, None)
+    assert "no leaf" in w.explain_unmapped(vmemmap + 8 * 4096)
+    assert not w.pte_valid(bad.entry) and w.entry_present(bad.entry)
 
     hole = w.lookup(base + (8 << 30))
     assert (hole.level, hole.pfn) == (0, None)

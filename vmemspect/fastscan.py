@@ -128,7 +128,7 @@ def _aliased_ptes(walker, ptes, shared_pfns: frozenset) -> int:
     count = 0
     last = None
     for e in ptes:
-        if not walker.entry_present(e):
+        if not walker.pte_valid(e):
             last = None
             continue
         pfn = walker.entry_pfn(e)

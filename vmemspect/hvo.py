@@ -224,7 +224,7 @@ def frame_contents(
 def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
     """(pfn, writable) of a PTE, (None, False) if it is not present: the
     one place the scans below decode a PTE (by the walker's format)."""
-    if not walker.entry_present(entry):
+    if not walker.pte_valid(entry):
         return None, False
     return walker.entry_pfn(entry), upper_rw and walker.entry_writable(entry)
 

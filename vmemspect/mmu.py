@@ -186,6 +186,11 @@ class PageTableWalker:
         # The hot loops below read these as locals.
         self.present = fmt.present
         self.write = fmt.write
+        # What a last-level entry needs besides the present bit to map a
+        # page: nothing more on x86_64; R, W or X on riscv64, where a valid
+        # PTE with none of them would point to a next level, which the last
+        # level cannot (the hardware raises a page fault).
+        self._pte_needs = fmt.leaf_bits if fmt.arch == "riscv64" else fmt.present
         self._pfn_shift = fmt.pfn_shift
         self._pfn_mask = fmt.pfn_mask
 
@@ -202,6 +207,10 @@ class PageTableWalker:
     # Entry decoding, for callers that hold raw entries (hvo.py, fastscan.py).
     def entry_present(self, entry: int) -> bool:
         return bool(entry & self.present)
+
+    def pte_valid(self, entry: int) -> bool:
+        """A last-level entry maps a page (present, and on riscv64 a leaf)."""
+        return bool(entry & self.present) and bool(entry & self._pte_needs)
 
     def entry_writable(self, entry: int) -> bool:
         """The entry's own write bit (a leaf's, on either architecture)."""
@@ -281,7 +290,7 @@ class PageTableWalker:
         """
         out = []
         shift = self.page_shift
-        present, write = self.present, self.write
+        present, write, needs = self.present, self.write, self._pte_needs
         pfn_shift, pfn_mask = self._pfn_shift, self._pfn_mask
         for i in range(npages):
             v = va + (i << shift)
@@ -289,7 +298,7 @@ class PageTableWalker:
             kind = r[0]
             if kind == "pte":
                 e = r[1][(v >> shift) & 511]
-                if e & present:
+                if e & present and e & needs:
                     out.append((1, e, (e >> pfn_shift) & pfn_mask, r[3] and bool(e & write), r[2]))
                 else:
                     out.append((0, e, None, False, r[2]))
@@ -342,6 +351,9 @@ class PageTableWalker:
             if not entry & fmt.present:
                 return (f"{fmt.level_name(level).upper()} entry {entry:#x} at phys "
                         f"{table_addr + 8 * index:#x} is not present")
+            if level == 1 and not self.pte_valid(entry):
+                return (f"PTE {entry:#x} at phys {table_addr + 8 * index:#x} is valid but "
+                        "no leaf (no R, W or X)")
             if fmt.is_leaf(entry, level):
                 return None
             table_addr = self.entry_pfn(entry) << self.page_shift
