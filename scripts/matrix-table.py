@@ -32,6 +32,7 @@ MODULES = {
     "test_real_kdump": ("kdump capture", "hvo-2m"),
     "test_live": ("live (/proc/kcore)", "live"),
     "test_qemu_attach": ("live (drgn --qemu)", "hvo-2m"),
+    "test_riscv": ("QEMU ELF + vmcoreinfo.txt", None),
 }
 
 
@@ -40,6 +41,8 @@ def cell_of(classname: str, name: str):
     if module not in MODULES or "[" not in name:
         return None
     source, scenario = MODULES[module]
+    if module == "test_riscv" and name.startswith("test_live"):
+        source, scenario = "live (/proc/kcore)", "live"
     params = name[name.index("[") + 1:-1]
     kernel = next((k for k in KERNEL_IDS if params == k or params.startswith(k + "-")), None)
     if kernel is None:

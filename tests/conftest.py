@@ -4,7 +4,9 @@ Shared fixtures. Real-kernel runs come from scripts/testbed (the package): each
 truth parsed from the guest's console, and its memory dumped.
 
 VMEMSPECT_REUSE_RUNS=1 reuses the runs of an earlier session (for a
-developer iterating on tests; CI always boots).
+developer iterating on tests; CI always boots).  VMEMSPECT_TEST_RUNS=DIR
+puts the runs there instead of the cache's test-runs/ (a second checkout
+testing beside another on the same machine).
 """
 
 import json
@@ -45,7 +47,7 @@ RISCV = tuple(k.id for k in testbed.KERNELS.values() if k.arch == "riscv64")
 _runs = {}
 
 def run_dir() -> Path:
-    return testbed.cache_dir() / "test-runs"
+    return Path(os.environ.get("VMEMSPECT_TEST_RUNS") or testbed.cache_dir() / "test-runs")
 
 
 def _run(name: str, series: str, scenario: str, **options) -> dict:

@@ -25,7 +25,7 @@ from .kernels import Arch
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
 
-def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
+def base_args(arch: Arch, mem: str, machine_opts: str = "", min_smp: int = 1) -> list[str]:
     """The QEMU binary and the machine: TCG with every vCPU in one host
     thread (``-accel tcg,thread=single``; no accel= in -machine).
 
@@ -39,7 +39,8 @@ def base_args(arch: Arch, mem: str, machine_opts: str = "") -> list[str]:
     machine = arch.machine + (f",{machine_opts}" if machine_opts else "")
     # VMEMSPECT_QEMU_CPU: another CPU model, for experiments (boot-soak.py).
     cpu = os.environ.get("VMEMSPECT_QEMU_CPU") or arch.cpu
-    smp = os.environ.get("VMEMSPECT_QEMU_SMP") or str(arch.smp)
+    # (min_smp: QEMU wants a vCPU per NUMA node; riscv64 guests have one.)
+    smp = os.environ.get("VMEMSPECT_QEMU_SMP") or str(max(arch.smp, min_smp))
     return [arch.qemu, "-machine", machine, "-accel", "tcg,thread=single",
             "-cpu", cpu, "-smp", smp, "-m", mem,
             "-nodefaults", "-display", "none", "-no-reboot", *arch.qemu_opts]

@@ -198,7 +198,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     elif sc.get("noreserve"):
         extra += ["-object", f"memory-backend-ram,id=mem,size={mem},reserve=off"]
         machine_opts = "memory-backend=mem"
-    qemu_args = base_args(arch, mem, machine_opts) + [
+    qemu_args = base_args(arch, mem, machine_opts, sc.get("min_smp", 1)) + [
         "-kernel", str(kdir / "vmlinuz"), "-initrd", str(initrd), "-append", cmdline,
         "-chardev", f"file,id=ser0,path={console}", "-serial", "chardev:ser0",
         "-qmp", f"unix:{tmp}/qmp.sock,server=on,wait=off",

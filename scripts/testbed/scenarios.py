@@ -58,6 +58,9 @@ SCENARIOS: dict[str, dict] = {
         "cmdline": ("hugetlb_free_vmemmap=on hugepagesz=1G hugepages=0:0,1:1 "
                     "hugepagesz=2M hugepages=0:40,1:50"),
         "qemu": _numa_args([2, 3]),
+        # a vCPU per node (riscv64 guests have one: "Number of NUMA nodes
+        # (2) cannot exceed the number of available CPUs (1)")
+        "min_smp": 2,
     },
     # Guests larger than the host (scripts/bench-scale.py): guest RAM in a
     # memory backend with reserve=off (no swap/commit reservation), and the
