@@ -28,7 +28,7 @@ import dataclasses
 import struct
 from typing import Callable, Dict, List, Optional, Tuple
 
-from drgn import FaultError, Program
+from drgn import FaultError, Program, ProgramFlags
 
 __all__ = (
     "KernelVirtualMemory",
@@ -413,19 +413,48 @@ class KernelVirtualMemory:
     A drgn memory segment read function for kernel virtual addresses,
     translating each page with a :class:`PageTableWalker` over the kernel's
     own tables and reading physical memory. Unmapped pages fault.
-    Translations are cached per page; the cache is emptied every
-    ``max_cached`` pages (a dump does not change).
+
+    A dump does not change: translations and tables are cached (the page
+    cache is emptied every ``max_cached`` pages). A live kernel does (HVO
+    remaps vmemmap as folios come and go): with ``live`` every read walks
+    the tables afresh, reading only the one entry of each level.
     """
 
-    def __init__(self, walker: PageTableWalker, max_cached: int = 1 << 16) -> None:
+    def __init__(self, walker: PageTableWalker, max_cached: int = 1 << 16,
+                 live: bool = False) -> None:
         self.walker = walker
         self.prog = walker.prog
         self._pages: Dict[int, Optional[int]] = {}
         self._max = max_cached
         self.shift = walker.page_shift
+        self.live = live
+
+    def _walk_uncached(self, va: int) -> Optional[int]:
+        """Physical address of ``va``'s page, one 8-byte read per level."""
+        fmt, walker = self.walker.format, self.walker
+        table = walker.top_address
+        for level in range(fmt.levels, 0, -1):
+            slot = table + 8 * ((va >> (self.shift + 9 * (level - 1))) & 511)
+            try:
+                entry = int.from_bytes(self.prog.read(slot, 8, True), "little")
+            except FaultError:
+                return None
+            if not entry & fmt.present:
+                return None
+            if level == 1 and not walker.pte_valid(entry):
+                return None
+            if fmt.is_leaf(entry, level):
+                span = 1 << (self.shift + 9 * (level - 1))
+                base = walker.entry_pfn(entry) << self.shift & ~(span - 1)
+                return base + (va & (span - 1) & ~((1 << self.shift) - 1))
+            table = walker.entry_pfn(entry) << self.shift
+        return None
 
     def phys(self, va: int) -> Optional[int]:
         page = va >> self.shift
+        if self.live:
+            base = self._walk_uncached(page << self.shift)
+            return None if base is None else base | (va & ((1 << self.shift) - 1))
         try:
             base = self._pages[page]
         except KeyError:
@@ -465,7 +494,8 @@ def install_kernel_va(prog: Program, info: Dict[str, str],
     vmemspect's own walker: a memory segment over the whole kernel half.
     Does nothing when drgn can already translate them itself (``probe``
     returns True: a later drgn with riscv64 page tables), so vmemspect
-    never shadows drgn's own translation. Returns a line saying what was
+    never shadows drgn's own translation. On a live kernel the reads walk
+    the tables afresh each time (:class:`KernelVirtualMemory`). Returns a line saying what was
     done (for ``report``'s evidence), or None if nothing was.
 
     :raises ValueError: if VMCOREINFO does not say where the tables are.
@@ -475,7 +505,8 @@ def install_kernel_va(prog: Program, info: Dict[str, str],
         return None
     root, levels, source = riscv64_kernel_root(info)
     fmt = page_table_format("riscv64", levels)
-    reader = KernelVirtualMemory(PageTableWalker.from_root(prog, fmt, root))
+    reader = KernelVirtualMemory(PageTableWalker.from_root(prog, fmt, root),
+                                 live=bool(prog.flags & ProgramFlags.IS_LIVE))
     start = _kernel_half(levels)
     prog.add_memory_segment(start, (1 << 64) - start, reader, physical=False)
     prog.cache["vmemspect_va_reader"] = reader

@@ -397,9 +397,11 @@ def find_vmcoreinfo(path: str, at: Optional[int] = None) -> Tuple[int, bytes]:
 def _drgn_translates(prog: drgn.Program, info: dict) -> bool:
     """drgn itself reads the struct page of the first RAM frame
     (VMCOREINFO's ``SYMBOL(vmemmap)`` + ``NUMBER(phys_ram_base)`` pages of
-    ``SIZE(page)``): true of /proc/kcore, whose segments map the vmemmap of
-    RAM, and of a drgn that walks riscv64 page tables; false of drgn 0.3.0
-    on a riscv64 dump."""
+    ``SIZE(page)``): true of a drgn that walks riscv64 page tables; false of
+    drgn 0.3.0 on a riscv64 dump, and on riscv64's /proc/kcore too, whose
+    segments below PAGE_OFFSET (vmemmap, vmalloc) have file offsets above
+    2^63 (``vaddr - PAGE_OFFSET`` wrapped), so reading them fails with
+    EINVAL (seen on Debian 6.12 and 7.2)."""
     try:
         vmemmap = int(info["SYMBOL(vmemmap)"], 16)
         ram_pfn = int(info["NUMBER(phys_ram_base)"], 0) >> 12
@@ -409,7 +411,7 @@ def _drgn_translates(prog: drgn.Program, info: dict) -> bool:
     try:
         prog.read(address & ((1 << 64) - 1), 8)
         return True
-    except (drgn.FaultError, ValueError, NotImplementedError):
+    except (drgn.FaultError, OSError, ValueError, NotImplementedError):
         return False
 
 
