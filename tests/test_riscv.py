@@ -690,3 +690,29 @@ def test_live(series):
     v = out["verify"]
     assert v["rc"] == 0, v["stderr"]
     assert v["doc"]["ok"] is True and v["doc"]["findings"] == []
+
+
+# ---------------------------------------------------------------- DWARF (full run)
+
+#: The -dbg packages are 1.0-1.2 GB each: their DWARF is checked in the full
+#: run only (scripts/test.sh --full); every commit reads the kernels' BTF.
+DWARF = RISCV if FULL else ()
+
+
+@pytest.mark.parametrize("series", DWARF)
+def test_dwarf_equals_btf(series):
+    """With the kernel's DWARF vmlinux (-s, from its -dbg package) vmemspect
+    gives the same report and verify as from the kernel's own BTF, and the
+    model it reads from DWARF says DWARF."""
+    run = real_run(series, "hvo-2m")
+    vmlinux = str(testbed.fetch_kernel(series, dbg=True) / "vmlinux")
+    info = ["--vmcoreinfo", run["vmcoreinfo"]["path"]]
+    btf = json.loads(vmemspect("vmcore", run["elf"], *info, "--json").stdout)
+    dwarf = json.loads(vmemspect("vmcore", run["elf"], *info, "-s", vmlinux, "--json").stdout)
+    assert (btf["kernel"]["types"], dwarf["kernel"]["types"]) == ("btf", "dwarf")
+    for doc in (btf, dwarf):
+        del doc["kernel"]["types"]
+    assert dwarf == btf
+    v = json.loads(vmemspect("vmcore", run["elf"], *info, "-s", vmlinux, "verify",
+                             "--json").stdout)
+    assert v["ok"] is True and v["checked_folios"] == 64
