@@ -224,7 +224,12 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
         qemu_args = _opts_into_initramfs(qemu_args, tmp)
 
     run: dict = {"series": series, "kernel": k.as_dict(), "release": release,
-                 "vmlinux": str(kdir / "vmlinux") if (kdir / "vmlinux").is_file() else None,
+                 # Only where the -dbg is wanted (registry or dbg=): a
+                 # vmlinux another test fetched must not turn a BTF run into
+                 # a DWARF one.
+                 "vmlinux": (str(kdir / "vmlinux")
+                             if (k.dbg if dbg is None else dbg) and (kdir / "vmlinux").is_file()
+                             else None),
                  "vmlinuz": str(kdir / "vmlinuz"), "initramfs": str(initrd),
                  "scenario": scenario, "cmdline": cmdline, "qemu_args": qemu_args,
                  "kdump": None, "elf": None, "console": str(console),
