@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""In-process benchmark of ``--jobs``: one open, then, back to back and
+``--repeat`` times each, the read floor (each folio's head vmemmap page
+read once, nothing else), verify's scan with ``--jobs 1`` and with each
+``--jobs N``, and (``--reopen``) the prescan with a fresh open in each
+worker instead of a fork. Prints seconds beyond the open and the ratios
+to the floor; checks that every jobs value gives the same verify JSON.
+
+usage::
+
+    python3 scripts/bench-jobs.py DUMP VMLINUX [--jobs 1,2] [--repeat 3]
+                                  [--reopen] [--json]
+
+The machine's load average is printed with the results: only ratios
+measured back to back in one run mean much on a shared machine.
+"""
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vmemspect import parallel  # noqa: E402
+from vmemspect.hugetlb import for_each_hstate_record  # noqa: E402
+from vmemspect.kernel import kernel_model  # noqa: E402
+from vmemspect.render import verify_doc, write_json  # noqa: E402
+from vmemspect.report import build_report  # noqa: E402
+from vmemspect.target import open_vmcore  # noqa: E402
+
+
+def floor(prog) -> int:
+    """The read floor: walk each hstate list, reading each folio's head
+    vmemmap page once (the links from those bytes)."""
+    model = kernel_model(prog)
+    ps = model.page_size
+    mask = ps - 1
+    read = prog.read
+    n = 0
+    for h in for_each_hstate_record(prog):
+        heads = [h.address + h.freelists_offset + 16 * nid for nid in sorted(h.per_node)]
+        heads.append(h.address + h.activelist_offset)
+        for head in heads:
+            pos = prog.read_u64(head)
+            while pos != head:
+                data = read(pos & ~mask, ps)
+                off = pos & mask
+                pos = int.from_bytes(data[off:off + 8], "little")
+                n += 1
+    return n
+
+
+def verify_json(prog, jobs: int) -> str:
+    out = io.StringIO()
+    write_json(verify_doc(build_report(prog, keep_folios=False, jobs=jobs)), out.write)
+    return out.getvalue()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dump")
+    ap.add_argument("vmlinux")
+    ap.add_argument("--jobs", default="1,2", help="comma-separated jobs values (default 1,2)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    t = time.perf_counter()
+    prog = open_vmcore(a.dump, a.vmlinux)
+    opened = time.perf_counter() - t
+    jobs = [int(j) for j in a.jobs.split(",")]
+    times = {"floor": []}
+    for j in jobs:
+        times[f"jobs={j}"] = []
+    outputs = {}
+    cpu = {}
+    folios = 0
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        folios = floor(prog)
+        times["floor"].append(time.perf_counter() - t)
+        for j in jobs:
+            t = time.perf_counter()
+            c = os.times()
+            out = verify_json(prog, j)
+            times[f"jobs={j}"].append(time.perf_counter() - t)
+            c2 = os.times()
+            cpu.setdefault(f"jobs={j}", []).append(
+                (round(c2.user + c2.system - c.user - c.system, 3),
+                 [round(x, 3) for x in parallel.last_cpu] if j > 1 else []))
+            outputs.setdefault(j, out)
+            if out != outputs[jobs[0]]:
+                print(f"jobs={j}: output differs from jobs={jobs[0]}", file=sys.stderr)
+                return 1
+    best = {k: min(v) for k, v in times.items()}
+    res = {"dump": a.dump, "open_s": round(opened, 3), "folios": folios,
+           "load": os.getloadavg(), "cpus": len(os.sched_getaffinity(0)),
+           "best_s": {k: round(v, 3) for k, v in best.items()},
+           "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+           "vs_floor": {k: round(v / best["floor"], 3) for k, v in best.items()},
+           "cpu_s": cpu,
+           "identical": True}
+    if a.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print(f"{a.dump}: {folios} folios, open {opened:.2f} s, load {res['load']}, "
+              f"{res['cpus']} cpus; outputs identical")
+        for k, v in best.items():
+            print(f"  {k:10} {v:7.3f} s  {v / best['floor']:.2f}x floor  "
+                  f"{v / max(folios, 1) * 1e6:6.1f} us/folio  (all: {res['all_s'][k]})")
+        for k, v in cpu.items():
+            print(f"  {k:10} CPU s (this process, [each worker]): {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
