@@ -2,14 +2,16 @@
 """In-process benchmark of ``--jobs``: one open, then, back to back and
 ``--repeat`` times each, the read floor (each folio's head vmemmap page
 read once, nothing else), verify's scan with ``--jobs 1`` and with each
-``--jobs N``, and (``--reopen``) the prescan with a fresh open in each
-worker instead of a fork. Prints seconds beyond the open and the ratios
-to the floor; checks that every jobs value gives the same verify JSON.
+``--jobs N`` (``build_report`` and the JSON), with ``--tables`` the floor
+that also reads the PTE tables under the folios' vmemmap once (1 GiB
+folios), with ``--every-folio`` the scan that reads every folio in full.
+Prints seconds beyond the open, the ratios to the floor and the CPU time
+of each worker; checks that every jobs value gives the same verify JSON.
 
 usage::
 
     python3 scripts/bench-jobs.py DUMP VMLINUX [--jobs 1,2] [--repeat 3]
-                                  [--reopen] [--json]
+                                  [--tables] [--every-folio] [--json]
 
 The machine's load average is printed with the results: only ratios
 measured back to back in one run mean much on a shared machine.
@@ -24,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmemspect import parallel  # noqa: E402
-from vmemspect.hugetlb import for_each_hstate_record  # noqa: E402
+from vmemspect import hvo, parallel  # noqa: E402
+from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio  # noqa: E402
+from vmemspect.pagetable import page_table_walker  # noqa: E402
 from vmemspect.kernel import kernel_model  # noqa: E402
 from vmemspect.render import verify_doc, write_json  # noqa: E402
 from vmemspect.report import build_report  # noqa: E402
@@ -53,6 +56,39 @@ def floor(prog) -> int:
     return n
 
 
+def table_floor(prog) -> tuple:
+    """The read floor with the page tables: the PTE tables under every
+    folio's vmemmap, each read once, raw (their addresses found before the
+    clock starts), then the heads as :func:`floor`. The floor of 1 GiB
+    folios, whose 4,096 vmemmap pages span 8 PTE tables each."""
+    model = kernel_model(prog)
+    walker = page_table_walker(prog)
+    tables = set()
+    for folio in for_each_hugetlb_folio(prog):
+        npages = model.vmemmap_pages(folio.order)
+        for va in range(folio.page & ~(512 * model.page_size - 1),
+                        folio.page + npages * model.page_size, 512 * model.page_size):
+            run = walker.pte_run(va, 1)
+            if run is not None:
+                tables.add(run[1])
+    t = time.perf_counter()
+    for phys in sorted(tables):
+        prog.read(phys, model.page_size, True)
+    n = floor(prog)
+    return time.perf_counter() - t, len(tables), n
+
+
+def every_folio(prog) -> None:
+    """verify's scan reading every folio in full (no grouping): the path a
+    live kernel took before grouping was allowed there."""
+    real = hvo._group_keyer
+    hvo._group_keyer = lambda *a: (lambda order, page, data: None)
+    try:
+        build_report(prog, keep_folios=False, jobs=1)
+    finally:
+        hvo._group_keyer = real
+
+
 def verify_json(prog, jobs: int) -> str:
     out = io.StringIO()
     write_json(verify_doc(build_report(prog, keep_folios=False, jobs=jobs)), out.write)
@@ -66,6 +102,11 @@ def main() -> int:
     ap.add_argument("--jobs", default="1,2", help="comma-separated jobs values (default 1,2)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tables", action="store_true",
+                    help="also the floor with the PTE tables under the folios' vmemmap "
+                         "(1 GiB folios)")
+    ap.add_argument("--every-folio", action="store_true",
+                    help="also verify's scan reading every folio in full (no grouping)")
     a = ap.parse_args()
     t = time.perf_counter()
     prog = open_vmcore(a.dump, a.vmlinux)
@@ -81,6 +122,13 @@ def main() -> int:
         t = time.perf_counter()
         folios = floor(prog)
         times["floor"].append(time.perf_counter() - t)
+        if a.tables:
+            secs, ntables, _ = table_floor(prog)
+            times.setdefault(f"floor+{ntables} tables", []).append(secs)
+        if a.every_folio:
+            t = time.perf_counter()
+            every_folio(prog)
+            times.setdefault("every folio", []).append(time.perf_counter() - t)
         for j in jobs:
             t = time.perf_counter()
             c = os.times()

@@ -232,6 +232,48 @@ def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Opti
     return walker.entry_pfn(entry), upper_rw and walker.entry_writable(entry)
 
 
+def _uniform_tails(walker: PageTableWalker, start: int,
+                   npages: int) -> Optional[Tuple[int, int, bool, int]]:
+    """
+    ``(head PTE, its table's address, write permission of the levels
+    above, the tails' PTE)`` when the ``npages`` vmemmap pages from
+    ``start`` are mapped by PTEs and every tail page (1..npages-1) by the
+    same PTE under the same upper permission: in one table (2 MiB folios)
+    or in whole consecutive tables (1 GiB folios: 8 tables); else None.
+
+    :raises MissingMemory: if the first table is not in the dump.
+    """
+    if npages < 2:
+        return None
+    if npages <= 512:
+        run = walker.pte_run(start, npages)
+        if run is None:
+            return None
+        ptes = run[0]
+        e1 = ptes[1]
+        if ptes[1:].count(e1) != npages - 1:
+            return None
+        return ptes[0], run[1], run[2], e1
+    span = 512 << walker.page_shift
+    if npages % 512 or start & (span - 1):
+        return None
+    first = walker.pte_run(start, 512)
+    if first is None:
+        return None
+    ptes, table, upper_rw = first
+    e1 = ptes[1]
+    if ptes[1:].count(e1) != 511:
+        return None
+    for va in range(start + span, start + npages * (span >> 9), span):
+        try:
+            run = walker.pte_run(va, 512)
+        except MissingMemory:
+            return None  # read page by page (walker.entries) to say which
+        if run is None or run[2] != upper_rw or run[0].count(e1) != 512:
+            return None
+    return ptes[0], table, upper_rw, e1
+
+
 def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
     """compound_info of a tail of ``folio`` in the kernel's form."""
     if model.form == "mask":
@@ -269,16 +311,15 @@ def folio_vmemmap(
     npages = model.vmemmap_pages(folio.order)
     start = folio.page & ~(model.page_size - 1)
     try:
-        run = walker.pte_run(start, npages) if npages > 1 else None
+        run = _uniform_tails(walker, start, npages)
         tail_pfn = None
-        if run is not None and run[0][1:].count(run[0][1]) == npages - 1:
-            tail_pfn, tail_rw = _pte_leaf(walker, run[0][1], run[2])
+        if run is not None:
+            tail_pfn, tail_rw = _pte_leaf(walker, run[3], run[2])
         if tail_pfn is not None:
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
-            # read-only frame behind all tails). One C-level count instead
-            # of a loop over the pages.
-            ptes, table, upper_rw = run
-            e0 = ptes[0]
+            # read-only frame behind all tails). One C-level count per PTE
+            # table instead of a loop over the pages.
+            e0, table, upper_rw, _ = run
             head_pfn, head_rw = _pte_leaf(walker, e0, upper_rw)
             head_leaf = Leaf(start, 0 if head_pfn is None else 1, e0, head_pfn, head_rw, table)
             if head_leaf.pfn is None:
@@ -677,11 +718,16 @@ def scan_folio_groups(
     cache: Dict[Tuple[int, int], FrameContents] = {}
     # key -> [first record, folios counted after it, list, key id] if clean, else None.
     groups: Dict[tuple, Optional[list]] = {}
-    # A live kernel changes under the scan: every folio is read in full there.
+    # Grouping reads nothing a full read would not (the head's vmemmap page
+    # once, the PTEs through this scan's walker, shared frames once per
+    # scan), and the key holds all the record takes from those reads: the
+    # same output for the same reads, also on a live kernel. Workers are
+    # not used there: they would read each page at another moment than
+    # the list walk that joins their links.
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    keyer = None if live else _group_keyer(model, walker, zone_list, shared)
+    keyer = _group_keyer(model, walker, zone_list, shared)
     pre = None
-    if keyer is not None and jobs > 1:
+    if not live and jobs > 1:
         orders = tuple(sorted({(h.order, model.vmemmap_pages(h.order))
                                for h in for_each_hstate_record(prog)
                                if h.order_ok and h.nr_huge_pages
@@ -702,8 +748,6 @@ def scan_folio_groups(
             # Keyed by a worker (_prescan), of a key not found clean yet.
             suffix = keys[data[2]]
             data = prog.read(page, page_size)
-        elif keyer is None:
-            suffix = None
         else:
             suffix = keyer(h.order, page, data)
         key = None
