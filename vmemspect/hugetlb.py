@@ -338,7 +338,7 @@ def _on_list(prog: Program, head: int, target: int, n: int) -> bool:
 
 def _walk_list(prog: Program, head: int, limit: int, page_size: int,
                is_entry=lambda pos: True,
-               known: Optional[Dict[int, tuple]] = None,
+               known: Optional[tuple] = None,
                skip: Optional[Tuple[bytearray, List[int]]] = None) -> Iterator[Tuple[int, Any]]:
     """
     The list_head entries of the list at ``head``, each with the whole page
@@ -358,9 +358,12 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     :param is_entry: whether an address can be an entry at all (a folio's
         lru is in a struct page of the vmemmap).
     :param known: entries whose page was read already (by a worker), as
-        ``{entry: (next, prev, key id)}``: such an entry is not read
-        again, and is yielded with that tuple in place of the page's bytes.
-        The links were read from the same dump: the walk is the same.
+        ``(first entry, step, slots, nexts, prevs, key ids)``: the entry at
+        ``first + i * step`` has the links ``nexts[i]``, ``prevs[i]`` and
+        the key id ``ids[i]`` if that is not -1. Such an entry is not read
+        again, and is yielded with ``(next, prev, key id)`` in place of the
+        page's bytes. The links were read from the same dump: the walk is
+        the same.
     :param skip: ``(clean, counts)``: a known entry whose key id is set in
         ``clean`` (by the consumer, between entries) is only counted in
         ``counts[key id]``, not yielded, once its links are checked.
@@ -373,13 +376,18 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     pos = prog.read_u64(head)
     seen = 0
     clean, counts = skip if skip is not None else (None, None)
+    kbase, kstep, kslots, knext, kprev, kids = known if known is not None else (0, 1, 0, (), (),
+                                                                             ())
     while pos != head:
         if pos in (LIST_POISON1, LIST_POISON2) or not is_entry(pos):
             why = (_unmapped_reason(prog, pos) if pos in (LIST_POISON1, LIST_POISON2)
                    else "not in a struct page of the vmemmap")
             raise _ListBroken(prev, pos, f"points at {pos:#x}, which is {why}", seen=seen)
-        data = known.get(pos) if known else None
-        if data is None:
+        kid = -1
+        slot, off = divmod(pos - kbase, kstep)
+        if not off and 0 <= slot < kslots:
+            kid = kids[slot]
+        if kid < 0:
             try:
                 data = read(pos & ~mask, page_size)
             except FaultError:
@@ -390,7 +398,8 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
                                   seen=seen)
             nxt, back = _LINKS.unpack_from(data, pos & mask)
         else:
-            nxt, back, kid = data
+            nxt, back = knext[slot], kprev[slot]
+            data = (nxt, back, kid)
             if back == prev and clean is not None and clean[kid]:
                 counts[kid] += 1
                 seen += 1
@@ -506,7 +515,7 @@ def for_each_hugetlb_entry(
     hstate: Optional[Hstate] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
-    known: Optional[Dict[int, Dict[int, tuple]]] = None,
+    known: Optional[Dict[int, tuple]] = None,
     skips: Optional[Callable[[Hstate, str, int], Tuple[bytearray, List[int]]]] = None,
 ) -> Iterator[Tuple[Hstate, str, int, int, Any]]:
     """

@@ -643,10 +643,13 @@ def _known_entries(
     zone_list: list,
     orders: Tuple[Tuple[int, int], ...],
     jobs: int,
-) -> Optional[Tuple[Dict[int, Dict[int, tuple]], List[tuple]]]:
+) -> Optional[Tuple[Dict[int, tuple], List[tuple]]]:
     """
     :func:`_prescan` of the zones' vmemmap in ``jobs`` forked workers, as
-    ``({order: {lru address: (lru.next, lru.prev, key id)}}, keys)``; None
+    ``({order: slots}, keys)``: per order, the ``known`` slots of
+    ``hugetlb._walk_list`` (the lru.next, lru.prev and key id of every
+    folio found, in arrays indexed by the folio's place in the vmemmap:
+    24 bytes per folio the memory could hold, no object per folio); None
     if there is nothing to split or a worker failed (the scan then reads
     every entry itself).
     """
@@ -666,20 +669,24 @@ def _known_entries(
     results = parallel.fork_map(_prescan, parts)
     if results is None:
         return None
-    known: Dict[int, Dict[int, tuple]] = {order: {} for order, _ in orders}
+    lru = model.off_lru
+    known: Dict[int, tuple] = {}
+    for order, n in orders:
+        step = n * model.page_size
+        slots = (regions[-1] + span - regions[0]) // step
+        if slots > 8 * len(regions) * (512 // n):
+            return None  # tables far apart (corrupt upper levels): not worth it
+        known[order] = (regions[0] + lru, step, slots, array.array("Q", bytes(8 * slots)),
+                        array.array("Q", bytes(8 * slots)), array.array("l", [-1]) * slots)
     ids: Dict[tuple, int] = {}
     for entries, keys in results:
         remap = [ids.setdefault(k, len(ids)) for k in keys]
-        kids = entries[4::5]
-        if remap != list(range(len(keys))):
-            kids = [remap[j] for j in kids]
-        if len(orders) == 1:
-            known[orders[0][0]].update(zip(entries[0::5], zip(entries[1::5], entries[2::5],
-                                                              kids)))
-        else:
-            for p, nx, pv, o, j in zip(entries[0::5], entries[1::5], entries[2::5],
-                                       entries[3::5], kids):
-                known[o][p] = (nx, pv, j)
+        for i in range(0, len(entries), 5):
+            pos, nxt, prev, order, j = entries[i:i + 5]
+            base, step, slots, nexts, prevs, kids = known[order]
+            slot = (pos - base) // step
+            if 0 <= slot < slots:
+                nexts[slot], prevs[slot], kids[slot] = nxt, prev, remap[j]
     return known, list(ids)
 
 
