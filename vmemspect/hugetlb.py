@@ -376,17 +376,18 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     pos = prog.read_u64(head)
     seen = 0
     clean, counts = skip if skip is not None else (None, None)
-    kbase, kstep, kslots, knext, kprev, kids = known if known is not None else (0, 1, 0, (), (),
-                                                                             ())
+    if known is not None:
+        kbase, kstep, kslots, knext, kprev, kids = known
     while pos != head:
         if pos in (LIST_POISON1, LIST_POISON2) or not is_entry(pos):
             why = (_unmapped_reason(prog, pos) if pos in (LIST_POISON1, LIST_POISON2)
                    else "not in a struct page of the vmemmap")
             raise _ListBroken(prev, pos, f"points at {pos:#x}, which is {why}", seen=seen)
         kid = -1
-        slot, off = divmod(pos - kbase, kstep)
-        if not off and 0 <= slot < kslots:
-            kid = kids[slot]
+        if known is not None:
+            slot, off = divmod(pos - kbase, kstep)
+            if not off and 0 <= slot < kslots:
+                kid = kids[slot]
         if kid < 0:
             try:
                 data = read(pos & ~mask, page_size)
