@@ -33,7 +33,9 @@ Then it times, each in its own process (wall time; peak RSS from wait4()):
   baseline   ``baseline-drgn-scan.py``: list_for_each_entry over each
              hstate's lists and follow_phys() on every vmemmap page
   vmemspect  ``python3 -m vmemspect vmcore DUMP -s VMLINUX verify --json``
-             with PYTHONPATH=--vmemspect-path (default: this repository)
+             with PYTHONPATH=--vmemspect-path (default: this repository);
+             ``--jobs`` left at its default (every usable CPU)
+  vmemspect-j1  the same with ``--jobs 1`` (one process)
 
 and prints a table (or JSON with ``--json``): times, the ratio
 vmemspect/baseline end to end and beyond the open cost, vmemspect's time
@@ -84,7 +86,7 @@ ALL_CONFIGS = [("7.2", "2M"), ("7.2", "1G"), ("6.12", "2M")]
 # QEMU's peak RSS seen: 5.2 GB for 120,000 2 MiB pages (hvo-facts.md).
 MIN_AVAILABLE_TO_BOOT = 7 << 30
 MIN_AVAILABLE_WHILE_MEASURING = 1 << 30
-MEASURES = ("open", "vs-open", "floor", "baseline", "vmemspect")
+MEASURES = ("open", "vs-open", "floor", "baseline", "vmemspect", "vmemspect-j1")
 
 
 def log(msg: str) -> None:
@@ -354,6 +356,9 @@ def measure_argv(which: str, dump: str, vmlinux: str) -> list[str]:
     if which == "vmemspect":
         return [py, "-m", "vmemspect", "vmcore", dump, "-s", vmlinux, "verify", "--json",
                 "--no-progress"]
+    if which == "vmemspect-j1":
+        return [py, "-m", "vmemspect", "vmcore", dump, "-s", vmlinux, "verify", "--json",
+                "--no-progress", "--jobs", "1"]
     raise ValueError(which)
 
 
@@ -422,11 +427,11 @@ def bench_config(series: str, page_size: str, a) -> dict:
             cmds[which] = " ".join(shlex.quote(x) for x in argv)
             log(f"{res['config']}: {which} ({i + 1}/{a.repeat})")
             src = source_hash(a.vmemspect_path)
-            if which in ("vs-open", "vmemspect"):
+            if which in ("vs-open", "vmemspect", "vmemspect-j1"):
                 # Recompile if the checkout changed since the last sample.
                 warm_bytecode(a.vmemspect_path, env)
             r = measure(f"{which}-{i}", argv, env, log_dir, a.timeout, a.rss_limit_gb << 30)
-            if which in ("vs-open", "vmemspect"):
+            if which in ("vs-open", "vmemspect", "vmemspect-j1"):
                 r["source_hash"] = src
                 after = source_hash(a.vmemspect_path)
                 if after != src:
@@ -481,17 +486,18 @@ def summarize(res: dict) -> dict:
 
     s["baseline_scan_s"] = scan(base.get("wall_s"), open_s)
     s["vmemspect_scan_s"] = scan(vm.get("wall_s"), open_s)
+    s["vmemspect-j1_scan_s"] = scan(best.get("vmemspect-j1", {}).get("wall_s"), open_s)
     s["vmemspect_scan_s_vs_own_open"] = scan(vm.get("wall_s"), vm_open_s)
     s["floor_scan_s"] = scan(best.get("floor", {}).get("wall_s"), open_s)
     # vmemspect's own open beyond drgn's bare open (its imports, checks).
     s["vs_open_extra_s"] = scan(vm_open_s, open_s)
-    for k in ("vmemspect", "baseline"):
+    for k in ("vmemspect", "vmemspect-j1", "baseline"):
         t, f = s.get(f"{k}_scan_s"), s["floor_scan_s"]
         s[f"{k}_vs_floor"] = round(t / f, 2) if t is not None and f else None
     # vmemmap pages (PTEs) per folio: 8 for 2 MiB, 4,096 for 1 GiB.
     per_folio = _kib(res["page_size"]) * 1024 // 4096 * 64 // 4096
     s["vmemmap_pages"] = folios * per_folio if folios else None
-    for k in ("floor", "baseline", "vmemspect"):
+    for k in ("floor", "baseline", "vmemspect", "vmemspect-j1"):
         t = s[f"{k}_scan_s"]
         s[f"{k}_folios_per_s"] = round(folios / t) if folios and t and t > 0 else None
         s[f"{k}_vmemmap_pages_per_s"] = round(folios * per_folio / t) \
@@ -547,7 +553,8 @@ def table(results: list[dict]) -> str:
             lines.append("   " + "  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i])
                                            for i, c in enumerate(row)))
         lines.append(f"   beyond the open, as multiples of the read floor "
-                     f"({s.get('floor_scan_s')} s): vmemspect {s.get('vmemspect_vs_floor')}x, baseline "
+                     f"({s.get('floor_scan_s')} s): vmemspect {s.get('vmemspect_vs_floor')}x "
+                     f"(--jobs 1: {s.get('vmemspect-j1_vs_floor')}x), baseline "
                      f"{s.get('baseline_vs_floor')}x; vmemspect's own open costs "
                      f"{s.get('vs_open_extra_s')} s more than drgn's bare open")
         lines.append(f"   vmemspect/baseline: end to end {s.get('ratio_end_to_end', '-')}x, "

@@ -175,7 +175,7 @@ def targets(prog: drgn.Program):
     return out
 
 
-def one_run(prog, overlay, cat, phys, relevant, rng) -> dict:
+def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
     old = struct.unpack("<Q", prog.read(phys, 8, True))[0]
     if rng.random() < 0.25:
         new, bit = rng.getrandbits(64), None
@@ -188,7 +188,8 @@ def one_run(prog, overlay, cat, phys, relevant, rng) -> dict:
     is_rel = None if any(r is None for r in rel) else any(rel)
     for key in ("vmemspect_walker", "vmemspect_zones"):
         prog.cache.pop(key, None)
-    out, err, text = io.StringIO(), io.StringIO(), io.StringIO()
+    out, err, text, par = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
+    rc_par = None
     t0 = time.monotonic()
 
     def timeout(signum, frame):
@@ -199,11 +200,17 @@ def one_run(prog, overlay, cat, phys, relevant, rng) -> dict:
     try:
         with overlay.word(phys, new), contextlib.redirect_stderr(err):
             with contextlib.redirect_stdout(out):
-                rc = vmemspect_run(["verify", "--json"], prog=prog)
+                rc = vmemspect_run(["verify", "--json", "--jobs", "1"], prog=prog)
+            if jobs > 1:
+                # The parallel scan must write the very same JSON.
+                for key in ("vmemspect_walker", "vmemspect_zones"):
+                    prog.cache.pop(key, None)
+                with contextlib.redirect_stdout(par):
+                    rc_par = vmemspect_run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
             for key in ("vmemspect_walker", "vmemspect_zones"):
                 prog.cache.pop(key, None)
             with contextlib.redirect_stdout(text):
-                vmemspect_run(["verify"], prog=prog)
+                vmemspect_run(["verify", "--jobs", "1"], prog=prog)
     except TimeoutError:
         rc = "timeout"
     finally:
@@ -216,7 +223,9 @@ def one_run(prog, overlay, cat, phys, relevant, rng) -> dict:
     lines = len(text.getvalue().splitlines())
     return {"category": cat, "phys": phys, "old": old, "new": new, "bit": bit,
             "relevant": is_rel, "rc": rc, "seconds": round(seconds, 3), "findings": findings,
-            "text_lines": lines, "stderr": err.getvalue()[-300:]}
+            "text_lines": lines, "stderr": err.getvalue()[-300:], "jobs": jobs,
+            "parallel_same": None if jobs == 1 or rc == "timeout"
+            else (rc_par == rc and par.getvalue() == out.getvalue())}
 
 
 def main(argv=None) -> int:
@@ -249,16 +258,20 @@ def main(argv=None) -> int:
     for i in range(a.runs):
         cat = cats[i % len(cats)]  # every category alike, whatever its size
         _, phys, rel = rng.choice(by_cat[cat])
-        runs.append(one_run(prog, overlay, cat, phys, rel, rng))
+        # Every 5th run verifies with --jobs 2 as well: the same JSON.
+        runs.append(one_run(prog, overlay, cat, phys, rel, rng, 2 if i % 5 == 4 else 1))
     total = time.monotonic() - t0
     # A few lines per check that found something, plus unknowns and the verdict.
     bad = [r for r in runs if r["rc"] not in (0, 1, 2) or "Traceback" in r["stderr"]
-           or r["text_lines"] > 6 * len(r["findings"]) + 12]
+           or r["text_lines"] > 6 * len(r["findings"]) + 12 or r["parallel_same"] is False]
     slow = max(r["seconds"] for r in runs)
     rel = [r for r in runs if r["relevant"]]
     missed = [r for r in rel if r["rc"] != 1]
     print(f"{len(runs)} runs on {a.dump} in {total:.0f} s (slowest {slow:.2f} s); "
           f"exit codes {dict(collections.Counter(str(r['rc']) for r in runs))}")
+    par = [r for r in runs if r["parallel_same"] is not None]
+    print(f"  --jobs 2 against --jobs 1: {sum(r['parallel_same'] for r in par)} of "
+          f"{len(par)} runs the same JSON")
     for cat in cats:
         rs = [r for r in runs if r["category"] == cat]
         rr = [r for r in rs if r["relevant"]]

@@ -6,6 +6,7 @@ The dump is restored after each case.
 """
 
 import contextlib
+import io
 import struct
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 import testbed
 from conftest import FORM, KERNELS, real_run, vmemspect_json
 from vmemspect.pagetable import page_table_walker
-from vmemspect.render import report_doc, verify_doc
+from vmemspect.render import report_doc, verify_doc, write_json
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 
@@ -64,15 +65,20 @@ def grouped_matches_full(run) -> None:
     """The scan of verify and the report, which counts a folio like one
     already judged clean instead of reading it in full, says exactly what
     reading every folio in full says: same findings in the same order,
-    same counts, same tables."""
-    docs = []
-    for keep in (False, True):
-        r = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=keep)
+    same counts, same tables. And the parallel scan (--jobs: workers read
+    and key the heads first) writes the very same JSON as the serial one."""
+    docs, texts = [], []
+    for keep, jobs in ((False, 1), (True, 1), (False, 3)):
+        r = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=keep, jobs=jobs)
         rd = report_doc(r)
         if r.model.form == "pointer":
             rd.pop("tails")  # a list per folio: written by the rows' scan
         docs.append((verify_doc(r), rd))
+        out = io.StringIO()
+        write_json({"verify": docs[-1][0], "report": rd}, out.write)
+        texts.append(out.getvalue())
     assert docs[0] == docs[1]
+    assert texts[2] == texts[0]
 
 
 def findings_of(run) -> set:

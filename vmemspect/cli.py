@@ -44,6 +44,7 @@ from .render import (
     write_json,
 )
 from .mmu import parse_vmcoreinfo
+from .parallel import default_jobs
 from .report import Report, RowSink, build_report, folio_filter, parse_page_ref
 from .target import find_vmcoreinfo, open_live, open_vmcore
 
@@ -83,6 +84,8 @@ class _Context:
         self.as_json = as_json
         self.fmt = fmt
         self.progress = progress
+        #: Processes that read the folios (--jobs); None: every usable CPU.
+        self.jobs: Optional[int] = None
 
     @property
     def prog(self) -> drgn.Program:
@@ -94,12 +97,13 @@ class _Context:
         """The scan, keeping no folio record (rows, if asked, go to disk)."""
         prog = self.prog
         model = kernel_model(prog)
+        jobs = default_jobs() if self.jobs is None else self.jobs
         if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
-            return build_report(prog, keep_folios=False, rows=rows)
+            return build_report(prog, keep_folios=False, rows=rows, jobs=jobs)
         total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
         with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
             return build_report(prog, progress=lambda _, n: bar.update(n), keep_folios=False,
-                                rows=rows)
+                                rows=rows, jobs=jobs)
 
     def aliased(self) -> Optional[RowSink]:
         """The pointer form's aliased frames are listed per folio (tails)."""
@@ -127,9 +131,20 @@ def _output_options(f: Callable) -> Callable:
     return f
 
 
-def _ctx(as_json: Optional[bool], fmt: Optional[str], no_progress: bool) -> _Context:
+def _jobs_option(f: Callable) -> Callable:
+    return click.option(
+        "--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Processes that read the folios at once, on a dump (default: every usable "
+             "CPU; 1: one process). Same output whatever N; a live kernel is read by "
+             "one.")(f)
+
+
+def _ctx(as_json: Optional[bool], fmt: Optional[str], no_progress: bool,
+         jobs: Optional[int] = None) -> _Context:
     """The parent's context with this command's output options applied."""
     c: _Context = click.get_current_context().find_object(_Context)
+    if jobs is not None:
+        c.jobs = jobs
     if as_json:
         c.as_json = True
     if fmt:
@@ -141,9 +156,10 @@ def _ctx(as_json: Optional[bool], fmt: Optional[str], no_progress: bool) -> _Con
 
 @click.command("report")
 @_output_options
-def report_cmd(as_json, fmt, no_progress) -> None:
+@_jobs_option
+def report_cmd(as_json, fmt, no_progress, jobs) -> None:
     """The full report (the default command)."""
-    c = _ctx(as_json, fmt, no_progress)
+    c = _ctx(as_json, fmt, no_progress, jobs)
     c.emit(report_doc(c.report(c.aliased())), render_report)
 
 
@@ -164,10 +180,11 @@ def folios_cmd(hstate, nid, state, optimized, as_json, fmt, no_progress) -> None
 
 @click.command("tails")
 @_output_options
-def tails_cmd(as_json, fmt, no_progress) -> None:
+@_jobs_option
+def tails_cmd(as_json, fmt, no_progress, jobs) -> None:
     """Shared tail frames per node, zone and order (mask form), or each
     folio's aliased frame and fake heads (pointer form)."""
-    c = _ctx(as_json, fmt, no_progress)
+    c = _ctx(as_json, fmt, no_progress, jobs)
     c.emit(tails_doc(c.report(c.aliased())), render_tails)
 
 
@@ -190,9 +207,10 @@ def decode_cmd(page, as_json, fmt, no_progress) -> None:
 @click.option("--all", "show_all", is_flag=True,
               help="List every finding (default: grouped by check, the first few of each).")
 @_output_options
-def verify_cmd(show_all, as_json, fmt, no_progress) -> None:
+@_jobs_option
+def verify_cmd(show_all, as_json, fmt, no_progress, jobs) -> None:
     """Check every HVO invariant; exit 1 if any does not hold."""
-    c = _ctx(as_json, fmt, no_progress)
+    c = _ctx(as_json, fmt, no_progress, jobs)
     report = c.report()
     c.emit(verify_doc(report), lambda doc, f: render_verify(doc, f, show_all))
     if report.findings:
@@ -215,11 +233,12 @@ def extract_cmd(out, as_json, fmt, no_progress) -> None:
 
 @click.command("savings")
 @_output_options
-def savings_cmd(as_json, fmt, no_progress) -> None:
+@_jobs_option
+def savings_cmd(as_json, fmt, no_progress, jobs) -> None:
     """Vmemmap HVO saves, measured and by the kernel's counters, and what
     each scheme (none, two pages, pointer form, mask form) would take for
     the folios HVO can optimize."""
-    c = _ctx(as_json, fmt, no_progress)
+    c = _ctx(as_json, fmt, no_progress, jobs)
     c.emit(savings_doc(c.report()), render_savings)
 
 
@@ -285,7 +304,7 @@ def _start(ctx: click.Context, opener: Callable[[], drgn.Program], as_json, fmt,
            no_progress) -> None:
     ctx.obj = _Context(opener, bool(as_json), fmt or "simple", not no_progress)
     if ctx.invoked_subcommand is None:
-        ctx.invoke(report_cmd, as_json=None, fmt=None, no_progress=False)
+        ctx.invoke(report_cmd, as_json=None, fmt=None, no_progress=False, jobs=None)
 
 
 @_target_group("live", "Inspect the running kernel through /proc/kcore (as root).")

@@ -14,7 +14,7 @@ import bisect
 import dataclasses
 import re
 import struct
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Object, Program, ProgramFlags, offsetof
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
@@ -42,6 +42,7 @@ __all__ = (
 )
 
 _U64 = struct.Struct("<Q")
+_LINKS = struct.Struct("<QQ")  # a list_head: next, prev
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,9 +241,12 @@ LIST_POISON2 = 0xDEAD000000000122
 
 
 class _ListBroken(Exception):
-    def __init__(self, prev: int, next_: int, reason: str, loop: bool = False) -> None:
+    def __init__(self, prev: int, next_: int, reason: str, loop: bool = False,
+                 seen: int = 0) -> None:
         super().__init__(reason)
         self.prev, self.next, self.reason, self.loop = prev, next_, reason, loop
+        #: Entries of the list walked before the break.
+        self.seen = seen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +337,9 @@ def _on_list(prog: Program, head: int, target: int, n: int) -> bool:
 
 
 def _walk_list(prog: Program, head: int, limit: int, page_size: int,
-               is_entry=lambda pos: True) -> Iterator[Tuple[int, bytes]]:
+               is_entry=lambda pos: True,
+               known: Optional[tuple] = None,
+               skip: Optional[Tuple[bytearray, List[int]]] = None) -> Iterator[Tuple[int, Any]]:
     """
     The list_head entries of the list at ``head``, each with the whole page
     (``page_size`` bytes) that holds it: for a folio's lru, the head's
@@ -351,6 +357,16 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
 
     :param is_entry: whether an address can be an entry at all (a folio's
         lru is in a struct page of the vmemmap).
+    :param known: entries whose page was read already (by a worker), as
+        ``(first entry, step, slots, nexts, prevs, key ids)``: the entry at
+        ``first + i * step`` has the links ``nexts[i]``, ``prevs[i]`` and
+        the key id ``ids[i]`` if that is not -1. Such an entry is not read
+        again, and is yielded with ``(next, prev, key id)`` in place of the
+        page's bytes. The links were read from the same dump: the walk is
+        the same.
+    :param skip: ``(clean, counts)``: a known entry whose key id is set in
+        ``clean`` (by the consumer, between entries) is only counted in
+        ``counts[key id]``, not yielded, once its links are checked.
     :raises ListCut: where an entry is mapped but missing from the dump.
     :raises _ListBroken: where the list is corrupt.
     """
@@ -359,30 +375,52 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     prev = head
     pos = prog.read_u64(head)
     seen = 0
+    clean, counts = skip if skip is not None else (None, None)
+    if known is not None:
+        kbase, kstep, kslots, knext, kprev, kids = known
     while pos != head:
         if pos in (LIST_POISON1, LIST_POISON2) or not is_entry(pos):
             why = (_unmapped_reason(prog, pos) if pos in (LIST_POISON1, LIST_POISON2)
                    else "not in a struct page of the vmemmap")
-            raise _ListBroken(prev, pos, f"points at {pos:#x}, which is {why}")
-        try:
-            data = read(pos & ~mask, page_size)
-        except FaultError:
-            why = _unmapped_reason(prog, pos)
-            if why is None:
-                raise ListCut(f"list link at {pos:#x} is not in the dump")
-            raise _ListBroken(prev, pos, f"points at {pos:#x}, which is not mapped: {why}")
-        back = _U64.unpack_from(data, (pos & mask) + 8)[0]
+            raise _ListBroken(prev, pos, f"points at {pos:#x}, which is {why}", seen=seen)
+        kid = -1
+        if known is not None:
+            slot, off = divmod(pos - kbase, kstep)
+            if not off and 0 <= slot < kslots:
+                kid = kids[slot]
+        if kid < 0:
+            try:
+                data = read(pos & ~mask, page_size)
+            except FaultError:
+                why = _unmapped_reason(prog, pos)
+                if why is None:
+                    raise ListCut(f"list link at {pos:#x} is not in the dump")
+                raise _ListBroken(prev, pos, f"points at {pos:#x}, which is not mapped: {why}",
+                                  seen=seen)
+            nxt, back = _LINKS.unpack_from(data, pos & mask)
+        else:
+            nxt, back = knext[slot], kprev[slot]
+            data = (nxt, back, kid)
+            if back == prev and clean is not None and clean[kid]:
+                counts[kid] += 1
+                seen += 1
+                if seen >= limit:
+                    raise _ListBroken(prev, pos, "leads to more entries than memory can "
+                                      f"hold ({limit})", seen=seen)
+                prev, pos = pos, nxt
+                continue
         if back != prev:
             if _on_list(prog, head, pos, seen):
                 raise _ListBroken(prev, pos, f"points back at an entry already on the list "
-                                  f"(whose lru.prev is {back:#x})", loop=True)
+                                  f"(whose lru.prev is {back:#x})", loop=True, seen=seen)
             raise _ListBroken(prev, pos, f"points at {pos:#x}, whose lru.prev ({back:#x}) "
-                              "does not point back")
+                              "does not point back", seen=seen)
         yield pos, data
         seen += 1
         if seen >= limit:
-            raise _ListBroken(prev, pos, f"leads to more entries than memory can hold ({limit})")
-        prev, pos = pos, _U64.unpack_from(data, pos & mask)[0]
+            raise _ListBroken(prev, pos, f"leads to more entries than memory can hold ({limit})",
+                              seen=seen)
+        prev, pos = pos, nxt
 
 
 def folio_record(
@@ -478,7 +516,9 @@ def for_each_hugetlb_entry(
     hstate: Optional[Hstate] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
-) -> Iterator[Tuple[Hstate, str, int, int, bytes]]:
+    known: Optional[Dict[int, tuple]] = None,
+    skips: Optional[Callable[[Hstate, str, int], Tuple[bytearray, List[int]]]] = None,
+) -> Iterator[Tuple[Hstate, str, int, int, Any]]:
     """
     The raw walk behind :func:`for_each_hugetlb_folio_page`: ``(hstate,
     state, list nid, head struct page address, bytes of the vmemmap page
@@ -486,6 +526,11 @@ def for_each_hugetlb_entry(
     makes one), so that a scan can skip the record of a folio it has seen
     the like of. Same lists, order, ``cut`` and ``broken`` as
     :func:`for_each_hugetlb_folio`.
+
+    :param known: per hstate order, entries read already (``_walk_list``):
+        those come with their tuple in place of the bytes.
+    :param skips: ``skips(hstate, state, nid)``: the ``skip`` of
+        ``_walk_list`` for that list (known entries only counted).
     """
     model = kernel_model(prog)
     zone_list = zones(prog)
@@ -509,10 +554,10 @@ def for_each_hugetlb_entry(
         lists.append((h.address + h.activelist_offset, "active", -1))
         for head, state, nid in lists:
             where = f"free list of node {nid}" if state == "free" else "active list"
-            found = 0
             try:
-                for entry, data in _walk_list(prog, head, limit, ps, is_entry):
-                    found += 1
+                for entry, data in _walk_list(
+                        prog, head, limit, ps, is_entry, known.get(h.order) if known else None,
+                        skips(h, state, nid) if skips is not None else None):
                     yield h, state, nid, entry - lru, data
             except ListCut as e:
                 if cut is None:
@@ -523,7 +568,7 @@ def for_each_hugetlb_entry(
                     at = None if e.prev == head else e.prev - lru
                     broken.append(ListBreak(
                         h.name, where, nid, at, None if at is None else model.page_pfn(at),
-                        e.next, e.reason, e.loop, found))
+                        e.next, e.reason, e.loop, e.seen))
 
 
 def hvo_enabled(prog: Program) -> Optional[bool]:

@@ -16,6 +16,7 @@ head". Mask form (7.1+): vmemmap page 0 is a copy of the head page, pages
 read-only, one frame for every folio of that order in the zone.
 """
 
+import array
 import bisect
 import collections
 import dataclasses
@@ -27,6 +28,7 @@ from drgn import FaultError, Program, ProgramFlags
 from .hugetlb import (
     HugetlbFolio,
     ListBreak,
+    for_each_hstate_record,
     for_each_hugetlb_entry,
     for_each_hugetlb_folio_page,
     folio_record,
@@ -67,6 +69,7 @@ __all__ = (
 )
 
 _U64 = struct.Struct("<Q")
+_LINKS = struct.Struct("<QQ")  # a list_head: next, prev
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs
@@ -229,6 +232,48 @@ def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Opti
     return walker.entry_pfn(entry), upper_rw and walker.entry_writable(entry)
 
 
+def _uniform_tails(walker: PageTableWalker, start: int,
+                   npages: int) -> Optional[Tuple[int, int, bool, int]]:
+    """
+    ``(head PTE, its table's address, write permission of the levels
+    above, the tails' PTE)`` when the ``npages`` vmemmap pages from
+    ``start`` are mapped by PTEs and every tail page (1..npages-1) by the
+    same PTE under the same upper permission: in one table (2 MiB folios)
+    or in whole consecutive tables (1 GiB folios: 8 tables); else None.
+
+    :raises MissingMemory: if the first table is not in the dump.
+    """
+    if npages < 2:
+        return None
+    if npages <= 512:
+        run = walker.pte_run(start, npages)
+        if run is None:
+            return None
+        ptes = run[0]
+        e1 = ptes[1]
+        if ptes[1:].count(e1) != npages - 1:
+            return None
+        return ptes[0], run[1], run[2], e1
+    span = 512 << walker.page_shift
+    if npages % 512 or start & (span - 1):
+        return None
+    first = walker.pte_run(start, 512)
+    if first is None:
+        return None
+    ptes, table, upper_rw = first
+    e1 = ptes[1]
+    if ptes[1:].count(e1) != 511:
+        return None
+    for va in range(start + span, start + npages * (span >> 9), span):
+        try:
+            run = walker.pte_run(va, 512)
+        except MissingMemory:
+            return None  # read page by page (walker.entries) to say which
+        if run is None or run[2] != upper_rw or run[0].count(e1) != 512:
+            return None
+    return ptes[0], table, upper_rw, e1
+
+
 def _expected_tail_info(model: KernelModel, folio: HugetlbFolio) -> int:
     """compound_info of a tail of ``folio`` in the kernel's form."""
     if model.form == "mask":
@@ -266,16 +311,15 @@ def folio_vmemmap(
     npages = model.vmemmap_pages(folio.order)
     start = folio.page & ~(model.page_size - 1)
     try:
-        run = walker.pte_run(start, npages) if npages > 1 else None
+        run = _uniform_tails(walker, start, npages)
         tail_pfn = None
-        if run is not None and run[0][1:].count(run[0][1]) == npages - 1:
-            tail_pfn, tail_rw = _pte_leaf(walker, run[0][1], run[2])
+        if run is not None:
+            tail_pfn, tail_rw = _pte_leaf(walker, run[3], run[2])
         if tail_pfn is not None:
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
-            # read-only frame behind all tails). One C-level count instead
-            # of a loop over the pages.
-            ptes, table, upper_rw = run
-            e0 = ptes[0]
+            # read-only frame behind all tails). One C-level count per PTE
+            # table instead of a loop over the pages.
+            e0, table, upper_rw, _ = run
             head_pfn, head_rw = _pte_leaf(walker, e0, upper_rw)
             head_leaf = Leaf(start, 0 if head_pfn is None else 1, e0, head_pfn, head_rw, table)
             if head_leaf.pfn is None:
@@ -398,9 +442,10 @@ def _group_keyer(
     model: KernelModel, walker: PageTableWalker, zone_list: list, shared: frozenset
 ) -> Callable[..., Optional[tuple]]:
     """
-    ``key(h, state, nid, page, data)``: everything :func:`folio_vmemmap`,
-    the checks and the scan's counters take from one folio except its
-    address, when its vmemmap is what HVO leaves (the head's vmemmap page
+    ``key(order, page, data)``: everything :func:`folio_vmemmap`, the
+    checks and the scan's counters take from one folio except its address
+    and the list it is on (the scan puts hstate, state and node in front),
+    when its vmemmap is what HVO leaves (the head's vmemmap page
     mapped on its own, every tail vmemmap page on one other frame by
     identical PTEs in one table, or on the head's own frame in the pointer
     form): two folios of one key give the same record but for pfn, page and
@@ -420,45 +465,229 @@ def _group_keyer(
     vmemmap_start, sizeof_page = model.vmemmap_start, model.sizeof_page
     pte_run = walker.pte_run
     bisect_right = bisect.bisect_right
-    per_order: Dict[int, Tuple[int, int]] = {}
+    per_order: Dict[int, tuple] = {}
 
-    def key(h, state: str, nid: int, page: int, data: bytes) -> Optional[tuple]:
+    n_tails = len(range(tails_from, model.page_size >> 3, stride))
+
+    def npages_of(order: int) -> tuple:
+        tail_info = compound_info_mask(model, order) if mask_form else 0
+        # Mask form: every tail's compound_info, to compare in C.
+        all_tails = memoryview(array.array("Q", [tail_info] * n_tails)) if mask_form else None
+        o = per_order[order] = (model.vmemmap_pages(order), tail_info, all_tails)
+        return o
+
+    present, entry_pfn, writable = walker.entry_present, walker.entry_pfn, walker.entry_writable
+    # Mask form: the tails' PTE is one per shared frame, decoded once
+    # (per write permission of the levels above).
+    tail_leaves: Tuple[Dict[int, tuple], Dict[int, tuple]] = ({}, {})
+
+    def from_run(order: int, page: int, data: bytes, ptes: Tuple[int, ...],
+                 upper_rw: bool) -> Optional[tuple]:
+        npages, tail_info, all_tails = per_order.get(order) or npages_of(order)
+        e1 = ptes[1]
+        if ptes.count(e1) != npages - 1:
+            return None  # tails not uniform, or the head's PTE equals theirs
+        e0 = ptes[0]
+        if not present(e0):
+            return None
+        head_pfn, head_rw = entry_pfn(e0), upper_rw and writable(e0)
+        if mask_form:
+            leaves = tail_leaves[upper_rw]
+            t = leaves.get(e1)
+            if t is None:
+                t = leaves[e1] = _pte_leaf(walker, e1, upper_rw)
+            tail_pfn, tail_rw = t
+        else:
+            tail_pfn, tail_rw = _pte_leaf(walker, e1, upper_rw)
+        if tail_pfn is None:
+            return None
+        words = memoryview(data).cast("Q")
+        tails = words[tails_from::stride]
+        if mask_form:
+            tail_is = tail_pfn  # the shared frame, the same for many folios
+            # All tails as expected: one C-level comparison, no int objects.
+            good = n_tails if tails == all_tails else tails.tolist().count(tail_info)
+        elif tail_pfn == head_pfn:
+            tail_is = True  # its own head frame
+            good = tails.tolist().count(page | 1)
+        else:
+            return None  # another frame: its contents name this folio's head
+        pfn = (page - vmemmap_start) // sizeof_page
+        i = bisect_right(starts, pfn) - 1
+        return (i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
+                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
+                head_rw, tail_rw, tail_is, head_pfn in shared, good)
+
+    def key(order: int, page: int, data: bytes) -> Optional[tuple]:
         if page & page_mask:
             return None  # the head is not struct page 0 of its vmemmap page
-        o = per_order.get(h.order)
-        if o is None:
-            o = per_order[h.order] = (model.vmemmap_pages(h.order),
-                                      compound_info_mask(model, h.order) if mask_form else 0)
-        npages, tail_info = o
+        npages = (per_order.get(order) or npages_of(order))[0]
         if npages < 3:
             return None  # two vmemmap pages on two frames are not remapped
         run = pte_run(page, npages)
         if run is None:
             return None
-        ptes, _table, upper_rw = run
-        e1 = ptes[1]
-        if ptes.count(e1) != npages - 1:
-            return None  # tails not uniform, or the head's PTE equals theirs
-        head_pfn, head_rw = _pte_leaf(walker, ptes[0], upper_rw)
-        tail_pfn, tail_rw = _pte_leaf(walker, e1, upper_rw)
-        if head_pfn is None or tail_pfn is None:
-            return None
-        if mask_form:
-            tail_is = tail_pfn  # the shared frame, the same for many folios
-        elif tail_pfn == head_pfn:
-            tail_info = page | 1
-            tail_is = True  # its own head frame
-        else:
-            return None  # another frame: its contents name this folio's head
-        words = memoryview(data).cast("Q")
-        good = words[tails_from::stride].tolist().count(tail_info)
-        pfn = (page - vmemmap_start) // sizeof_page
-        i = bisect_right(starts, pfn) - 1
-        return (h.index, state, nid, i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
-                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
-                head_rw, tail_rw, tail_is, head_pfn in shared, good)
+        return from_run(order, page, data, run[0], run[2])
 
+    key.from_run = from_run  # type: ignore[attr-defined]  # _prescan: the PTEs held
     return key
+
+
+def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
+                       limit: int = 1 << 22) -> Optional[List[int]]:
+    """
+    The addresses from ``lo`` to ``hi`` (2 MiB-aligned for 4 KiB pages)
+    whose PTE table is present, found by walking the upper levels only:
+    absent entries, huge leaves and tables missing from the dump are
+    skipped whole, so the cost follows the page tables, not the range
+    (zone spans come from the dump and may be corrupt). None past ``limit``
+    regions.
+    """
+    shift, fmt = walker.page_shift, walker.format
+    present, entry_pfn = walker.entry_present, walker.entry_pfn
+    out: List[int] = []
+
+    def walk(table: Tuple[int, ...], level: int, base: int) -> bool:
+        span = 1 << (shift + 9 * (level - 1))
+        for idx in range(max(0, (lo - base) // span), min(511, (hi - 1 - base) // span) + 1):
+            e = table[idx]
+            if not present(e) or fmt.is_leaf(e, level):
+                continue
+            if level == 2:
+                out.append(base + idx * span)
+                if len(out) > limit:
+                    return False
+                continue
+            try:
+                sub = walker.read_table(entry_pfn(e) << shift)
+            except MissingMemory:
+                continue
+            if not walk(sub, level - 1, base + idx * span):
+                return False
+        return True
+
+    if hi <= lo:
+        return []
+    top_span = 1 << (shift + 9 * walker.levels)
+    if (lo & ~(top_span - 1)) != ((hi - 1) & ~(top_span - 1)):
+        return None  # not one half of the address space: a corrupt span
+    return out if walk(walker.top, walker.levels, lo & ~(top_span - 1)) else None
+
+
+def _prescan(
+    prog: Program,
+    keyer: Callable[..., Optional[tuple]],
+    orders: Tuple[Tuple[int, int], ...],
+    regions: List[int],
+) -> tuple:
+    """
+    The folios a list walk would key (:func:`_group_keyer`), found from the
+    page tables alone: in the PTE table of each vmemmap address of
+    ``regions`` (:func:`_pte_table_regions`), every run of a folio's
+    vmemmap pages, for each hstate ``(order, vmemmap pages)``, whose tails
+    are mapped alike, its head's vmemmap page read (one read, as the list
+    walk's; by the frame its PTE names) and keyed. Run in a worker
+    (:func:`~vmemspect.parallel.fork_map`).
+
+    :return: ``(entries, keys)``: ``entries`` an array of (lru address,
+        lru.next, lru.prev, order, key id) for each folio found, ``keys``
+        the distinct keys the ids index. A list walk that meets one of
+        these entries takes its links and key from here instead of
+        reading its page.
+    """
+    model = kernel_model(prog)
+    walker = page_table_walker(prog)
+    ps, shift = model.page_size, model.page_shift
+    lru = model.off_lru
+    read = prog.read
+    pte_run = walker.pte_run
+    present, entry_pfn = walker.entry_present, walker.entry_pfn
+    from_run = keyer.from_run  # type: ignore[attr-defined]
+    unpack = _LINKS.unpack_from
+    entries = array.array("Q")
+    extend = entries.extend
+    ids: Dict[tuple, int] = {}
+    for va in regions:
+        try:
+            run = pte_run(va, 512)
+        except MissingMemory:
+            continue
+        if run is None:
+            continue  # a huge leaf or a hole: no PTE-mapped folio here
+        ptes, upper_rw = run[0], run[2]
+        for order, n in orders:
+            for i in range(0, 513 - n, n):
+                s = ptes[i:i + n]
+                e0 = s[0]
+                if s.count(s[1]) != n - 1 or not present(e0):
+                    continue
+                try:
+                    data = read(entry_pfn(e0) << shift, ps, True)
+                except FaultError:
+                    continue
+                page = va + i * ps
+                k = from_run(order, page, data, s, upper_rw)
+                if k is None:
+                    continue
+                j = ids.get(k)
+                if j is None:
+                    j = ids[k] = len(ids)
+                extend((page + lru, *unpack(data, lru), order, j))
+    return entries, list(ids)
+
+
+def _known_entries(
+    prog: Program,
+    model: KernelModel,
+    keyer: Callable[..., Optional[tuple]],
+    zone_list: list,
+    orders: Tuple[Tuple[int, int], ...],
+    jobs: int,
+) -> Optional[Tuple[Dict[int, tuple], List[tuple]]]:
+    """
+    :func:`_prescan` of the zones' vmemmap in ``jobs`` forked workers, as
+    ``({order: slots}, keys)``: per order, the ``known`` slots of
+    ``hugetlb._walk_list`` (the lru.next, lru.prev and key id of every
+    folio found, in arrays indexed by the folio's place in the vmemmap:
+    24 bytes per folio the memory could hold, no object per folio); None
+    if there is nothing to split or a worker failed (the scan then reads
+    every entry itself).
+    """
+    from . import parallel
+
+    if not orders or not zone_list:
+        return None
+    span = 512 * model.page_size
+    lo = model.page_address(min(z.start_pfn for z in zone_list)) & ~(span - 1)
+    hi = model.page_address(max(z.end_pfn for z in zone_list))
+    regions = _pte_table_regions(page_table_walker(prog), lo, hi)
+    if not regions:
+        return None
+    # Table by table in turn (worker k takes tables k, k + jobs, ...): the
+    # folios are spread evenly whatever the holes and the layout.
+    parts = [(prog, keyer, orders, regions[k::jobs]) for k in range(min(jobs, len(regions)))]
+    results = parallel.fork_map(_prescan, parts)
+    if results is None:
+        return None
+    lru = model.off_lru
+    known: Dict[int, tuple] = {}
+    for order, n in orders:
+        step = n * model.page_size
+        slots = (regions[-1] + span - regions[0]) // step
+        if slots > 8 * len(regions) * (512 // n):
+            return None  # tables far apart (corrupt upper levels): not worth it
+        known[order] = (regions[0] + lru, step, slots, array.array("Q", bytes(8 * slots)),
+                        array.array("Q", bytes(8 * slots)), array.array("l", [-1]) * slots)
+    ids: Dict[tuple, int] = {}
+    for entries, keys in results:
+        remap = [ids.setdefault(k, len(ids)) for k in keys]
+        for i in range(0, len(entries), 5):
+            pos, nxt, prev, order, j = entries[i:i + 5]
+            base, step, slots, nexts, prevs, kids = known[order]
+            slot = (pos - base) // step
+            if 0 <= slot < slots:
+                nexts[slot], prevs[slot], kids[slot] = nxt, prev, remap[j]
+    return known, list(ids)
 
 
 def scan_folio_groups(
@@ -466,6 +695,7 @@ def scan_folio_groups(
     judge: Callable[[FolioVmemmap], bool],
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
+    jobs: int = 1,
 ) -> Iterator[Tuple[FolioVmemmap, int]]:
     """
     Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
@@ -479,33 +709,79 @@ def scan_folio_groups(
 
     :param judge: whether a record is clean: no finding, nothing unknown
         (all folios of its key are then clean too).
+    :param jobs: with more than one (on a dump), ``jobs`` forked workers
+        first read and key the head vmemmap page of every folio the page
+        tables show in HVO's shape (:func:`_prescan`); the list walk then
+        takes those entries' links and keys from them (and counts those of
+        a key found clean without yielding them) and reads only the folios
+        it gives a record (the first of each key, and every folio of
+        another shape). The same walk, checks and order: the same output
+        as with one.
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
     zone_list = zones(prog)
     shared = frozenset(model.struct_page_pfn(p) for z in zone_list for p in z.tails if p)
     cache: Dict[Tuple[int, int], FrameContents] = {}
+    # key -> [first record, folios counted after it, list, key id] if clean, else None.
     groups: Dict[tuple, Optional[list]] = {}
-    # A live kernel changes under the scan: every folio is read in full there.
-    keyer = None if prog.flags & ProgramFlags.IS_LIVE else _group_keyer(
-        model, walker, zone_list, shared)
-    for h, state, nid, page, data in for_each_hugetlb_entry(prog, None, cut, broken):
-        key = None if keyer is None else keyer(h, state, nid, page, data)
-        if key is not None:
+    # Grouping reads nothing a full read would not (the head's vmemmap page
+    # once, the PTEs through this scan's walker, shared frames once per
+    # scan), and the key holds all the record takes from those reads: the
+    # same output for the same reads, also on a live kernel. Workers are
+    # not used there: they would read each page at another moment than
+    # the list walk that joins their links.
+    live = bool(prog.flags & ProgramFlags.IS_LIVE)
+    keyer = _group_keyer(model, walker, zone_list, shared)
+    pre = None
+    if not live and jobs > 1:
+        orders = tuple(sorted({(h.order, model.vmemmap_pages(h.order))
+                               for h in for_each_hstate_record(prog)
+                               if h.order_ok and h.nr_huge_pages
+                               and 3 <= model.vmemmap_pages(h.order) <= 512}))
+        pre = _known_entries(prog, model, keyer, zone_list, orders, jobs)
+    known, keys = pre if pre is not None else (None, [])
+    ids = {k: i for i, k in enumerate(keys)}
+    # Per list, (key ids found clean, folios of each counted by the walk).
+    skip: Dict[tuple, Tuple[bytearray, List[int]]] = {}
+
+    def skips(h, state: str, nid: int) -> Tuple[bytearray, List[int]]:
+        return skip.setdefault((h.index, state, nid), (bytearray(len(keys)), [0] * len(keys)))
+
+    page_size = model.page_size
+    for h, state, nid, page, data in for_each_hugetlb_entry(
+            prog, None, cut, broken, known, skips if known else None):
+        if data.__class__ is tuple:
+            # Keyed by a worker (_prescan), of a key not found clean yet.
+            suffix = keys[data[2]]
+            data = prog.read(page, page_size)
+        else:
+            suffix = keyer(h.order, page, data)
+        key = None
+        if suffix is not None:
+            key = (h.index, state, nid) + suffix
             g = groups.get(key, False)
             if g:
                 g[1] += 1
                 continue
-        offset = page & (model.page_size - 1)
+        offset = page & (page_size - 1)
         folio = folio_record(prog, model, zone_list, h, page,
                              data[offset:offset + 2 * model.sizeof_page], state, nid)
         fv = folio_vmemmap(prog, folio, walker, cache, data)
         if key is not None and key not in groups:
-            groups[key] = [fv, 0] if judge(fv) else None
+            if judge(fv):
+                kid = ids.get(suffix)
+                groups[key] = [fv, 0, (h.index, state, nid), kid]
+                if kid is not None:
+                    skips(h, state, nid)[0][kid] = 1
+            else:
+                groups[key] = None
         yield fv, 1
     for g in groups.values():
-        if g and g[1]:
-            yield g[0], g[1]
+        if g:
+            n = g[1] + (skip[g[2]][1][g[3]] if g[3] is not None and g[2] in skip else 0)
+            if n:
+                yield g[0], n
 
 
 class TailTally:

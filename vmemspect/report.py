@@ -342,6 +342,7 @@ def build_report(
     live_rereads: int = 3,
     keep_folios: bool = True,
     rows: Optional[RowSink] = None,
+    jobs: int = 1,
 ) -> Report:
     """
     Scan every hugetlb folio, the shared tail frames and the counters, and
@@ -361,8 +362,11 @@ def build_report(
         folio's head vmemmap page once, and the PTE tables).
     :param rows: write a row per folio there (``folios``, and ``tails`` of
         the pointer form): every folio gets its own record, one at a time.
+    :param jobs: processes that read the folios' head pages at once
+        (:func:`~vmemspect.hvo.scan_folio_groups`; a dump, without
+        ``keep_folios`` or ``rows``): the same report as with one.
     """
-    report = _scan(prog, progress, keep_folios, rows)
+    report = _scan(prog, progress, keep_folios, rows, jobs)
     if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
         return report
     confirmed = {_finding_key(f) for f in report.findings}
@@ -381,6 +385,7 @@ def _scan(
     progress: Optional[Callable[[FolioVmemmap, int], None]] = None,
     keep_folios: bool = True,
     rows: Optional[RowSink] = None,
+    jobs: int = 1,
 ) -> Report:
     model = kernel_model(prog)
     try:
@@ -423,7 +428,7 @@ def _scan(
     if keep_folios or rows is not None:
         pairs = ((fv, 1) for fv in scan_folios(prog, None, None, cut, broken))
     else:
-        pairs = scan_folio_groups(prog, clean, cut, broken)
+        pairs = scan_folio_groups(prog, clean, cut, broken, jobs)
     for fv, n in pairs:
         for pfn, why in fv.unreadable:
             if not why.startswith("not in the machine"):  # else a finding
