@@ -476,7 +476,8 @@ def _group_keyer(
         o = per_order[order] = (model.vmemmap_pages(order), tail_info, all_tails)
         return o
 
-    present, entry_pfn, writable = walker.entry_present, walker.entry_pfn, walker.entry_writable
+    # PTEs: present and (riscv64) a leaf.
+    present, entry_pfn, writable = walker.pte_valid, walker.entry_pfn, walker.entry_writable
     # Mask form: the tails' PTE is one per shared frame, decoded once
     # (per write permission of the levels above).
     tail_leaves: Tuple[Dict[int, tuple], Dict[int, tuple]] = ({}, {})
@@ -601,7 +602,7 @@ def _prescan(
     lru = model.off_lru
     read = prog.read
     pte_run = walker.pte_run
-    present, entry_pfn = walker.entry_present, walker.entry_pfn
+    present, entry_pfn = walker.pte_valid, walker.entry_pfn  # of PTEs
     from_run = keyer.from_run  # type: ignore[attr-defined]
     unpack = _LINKS.unpack_from
     entries = array.array("Q")
