@@ -9,8 +9,10 @@ puts the runs there instead of the cache's test-runs/ (a second checkout
 testing beside another on the same machine).
 """
 
+import contextlib
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,21 @@ def live_run(series: str, guest_cmd: str = "python3 tests/live_guest.py",
     return _run(f"{series}-{name}", series, "live", guest_cmd=guest_cmd,
                 guest_cwd=str(ROOT), guest_env={"PYTHONPATH": str(ROOT)},
                 extra_cmdline=extra_cmdline)
+
+
+@contextlib.contextmanager
+def patched(path: str, phys: int, new: int):
+    """Write the 8-byte word ``new`` at physical address ``phys`` of an ELF
+    dump; put the old one back afterwards."""
+    off = testbed.elf_phys_offset(path, phys)
+    with open(path, "r+b") as f:
+        f.seek(off)
+        old = f.read(8)
+        f.seek(off)
+        f.write(struct.pack("<Q", new))
+    try:
+        yield struct.unpack("<Q", old)[0]
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(old)

@@ -7,12 +7,10 @@ The dump is restored after each case.
 
 import contextlib
 import io
-import struct
 
 import pytest
 
-import testbed
-from conftest import FORM, KERNELS, real_run, vmemspect_json
+from conftest import FORM, KERNELS, patched, real_run, vmemspect_json
 from vmemspect.pagetable import page_table_walker
 from vmemspect.render import report_doc, verify_doc, write_json
 from vmemspect.report import build_report
@@ -20,23 +18,6 @@ from vmemspect.target import open_vmcore
 
 ADDR_MASK = 0x000FFFFFFFFFF000
 RW = 1 << 1
-
-
-@contextlib.contextmanager
-def patched(path: str, phys: int, new: int):
-    """Write the 8-byte word ``new`` at physical address ``phys`` of an ELF dump."""
-    off = testbed.elf_phys_offset(path, phys)
-    with open(path, "r+b") as f:
-        f.seek(off)
-        old = f.read(8)
-        f.seek(off)
-        f.write(struct.pack("<Q", new))
-    try:
-        yield struct.unpack("<Q", old)[0]
-    finally:
-        with open(path, "r+b") as f:
-            f.seek(off)
-            f.write(old)
 
 
 @pytest.fixture(scope="module", params=KERNELS)

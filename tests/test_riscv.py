@@ -29,7 +29,6 @@ and python3-drgn over virtiofs, the checkout beside it.
 """
 
 import collections
-import contextlib
 import json
 import os
 import struct
@@ -37,7 +36,8 @@ import struct
 import pytest
 
 import testbed
-from conftest import FORM, FULL, RISCV, capture_run, live_run, real_run, vmemspect, vmemspect_json
+from conftest import (FORM, FULL, RISCV, capture_run, live_run, patched, real_run, vmemspect,
+                      vmemspect_json)
 
 PAGE = 4096
 SIZEOF_PAGE = 64
@@ -118,24 +118,6 @@ class RiscvPageTables:
     def page(self, pfn: int) -> int:
         """Virtual address of the struct page of ``pfn``."""
         return self.vmemmap + SIZEOF_PAGE * pfn
-
-
-@contextlib.contextmanager
-def patched(path: str, phys: int, new: int):
-    """Write the 8-byte word ``new`` at physical address ``phys`` of an ELF
-    dump; put the old one back afterwards."""
-    off = testbed.elf_phys_offset(path, phys)
-    with open(path, "r+b") as f:
-        f.seek(off)
-        old = f.read(8)
-        f.seek(off)
-        f.write(struct.pack("<Q", new))
-    try:
-        yield struct.unpack("<Q", old)[0]
-    finally:
-        with open(path, "r+b") as f:
-            f.seek(off)
-            f.write(old)
 
 
 def vmemmap_pages(nr_pages: int) -> int:
