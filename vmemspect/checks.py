@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .hugetlb import Hstate, ListBreak, Zone
 from .hvo import FolioVmemmap, SharedTail
 from .kernel import KernelModel, page_flags_nid, page_flags_zone
+from .sweep import RemappedRange, SweepResult
 
 __all__ = (
     "CHECKS",
@@ -26,6 +27,7 @@ __all__ = (
     "check_hstate_orders",
     "check_kernel_counts",
     "check_shared_tails",
+    "check_unlisted",
     "count_folio",
     "folio_check_context",
 )
@@ -50,6 +52,12 @@ CHECKS = {
     "the zone's node and zone, with TAIL_MAPPING",
     "kernel-count": "the kernel's own count of optimized folios (hugetlb_optimize_vmemmap_key, "
     "5.18-7.0) equals the folios that carry HPG_vmemmap_optimized",
+    "kernel-memmap": "the vmemmap pages the kernel's memmap counters say HVO freed "
+    "(nr_memmap_boot_pages + nr_memmap_pages, 6.10+) equal those the page tables show freed "
+    "in the whole vmemmap",
+    "unlisted-folio": "every remapped vmemmap range belongs to a hugetlb folio on an hstate list "
+    "(or one isolated for migration)",
+    "unlisted-remap": "every remapped vmemmap range is headed by a hugetlb folio",
 }
 
 
@@ -327,7 +335,62 @@ def folio_check_context(
     return tails_by_zone, names
 
 
-def check_kernel_counts(model: KernelModel, savings) -> List[Finding]:
+def _range_where(r: RemappedRange) -> str:
+    frame = (f"the shared tail frame of {r.frame_name}" if r.frame_name
+             else f"its head's own frame {r.frame:#x}" if r.own_frame
+             else f"frame {r.frame:#x}")
+    return f"{r.vmemmap_pages - 1} vmemmap pages after its head's remapped onto {frame}"
+
+
+def check_unlisted(model: KernelModel, sweep: SweepResult) -> List[Finding]:
+    """
+    Remapped vmemmap ranges that no listed folio accounts for
+    (:mod:`vmemspect.sweep`): a hugetlb folio on no hstate list
+    (``unlisted-folio``: lost; a folio isolated for migration is off the
+    lists by design and is no finding), or no hugetlb folio at all
+    (``unlisted-remap``: freed without its vmemmap restored, or a corrupt
+    mapping). Hugetlb folios are judged only when every list was walked
+    whole: one past a broken list is on a list the walk could not finish.
+    """
+    out = []
+    for r in sweep.unlisted:
+        subject = f"pfn {r.pfn:#x} (vmemmap {r.vmemmap:#x})"
+        if r.kind == "isolated":
+            continue
+        if r.kind == "off-lists":
+            if sweep.lists_incomplete:
+                continue
+            out.append(Finding(
+                "unlisted-folio", subject,
+                "a hugetlb folio on an hstate list, since its vmemmap is remapped",
+                f"{r.what}; {_range_where(r)}", folio_pfn=r.pfn, frame_pfn=r.frame,
+                consequence=("the hstate's allocator and pool shrinking go by the lists and never "
+                             "reach it: its memory stays out of use, its vmemmap remapped, until "
+                             "something that walks pfns (memory offline, a contiguous "
+                             "allocation) meets it and acts on its state")))
+            continue
+        if model.tails_readonly and r.writable < r.vmemmap_pages - 1:
+            then = ("its tail struct pages are mapped read-only: the kernel faults on the first "
+                    "write to any of them (the page allocator writes a page's struct page when "
+                    "it hands the page out)")
+        elif r.frame_name:
+            then = ("its tail struct pages are the shared tail frame of " + r.frame_name
+                    + ": a write to any of them changes every folio that maps it")
+        else:
+            then = ("its tail struct pages all read one frame: a write to one changes them all, "
+                    "and each reads as the frame's struct pages, not its own")
+        if r.optimized:
+            then += "; its head still carries HPG_vmemmap_optimized"
+        out.append(Finding(
+            "unlisted-remap", subject,
+            "vmemmap remapped only under a hugetlb folio",
+            f"{r.what}; {_range_where(r)}", folio_pfn=r.pfn, frame_pfn=r.frame,
+            consequence=then))
+    return out
+
+
+def check_kernel_counts(model: KernelModel, savings,
+                        unlisted: Sequence[RemappedRange] = ()) -> List[Finding]:
     """
     The kernel's own count of optimized folios against the folios flagged
     optimized (kernels with ``hugetlb_optimize_vmemmap_key``, 5.18-7.0).
@@ -340,10 +403,12 @@ def check_kernel_counts(model: KernelModel, savings) -> List[Finding]:
     :param savings: a :class:`~vmemspect.report.Savings` (duck-typed: the
         checks layer does not import the report).
     """
+    out = _check_kernel_memmap(savings, unlisted)
     key = savings.kernel_optimized_folios
-    if key is None or key == savings.flagged_folios:
-        return []
-    extra = savings.flagged_folios - key
+    flagged = savings.flagged_folios + savings.unlisted_flagged
+    if key is None or key == flagged:
+        return out
+    extra = flagged - key
     if extra > 0:
         then = (f"freeing the flagged folios decrements the key {savings.flagged_folios} "
                 f"times, {extra} more than its count: it underflows (WARNING in "
@@ -351,8 +416,44 @@ def check_kernel_counts(model: KernelModel, savings) -> List[Finding]:
     else:
         then = (f"the key counts {-extra} optimized folios that carry no flag: their "
                 "vmemmap will never be restored, nor the key decremented")
-    return [Finding(
+    found = (f"{savings.flagged_folios} flagged folios ({savings.remapped_folios} with remapped "
+             f"vmemmap)")
+    if savings.unlisted_flagged:
+        found += (f" on the lists and {savings.unlisted_flagged} flagged remapped range(s) "
+                  f"on none ({_pfns(r.pfn for r in unlisted if r.optimized)})")
+    return out + [Finding(
         "kernel-count", "hugetlb_optimize_vmemmap_key",
         f"its count ({key}) = folios with HPG_vmemmap_optimized",
-        f"{savings.flagged_folios} flagged folios ({savings.remapped_folios} with remapped "
-        f"vmemmap)", consequence=then)]
+        found + f": {abs(extra)} {'more' if extra > 0 else 'fewer'} than it counts",
+        consequence=then)]
+
+
+def _pfns(pfns, most: int = 8) -> str:
+    pfns = list(pfns)
+    text = ", ".join(f"pfn {p:#x}" for p in pfns[:most])
+    return text + (f" and {len(pfns) - most} more" if len(pfns) > most else "")
+
+
+def _check_kernel_memmap(savings, unlisted: Sequence[RemappedRange]) -> List[Finding]:
+    """The kernel's memmap counters (6.10+) against the vmemmap pages the
+    page tables show freed in the whole vmemmap."""
+    kernel = savings.kernel_saved_pages
+    if kernel is None or kernel == savings.machine_saved_pages:
+        return []
+    diff = kernel - savings.machine_saved_pages
+    found = (f"{savings.machine_saved_pages} pages freed by the page tables: "
+             f"{savings.saved_pages} by {savings.remapped_folios} listed folio(s)")
+    if unlisted:
+        found += (f", {savings.unlisted_pages} by {len(unlisted)} remapped range(s) on no list "
+                  f"({_pfns(r.pfn for r in unlisted)})")
+    if diff > 0:
+        then = (f"the kernel believes {diff} vmemmap pages more freed than the page tables "
+                "show: memory it accounts as free is still in use as vmemmap")
+    else:
+        then = (f"the page tables show {-diff} vmemmap pages more freed than the kernel counts: "
+                "a mapping the kernel did not make, or counters it did not update")
+    return [Finding(
+        "kernel-memmap", "nr_memmap_boot_pages + nr_memmap_pages",
+        f"the vmemmap pages HVO freed by the kernel's count ({kernel}) = those the page "
+        "tables show freed", found + f": {abs(diff)} {'fewer' if diff > 0 else 'more'}",
+        consequence=then)]

@@ -364,9 +364,10 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
         again, and is yielded with ``(next, prev, key id)`` in place of the
         page's bytes. The links were read from the same dump: the walk is
         the same.
-    :param skip: ``(clean, counts)``: a known entry whose key id is set in
-        ``clean`` (by the consumer, between entries) is only counted in
-        ``counts[key id]``, not yielded, once its links are checked.
+    :param skip: ``(clean, counts, on_skip)``: a known entry whose key id
+        is set in ``clean`` (by the consumer, between entries) is only
+        counted in ``counts[key id]``, and told to ``on_skip(entry, key
+        id)`` if that is not None, not yielded, once its links are checked.
     :raises ListCut: where an entry is mapped but missing from the dump.
     :raises _ListBroken: where the list is corrupt.
     """
@@ -375,7 +376,7 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     prev = head
     pos = prog.read_u64(head)
     seen = 0
-    clean, counts = skip if skip is not None else (None, None)
+    clean, counts, on_skip = skip if skip is not None else (None, None, None)
     if known is not None:
         kbase, kstep, kslots, knext, kprev, kids = known
     while pos != head:
@@ -403,6 +404,8 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
             data = (nxt, back, kid)
             if back == prev and clean is not None and clean[kid]:
                 counts[kid] += 1
+                if on_skip is not None:
+                    on_skip(pos, kid)
                 seen += 1
                 if seen >= limit:
                     raise _ListBroken(prev, pos, "leads to more entries than memory can "

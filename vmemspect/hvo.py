@@ -131,6 +131,11 @@ class FolioVmemmap:
     #: Frames the mapping names whose contents could not be read, with why
     #: (frame_absence()): the mapping is still judged, their contents not.
     unreadable: Tuple[Tuple[int, str], ...] = ()
+    #: Per PTE table the folio's vmemmap lies in, ``(region, pairs)``: the
+    #: pairs of neighbouring vmemmap pages there that map one frame
+    #: (region: the table's virtual address >> (page shift + 9)). What the
+    #: whole-vmemmap sweep (vmemspect.sweep) counts this folio for.
+    pairs: Tuple[Tuple[int, int], ...] = ()
 
     @property
     def remapped(self) -> bool:
@@ -327,6 +332,11 @@ def folio_vmemmap(
             rw = npages - 1 if tail_rw else 0
             tails = (TailFrame(tail_pfn, npages - 1, rw, ("pte",)),)
             distinct = 1 + (head_leaf.pfn != tail_pfn)
+            # One table, or whole tables from the first (1 GiB folios).
+            region = start >> (walker.page_shift + 9)
+            first = min(npages, 512) - 2 + (head_leaf.pfn == tail_pfn)
+            pairs = ((region, first),) + tuple((region + k, 511)
+                                               for k in range(1, -(-npages // 512)))
         else:
             entries = walker.entries(start, npages)
             head_leaf = Leaf(start, *entries[0])
@@ -348,6 +358,14 @@ def folio_vmemmap(
                 for pfn, g in groups.items()
             )
             distinct = len(groups) + (head_leaf.pfn not in groups)
+            counted: Dict[int, int] = {}
+            rshift = walker.page_shift + 9
+            for i in range(1, npages):
+                e, p = entries[i], entries[i - 1]
+                if e[0] == 1 and p[0] == 1 and e[2] == p[2] and e[4] == p[4]:
+                    r = (start + (i << walker.page_shift)) >> rshift
+                    counted[r] = counted.get(r, 0) + 1
+            pairs = tuple(sorted(counted.items()))
 
         head_ok = bool(folio.flags & (1 << model.pg_head)) and not folio.info & 1
 
@@ -395,6 +413,7 @@ def folio_vmemmap(
             tail_contents=tuple(contents),
             unknown=None,
             unreadable=tuple(unreadable),
+            pairs=pairs,
         )
     except (MissingMemory, FaultError) as e:
         reason = str(e)
@@ -419,6 +438,7 @@ def scan_folios(
     progress: Optional[Callable[["FolioVmemmap"], None]] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
+    sweep=None,
 ) -> Iterator[FolioVmemmap]:
     """
     :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
@@ -426,6 +446,8 @@ def scan_folios(
 
     :param progress: called with each folio's record, for progress bars.
     :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
+    :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
+        folio read.
     """
     walker = page_table_walker(prog)
     cache: Dict[Tuple[int, int], FrameContents] = {}
@@ -433,6 +455,8 @@ def scan_folios(
              else for_each_hugetlb_folio_page(prog, cut=cut, broken=broken))
     for folio, head_page in pairs:
         record = folio_vmemmap(prog, folio, walker, cache, head_page)
+        if sweep is not None:
+            sweep.add_record(record)
         if progress:
             progress(record)
         yield record
@@ -535,14 +559,15 @@ def _group_keyer(
 
 
 def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
-                       limit: int = 1 << 22) -> Optional[List[int]]:
+                       limit: int = 1 << 22, tables: bool = False) -> Optional[list]:
     """
     The addresses from ``lo`` to ``hi`` (2 MiB-aligned for 4 KiB pages)
     whose PTE table is present, found by walking the upper levels only:
     absent entries, huge leaves and tables missing from the dump are
     skipped whole, so the cost follows the page tables, not the range
     (zone spans come from the dump and may be corrupt). None past ``limit``
-    regions.
+    regions. With ``tables``, ``(address, PTE table's physical address)``
+    pairs.
     """
     shift, fmt = walker.page_shift, walker.format
     present, entry_pfn = walker.entry_present, walker.entry_pfn
@@ -555,7 +580,8 @@ def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
             if not present(e) or fmt.is_leaf(e, level):
                 continue
             if level == 2:
-                out.append(base + idx * span)
+                out.append((base + idx * span, entry_pfn(e) << shift) if tables
+                           else base + idx * span)
                 if len(out) > limit:
                     return False
                 continue
@@ -697,6 +723,7 @@ def scan_folio_groups(
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
     jobs: int = 1,
+    sweep=None,
 ) -> Iterator[Tuple[FolioVmemmap, int]]:
     """
     Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
@@ -718,6 +745,8 @@ def scan_folio_groups(
         it gives a record (the first of each key, and every folio of
         another shape). The same walk, checks and order: the same output
         as with one.
+    :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
+        folio walked, read or counted.
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
@@ -744,10 +773,22 @@ def scan_folio_groups(
     known, keys = pre if pre is not None else (None, [])
     ids = {k: i for i, k in enumerate(keys)}
     # Per list, (key ids found clean, folios of each counted by the walk).
-    skip: Dict[tuple, Tuple[bytearray, List[int]]] = {}
+    skip: Dict[tuple, tuple] = {}
+    # Per key id: the pairs (FolioVmemmap.pairs) of a folio of that key.
+    kid_pairs = [0] * len(keys)
+    lru = model.off_lru
 
-    def skips(h, state: str, nid: int) -> Tuple[bytearray, List[int]]:
-        return skip.setdefault((h.index, state, nid), (bytearray(len(keys)), [0] * len(keys)))
+    def skips(h, state: str, nid: int) -> tuple:
+        s = skip.get((h.index, state, nid))
+        if s is None:
+            on_skip = None
+            if sweep is not None:
+                order, add_like = h.order, sweep.add_like
+
+                def on_skip(pos: int, kid: int) -> None:
+                    add_like(pos - lru, order, kid_pairs[kid])
+            s = skip[(h.index, state, nid)] = (bytearray(len(keys)), [0] * len(keys), on_skip)
+        return s
 
     page_size = model.page_size
     for h, state, nid, page, data in for_each_hugetlb_entry(
@@ -764,16 +805,22 @@ def scan_folio_groups(
             g = groups.get(key, False)
             if g:
                 g[1] += 1
+                if sweep is not None:
+                    sweep.add_like(page, h.order, g[4])
                 continue
         offset = page & (page_size - 1)
         folio = folio_record(prog, model, zone_list, h, page,
                              data[offset:offset + 2 * model.sizeof_page], state, nid)
         fv = folio_vmemmap(prog, folio, walker, cache, data)
+        if sweep is not None:
+            sweep.add_record(fv)
         if key is not None and key not in groups:
-            if judge(fv):
+            if judge(fv) and len(fv.pairs) <= 1:
                 kid = ids.get(suffix)
-                groups[key] = [fv, 0, (h.index, state, nid), kid]
+                npairs = fv.pairs[0][1] if fv.pairs else 0
+                groups[key] = [fv, 0, (h.index, state, nid), kid, npairs]
                 if kid is not None:
+                    kid_pairs[kid] = npairs
                     skips(h, state, nid)[0][kid] = 1
             else:
                 groups[key] = None

@@ -18,6 +18,7 @@ from .mmu import page_table_format
 from .optimizable import REASONS
 from .report import Report, RowSink, Spool
 from .savings import SCHEMES, WhatIf, WhatIfRow
+from .sweep import RemappedRange
 
 __all__ = (
     "SCHEMA",
@@ -128,8 +129,46 @@ def folio_doc(fv: FolioVmemmap, findings: Iterable[Finding] = ()) -> Dict[str, A
     }
 
 
+def range_doc(r: RemappedRange) -> Dict[str, Any]:
+    """A remapped vmemmap range of no listed folio (vmemspect.sweep)."""
+    return {
+        "pfn": r.pfn,
+        "kind": r.kind,
+        "what": r.what,
+        "vmemmap": hex(r.vmemmap),
+        "vmemmap_pages": r.vmemmap_pages,
+        "saved_pages": r.saved_pages,
+        "frame_pfn": r.frame,
+        "frame": r.frame_name,
+        "own_frame": r.own_frame,
+        "writable": r.writable,
+        "flags": _hex(r.flags),
+        "compound_info": _hex(r.info),
+        "private": _hex(r.private),
+        "refcount": r.refcount,
+        "order": r.order,
+        "hugetlb": r.hugetlb,
+        "hpg_vmemmap_optimized": r.optimized,
+    }
+
+
+def sweep_doc(report: Report) -> Optional[Dict[str, Any]]:
+    """What the whole-vmemmap sweep read and found."""
+    w = report.sweep
+    if w is None:
+        return None
+    return {
+        "pte_tables": w.tables,
+        "missing_tables": w.missing_tables,
+        "tables_read_entry_by_entry": w.slow_tables,
+        "lists_incomplete": w.lists_incomplete,
+        "unlisted": [range_doc(r) for r in w.unlisted],
+    }
+
+
 def _summary(report: Report) -> Dict[str, Any]:
     unknown = report.unknown
+    unlisted = report.sweep.unlisted if report.sweep is not None else []
     return {
         "ok": not report.findings,
         "findings": len(report.findings),
@@ -138,6 +177,8 @@ def _summary(report: Report) -> Dict[str, Any]:
         "unknown_frames": len(report.unknown_frames),
         "transient": len(report.transient),
         "checked_folios": report.scanned - len(unknown),
+        "unlisted_ranges": len(unlisted),
+        "isolated_folios": sum(1 for r in unlisted if r.kind == "isolated"),
     }
 
 
@@ -258,7 +299,12 @@ def report_doc(report: Report) -> Dict[str, Any]:
             "kernel_freeable_kib": {str(k): v for k, v in sorted(s.kernel_freeable_kib.items())},
             "kernel_source": s.kernel_source,
             "kernel_agrees": s.kernel_agrees,
+            "unlisted_pages": s.unlisted_pages,
+            "unlisted_ranges": s.unlisted_ranges,
+            "unlisted_flagged": s.unlisted_flagged,
+            "machine_saved_pages": s.machine_saved_pages,
         },
+        "vmemmap_sweep": sweep_doc(report),
         "tails": tails_doc(report)["tails"],
         "what_if": what_if_doc(report.what_if),
         "verify": _summary(report),
@@ -307,6 +353,7 @@ def verify_doc(report: Report) -> Dict[str, Any]:
         "unknown_frames": [{"pfn": pfn, "what": what, "reason": why}
                            for pfn, what, why in report.unknown_frames],
         "transient": [finding_doc(f) for f in report.transient],
+        "vmemmap_sweep": sweep_doc(report),
     }
 
 
@@ -419,6 +466,10 @@ def render_report(doc: Dict[str, Any], fmt: str) -> str:
     lines.append(f"saved         {s['saved_pages']} vmemmap pages ({s['saved_bytes'] // 1024} KiB)"
                  + (f", less {s['shared_frame_pages']} shared tail frame(s)"
                     if k["form"] == "mask" else ""))
+    if s.get("unlisted_ranges"):
+        lines.append(f"              + {s['unlisted_pages']} vmemmap pages in "
+                     f"{s['unlisted_ranges']} remapped range(s) on no hstate list "
+                     f"(whole vmemmap: {s['machine_saved_pages']} pages)")
     lines.extend(_kernel_says(s, k["page_size"]))
     lines.append("")
     lines.append(render_tails({"form": k["form"], "tails": doc["tails"]}, fmt, brief=True))
@@ -451,10 +502,13 @@ def _kernel_says(s: Dict[str, Any], page_size: int) -> List[str]:
                    f"{s['kernel_memmap_pages']} in nr_memmap_boot_pages + nr_memmap_pages"
                    + _agreement(s["kernel_agrees"]))
     if s["kernel_optimized_folios"] is not None:
-        agrees = s["kernel_optimized_folios"] == s["remapped_folios"]
+        unlisted = s.get("unlisted_ranges", 0)
+        agrees = s["kernel_optimized_folios"] == s["remapped_folios"] + unlisted
         out.append(f"kernel says   {s['kernel_optimized_folios']} optimized folios "
                    f"(hugetlb_optimize_vmemmap_key); vmemspect finds {s['remapped_folios']} "
-                   f"remapped, {s['flagged_folios']} flagged" + _agreement(agrees))
+                   f"remapped, {s['flagged_folios']} flagged"
+                   + (f", and {unlisted} remapped range(s) on no list" if unlisted else "")
+                   + _agreement(agrees))
     for size, kib in s["kernel_freeable_kib"].items():
         out.append(f"kernel says   {kib} KiB vmemmap freed per {_size(int(size))} folio "
                    "(its boot line)")
@@ -580,6 +634,16 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
                      "its struct pages were not checked")
     for f in doc["transient"]:
         lines.append(f"transient (changed while read, not a violation): {_finding_line(f)}")
+    sweep = doc.get("vmemmap_sweep") or {}
+    for r in sweep.get("unlisted", []):
+        if r["kind"] == "isolated":
+            lines.append(f"isolated (off the lists for migration, not a violation): pfn "
+                         f"{r['pfn']:#x}: {r['what']}")
+    if sweep.get("lists_incomplete") and any(r["kind"] == "off-lists"
+                                             for r in sweep.get("unlisted", [])):
+        n = sum(1 for r in sweep["unlisted"] if r["kind"] == "off-lists")
+        lines.append(f"unknown: {n} remapped hugetlb folio(s) on no list walked; the lists "
+                     "were not walked whole (see hstate-list), so they may be beyond the break")
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "

@@ -25,6 +25,7 @@ from .checks import (
     check_hstate_lists,
     check_hstate_orders,
     check_shared_tails,
+    check_unlisted,
     count_folio,
     folio_check_context,
 )
@@ -52,6 +53,7 @@ from .hvo import (
 from .kernel import KernelModel, has_object, kernel_model
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
+from .sweep import SweepResult, VmemmapSweep
 
 __all__ = (
     "GroupSummary",
@@ -210,6 +212,18 @@ class Savings:
     #: per folio ("HugeTLB: 28 KiB vmemmap can be freed for a 2.00 MiB page"),
     #: when that line is still in the log.
     kernel_freeable_kib: Dict[int, int] = dataclasses.field(default_factory=dict)
+    #: The whole-vmemmap sweep: vmemmap pages freed in remapped ranges of no
+    #: listed folio, those ranges, and those whose head carries
+    #: HPG_vmemmap_optimized (vmemspect.sweep).
+    unlisted_pages: int = 0
+    unlisted_ranges: int = 0
+    unlisted_flagged: int = 0
+
+    @property
+    def machine_saved_pages(self) -> int:
+        """Vmemmap pages freed in the whole vmemmap: the listed folios'
+        and the unlisted ranges'."""
+        return self.saved_pages + self.unlisted_pages
 
     @property
     def kernel_saved_pages(self) -> Optional[int]:
@@ -233,9 +247,9 @@ class Savings:
         memmap counters on 6.10+, else the key's count of optimized folios);
         None when the kernel keeps neither."""
         if self.kernel_saved_pages is not None:
-            return self.kernel_saved_pages == self.saved_pages
+            return self.kernel_saved_pages == self.machine_saved_pages
         if self.kernel_optimized_folios is not None:
-            return self.kernel_optimized_folios == self.remapped_folios
+            return self.kernel_optimized_folios == self.remapped_folios + self.unlisted_ranges
         return None
 
 
@@ -279,6 +293,8 @@ class Report:
     #: the head's) and their fake heads, counted.
     aliased_folios: int = 0
     aliased_fake_heads: int = 0
+    #: The whole-vmemmap sweep: remapped ranges of no listed folio.
+    sweep: Optional[SweepResult] = None
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then node and zone order."""
@@ -425,10 +441,11 @@ def _scan(
         return (fv.unknown is None and not fv.unreadable and fv.remapped
                 and not check_folio(model, fv, tails_by_zone, shared_names))
 
+    sweep = VmemmapSweep(prog, (h.order for h in hstates if h.order_ok))
     if keep_folios or rows is not None:
-        pairs = ((fv, 1) for fv in scan_folios(prog, None, None, cut, broken))
+        pairs = ((fv, 1) for fv in scan_folios(prog, None, None, cut, broken, sweep))
     else:
-        pairs = scan_folio_groups(prog, clean, cut, broken, jobs)
+        pairs = scan_folio_groups(prog, clean, cut, broken, jobs, sweep)
     for fv, n in pairs:
         for pfn, why in fv.unreadable:
             if not why.startswith("not in the machine"):  # else a finding
@@ -478,6 +495,9 @@ def _scan(
     findings.extend(check_hstate_counts(
         hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}
         | {h.name for h in hstates if not h.order_ok}))
+    swept = sweep.finish(shared_names, lists_incomplete=bool(
+        cut or broken or not all(h.order_ok for h in hstates)))
+    findings.extend(check_unlisted(model, swept))
     kernel_now, without = kernel_memmap_saved(prog, model)
     savings = Savings(
         saved_pages=saved,
@@ -491,10 +511,13 @@ def _scan(
         flagged_pages=flagged_pages,
         kernel_optimized_folios=kernel_optimized_folios(prog),
         kernel_freeable_kib=kernel_freeable_kib(prog),
+        unlisted_pages=swept.unlisted_saved_pages,
+        unlisted_ranges=len(swept.unlisted),
+        unlisted_flagged=sum(1 for r in swept.unlisted if r.optimized),
     )
     # Counts over the whole population: meaningless if a list was cut.
     if not cut and not broken and all(h.order_ok for h in hstates):
-        findings.extend(check_kernel_counts(model, savings))
+        findings.extend(check_kernel_counts(model, savings, swept.unlisted))
     return Report(
         model=model,
         hvo_enabled=hvo_enabled(prog),
@@ -516,6 +539,7 @@ def _scan(
         rows=None if rows is None else rows.spool,
         aliased_folios=aliased,
         aliased_fake_heads=aliased_fake,
+        sweep=swept,
     )
 
 
