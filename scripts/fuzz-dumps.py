@@ -248,7 +248,18 @@ def _unlink_run(prog, overlay, target, jobs: int) -> dict:
             "seconds": round(seconds, 3), "findings": findings,
             "text_lines": len(text.getvalue().splitlines()), "stderr": err.getvalue()[-300:],
             "jobs": jobs, "parallel_same": None if jobs == 1
-            else (rc_par == rc and par.getvalue() == out.getvalue())}
+            else (rc_par == rc and _same_json(par.getvalue(), out.getvalue()))}
+
+
+def _same_json(a: str, b: str) -> bool:
+    """The same verify JSON but for ``workers`` (what --jobs did)."""
+    try:
+        da, db = json.loads(a), json.loads(b)
+    except ValueError:
+        return a == b
+    da.pop("workers", None)
+    db.pop("workers", None)
+    return da == db
 
 
 def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
@@ -303,7 +314,7 @@ def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
             "relevant": is_rel, "rc": rc, "seconds": round(seconds, 3), "findings": findings,
             "text_lines": lines, "stderr": err.getvalue()[-300:], "jobs": jobs,
             "parallel_same": None if jobs == 1 or rc == "timeout"
-            else (rc_par == rc and par.getvalue() == out.getvalue())}
+            else (rc_par == rc and _same_json(par.getvalue(), out.getvalue()))}
 
 
 def main(argv=None) -> int:

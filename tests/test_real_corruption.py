@@ -11,6 +11,7 @@ import io
 import pytest
 
 from conftest import FORM, KERNELS, patched, real_run, vmemspect_json
+from vmemspect.checks import folio_check_context, folio_group_keyer, folio_key
 from vmemspect.pagetable import page_table_walker
 from vmemspect.render import report_doc, verify_doc, write_json
 from vmemspect.report import build_report
@@ -50,16 +51,45 @@ def grouped_matches_full(run) -> None:
     and key the heads first) writes the very same JSON as the serial one."""
     docs, texts = [], []
     for keep, jobs in ((False, 1), (True, 1), (False, 3)):
-        r = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=keep, jobs=jobs)
-        rd = report_doc(r)
+        prog = open_vmcore(run["elf"], run["vmlinux"])
+        r = build_report(prog, keep_folios=keep, jobs=jobs)
+        if jobs > 1:
+            # The workers ran (the same JSON is no proof: a failure falls
+            # back to one process), and they are named in the JSON.
+            assert (r.workers.started, r.workers.failed) == (3, None), r.workers
+            assert len(r.workers.cpu_seconds) == 3
+        rd, vd = report_doc(r), verify_doc(r)
+        assert (rd.pop("workers") is not None) == (vd.pop("workers") is not None) == (jobs > 1)
         if r.model.form == "pointer":
             rd.pop("tails")  # a list per folio: written by the rows' scan
-        docs.append((verify_doc(r), rd))
+        docs.append((vd, rd))
         out = io.StringIO()
         write_json({"verify": docs[-1][0], "report": rd}, out.write)
         texts.append(out.getvalue())
+        if keep:
+            keys_match_records(prog, r)
     assert docs[0] == docs[1]
     assert texts[2] == texts[0]
+
+
+def keys_match_records(prog, report) -> None:
+    """The raw keyer (what the grouped scan keys folios by) and folio_key
+    (the same key from a record, defined beside check_folio) agree on
+    every folio the keyer keys: grouping never merges folios the checks
+    would tell apart. And the healthy dump's folios are keyed at all."""
+    walker = page_table_walker(prog)
+    shared = frozenset(folio_check_context(report.model, report.zones)[1])
+    keyer = folio_group_keyer(report.model, walker, report.zones, shared)
+    keyed = 0
+    for fv in report.folios:
+        page = fv.folio.page
+        data = prog.read(page & ~4095, 4096)
+        raw = keyer(fv.folio.order, page, data)
+        if raw is not None:
+            keyed += 1
+            assert raw == folio_key(report.model, fv, report.zones, shared), fv.folio.pfn
+    assert keyed or not any(fv.remapped for fv in report.folios)
+
 
 
 def findings_of(run) -> set:

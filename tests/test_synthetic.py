@@ -968,3 +968,43 @@ def test_head_pte_onto_a_frame_the_machine_lacks_is_a_finding():
     assert f.found.startswith(f"the lru.next of folio pfn {order[0]:#x} points at ")
     assert "its PTE maps frame 0xfffff00, not in the machine (in no present memory section)" \
         in f.found
+
+
+def test_hugetlb_folios_helper_raises_at_a_corrupt_list():
+    """helpers.hugetlb_folios() does not stop silently at a corrupt list: it
+    gives the folios before the break, then raises drgn's ValidationError
+    naming the list and the folio (hvo_verify() reports it instead)."""
+    from drgn.helpers import ValidationError
+
+    from vmemspect.helpers import hugetlb_folios, hvo_verify
+
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    first, last = order[0], order[-1]
+    k.write_frame_page(k.folio(last).head_frame, 0, info=k.folio(first).page + 8)
+    k.invalidate()
+    got = []
+    with pytest.raises(ValidationError, match=rf"hugepages-2048kB free list of node 0 is "
+                                              rf"corrupt: the lru.next of folio pfn {last:#x}"):
+        for f in hugetlb_folios(k.prog):
+            got.append(f.pfn)
+    assert got[:len(order)] == order
+    assert [f.check for f in hvo_verify(k.prog) if f.check == "hstate-list"] == ["hstate-list"]
+
+
+def test_fast_scan_keeps_list_breaks():
+    """metrics --fast's sample meets a corrupt list: it reports it
+    (hstate-list), as the full scan does, instead of dropping it."""
+    from vmemspect.fastscan import fast_scan
+
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    k.write_frame_page(k.folio(order[1]).head_frame, 0, info=k.folio(order[0]).page + 8)
+    k.invalidate()
+    f = fast_scan(k.prog, sample=64)
+    lists = [x for x in f.findings if x.check == "hstate-list"]
+    assert len(lists) == 1 and f"folio pfn {order[1]:#x}" in lists[0].found
+    # The full scan says the same of it.
+    full = [x for x in build_report(k.prog, keep_folios=False).findings
+            if x.check == "hstate-list"]
+    assert [x.found for x in full] == [x.found for x in lists]

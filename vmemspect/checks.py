@@ -10,12 +10,15 @@ reading is tested on real dumps. Each check's id, and the kernel code it
 comes from, is documented in ``docs/checks.md``.
 """
 
+import array
+import bisect
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .hugetlb import Hstate, ListBreak, Zone
-from .hvo import FolioVmemmap, SharedTail
-from .kernel import KernelModel, page_flags_nid, page_flags_zone
+from .hvo import FolioVmemmap, SharedTail, pte_leaf
+from .kernel import KernelModel, compound_info_mask, page_flags_nid, page_flags_zone
+from .pagetable import PageTableWalker
 from .sweep import RemappedRange, SweepResult
 
 __all__ = (
@@ -30,6 +33,8 @@ __all__ = (
     "check_unlisted",
     "count_folio",
     "folio_check_context",
+    "folio_group_keyer",
+    "folio_key",
 )
 
 #: Check id -> one-line description (docs/checks.md has the why).
@@ -203,6 +208,140 @@ def check_folio(
                 f"frame pfn {c.pfn:#x}: {c.bad} bad, first struct page {i}: "
                 f"compound_info {info:#x}", c.pfn)
     return out
+
+
+def folio_group_keyer(
+    model: KernelModel, walker: PageTableWalker, zone_list: list, shared: frozenset
+) -> Callable[..., Optional[tuple]]:
+    """
+    ``key(order, page, data)``: everything :func:`folio_vmemmap`, the
+    checks and the scan's counters take from one folio except its address
+    and the list it is on (the scan puts hstate, state and node in front),
+    when its vmemmap is what HVO leaves (the head's vmemmap page
+    mapped on its own, every tail vmemmap page on one other frame by
+    identical PTEs in one table, or on the head's own frame in the pointer
+    form): two folios of one key give the same record but for pfn, page and
+    addresses, so they are judged and counted alike. None for any other
+    folio (it is read in full). Costs one slice of the PTE table the walker
+    holds and one C-level count of the head frame's tails, no memory read.
+    """
+    starts = [z.start_pfn for z in zone_list]
+    ends = [z.end_pfn for z in zone_list]
+    page_mask = model.page_size - 1
+    mask_form = model.form == "mask"
+    i_flags, i_info, i_private = model.off_flags >> 3, model.off_info >> 3, model.off_private >> 3
+    stride = model.sizeof_page >> 3
+    tails_from = i_info + stride
+    off_order = model.off_order
+    hpg = model.hpg_vmemmap_optimized
+    vmemmap_start, sizeof_page = model.vmemmap_start, model.sizeof_page
+    pte_run = walker.pte_run
+    bisect_right = bisect.bisect_right
+    per_order: Dict[int, tuple] = {}
+
+    n_tails = len(range(tails_from, model.page_size >> 3, stride))
+
+    def npages_of(order: int) -> tuple:
+        tail_info = compound_info_mask(model, order) if mask_form else 0
+        # Mask form: every tail's compound_info, to compare in C.
+        all_tails = memoryview(array.array("Q", [tail_info] * n_tails)) if mask_form else None
+        o = per_order[order] = (model.vmemmap_pages(order), tail_info, all_tails)
+        return o
+
+    # PTEs: present and (riscv64) a leaf.
+    present, entry_pfn, writable = walker.pte_valid, walker.entry_pfn, walker.entry_writable
+    # Mask form: the tails' PTE is one per shared frame, decoded once
+    # (per write permission of the levels above).
+    tail_leaves: Tuple[Dict[int, tuple], Dict[int, tuple]] = ({}, {})
+
+    def from_run(order: int, page: int, data: bytes, ptes: Tuple[int, ...],
+                 upper_rw: bool) -> Optional[tuple]:
+        npages, tail_info, all_tails = per_order.get(order) or npages_of(order)
+        e1 = ptes[1]
+        if ptes.count(e1) != npages - 1:
+            return None  # tails not uniform, or the head's PTE equals theirs
+        e0 = ptes[0]
+        if not present(e0):
+            return None
+        head_pfn, head_rw = entry_pfn(e0), upper_rw and writable(e0)
+        if mask_form:
+            leaves = tail_leaves[upper_rw]
+            t = leaves.get(e1)
+            if t is None:
+                t = leaves[e1] = pte_leaf(walker, e1, upper_rw)
+            tail_pfn, tail_rw = t
+        else:
+            tail_pfn, tail_rw = pte_leaf(walker, e1, upper_rw)
+        if tail_pfn is None:
+            return None
+        words = memoryview(data).cast("Q")
+        tails = words[tails_from::stride]
+        if mask_form:
+            tail_is = tail_pfn  # the shared frame, the same for many folios
+            # All tails as expected: one C-level comparison, no int objects.
+            good = n_tails if tails == all_tails else tails.tolist().count(tail_info)
+        elif tail_pfn == head_pfn:
+            tail_is = True  # its own head frame
+            good = tails.tolist().count(page | 1)
+        else:
+            return None  # another frame: its contents name this folio's head
+        pfn = (page - vmemmap_start) // sizeof_page
+        i = bisect_right(starts, pfn) - 1
+        return (i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
+                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
+                head_rw, tail_rw, tail_is, head_pfn in shared, good)
+
+    def key(order: int, page: int, data: bytes) -> Optional[tuple]:
+        if page & page_mask:
+            return None  # the head is not struct page 0 of its vmemmap page
+        npages = (per_order.get(order) or npages_of(order))[0]
+        if npages < 3:
+            return None  # two vmemmap pages on two frames are not remapped
+        run = pte_run(page, npages)
+        if run is None:
+            return None
+        return from_run(order, page, data, run[0], run[2])
+
+    key.from_run = from_run  # type: ignore[attr-defined]  # _prescan: the PTEs held
+    return key
+
+
+def folio_key(model: KernelModel, fv: FolioVmemmap, zone_list: Sequence[Zone],
+              shared: frozenset) -> Optional[tuple]:
+    """
+    The grouping key of a folio's record: the very tuple
+    :func:`folio_group_keyer` makes from the raw bytes and PTEs (the scan
+    puts hstate, list and node in front), None where the keyer would give
+    none. It is everything :func:`check_folio` and the scan's counters read
+    of a folio but its pfn and addresses: two folios of one key are judged
+    and counted alike, which is what lets a scan count a folio like one
+    already found clean instead of reading it. Kept beside check_folio so
+    that a field the checks start reading joins the key; the tests require
+    ``folio_group_keyer(raw) == folio_key(record)`` on every folio of real
+    dumps that the raw keyer keys.
+    """
+    f = fv.folio
+    npages = fv.npages
+    if (f.page & (model.page_size - 1) or not 3 <= npages <= 512 or fv.unknown is not None
+            or fv.head is None or fv.head.level != 1 or len(fv.tails) != 1
+            or fv.head_frame is None):
+        return None
+    t = fv.tails[0]
+    if t.pfn is None or t.pages != npages - 1 or t.levels != ("pte",) \
+            or t.writable not in (0, t.pages):
+        return None
+    if model.form == "mask":
+        tail_is = t.pfn
+    elif t.pfn == fv.head.pfn:
+        tail_is = True
+    else:
+        return None
+    starts = [z.start_pfn for z in zone_list]
+    i = bisect.bisect_right(starts, f.pfn) - 1
+    zone_i = i if i >= 0 and f.pfn < zone_list[i].end_pfn else -1
+    return (zone_i, f.flags, f.info & 1, int(f.optimized), f.folio_order,
+            fv.head.writable, bool(t.writable), tail_is, fv.head.pfn in shared,
+            fv.head_frame.good_tails)
 
 
 def check_shared_tails(model: KernelModel, tails: Sequence[SharedTail]) -> List[Finding]:

@@ -17,6 +17,7 @@ import struct
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Object, Program, ProgramFlags, offsetof
+from drgn.helpers import ValidationError
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
@@ -480,8 +481,9 @@ def for_each_hugetlb_folio(
         reason) is appended here and the rest of that list is skipped.
     :param broken: where a list is corrupt (a loop, a link to unmapped
         memory or one that does not link back), a :class:`ListBreak` is
-        appended here and the rest of that list is skipped; without it the
-        walk of that list just stops there.
+        appended here and the rest of that list is skipped; without it
+        :class:`drgn.helpers.ValidationError` is raised there (as drgn's
+        ``validate_list_for_each_entry()`` does).
     """
     for folio, _ in for_each_hugetlb_folio_page(prog, hstate, cut, broken):
         yield folio
@@ -567,11 +569,16 @@ def for_each_hugetlb_entry(
                     raise
                 cut.append((h.name, f"{h.name} {where}: {e}"))
             except _ListBroken as e:
-                if broken is not None:
-                    at = None if e.prev == head else e.prev - lru
-                    broken.append(ListBreak(
-                        h.name, where, nid, at, None if at is None else model.page_pfn(at),
-                        e.next, e.reason, e.loop, e.seen))
+                at = None if e.prev == head else e.prev - lru
+                b = ListBreak(h.name, where, nid, at, None if at is None else model.page_pfn(at),
+                              e.next, e.reason, e.loop, e.seen)
+                if broken is None:
+                    # Never a silent stop: drgn's own list helpers raise this.
+                    raise ValidationError(f"{h.name} {where} is corrupt: "
+                                          + ("the list head's next" if at is None else
+                                             f"the lru.next of folio pfn {b.at_pfn:#x}")
+                                          + f" {e.reason}") from None
+                broken.append(b)
 
 
 def hvo_enabled(prog: Program) -> Optional[bool]:

@@ -62,6 +62,7 @@ __all__ = (
     "decode_page",
     "folio_vmemmap",
     "frame_contents",
+    "pte_leaf",
     "scan_folio_groups",
     "scan_folios",
     "shared_tails",
@@ -229,7 +230,7 @@ def frame_contents(
     )
 
 
-def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
+def pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
     """(pfn, writable) of a PTE, (None, False) if it is not present: the
     one place the scans below decode a PTE (by the walker's format)."""
     if not walker.pte_valid(entry):
@@ -319,13 +320,13 @@ def folio_vmemmap(
         run = _uniform_tails(walker, start, npages)
         tail_pfn = None
         if run is not None:
-            tail_pfn, tail_rw = _pte_leaf(walker, run[3], run[2])
+            tail_pfn, tail_rw = pte_leaf(walker, run[3], run[2])
         if tail_pfn is not None:
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
             # read-only frame behind all tails). One C-level count per PTE
             # table instead of a loop over the pages.
             e0, table, upper_rw, _ = run
-            head_pfn, head_rw = _pte_leaf(walker, e0, upper_rw)
+            head_pfn, head_rw = pte_leaf(walker, e0, upper_rw)
             head_leaf = Leaf(start, 0 if head_pfn is None else 1, e0, head_pfn, head_rw, table)
             if head_leaf.pfn is None:
                 raise MissingMemory("the head's vmemmap page is not mapped; its PTE", table)
@@ -462,102 +463,6 @@ def scan_folios(
         yield record
 
 
-def _group_keyer(
-    model: KernelModel, walker: PageTableWalker, zone_list: list, shared: frozenset
-) -> Callable[..., Optional[tuple]]:
-    """
-    ``key(order, page, data)``: everything :func:`folio_vmemmap`, the
-    checks and the scan's counters take from one folio except its address
-    and the list it is on (the scan puts hstate, state and node in front),
-    when its vmemmap is what HVO leaves (the head's vmemmap page
-    mapped on its own, every tail vmemmap page on one other frame by
-    identical PTEs in one table, or on the head's own frame in the pointer
-    form): two folios of one key give the same record but for pfn, page and
-    addresses, so they are judged and counted alike. None for any other
-    folio (it is read in full). Costs one slice of the PTE table the walker
-    holds and one C-level count of the head frame's tails, no memory read.
-    """
-    starts = [z.start_pfn for z in zone_list]
-    ends = [z.end_pfn for z in zone_list]
-    page_mask = model.page_size - 1
-    mask_form = model.form == "mask"
-    i_flags, i_info, i_private = model.off_flags >> 3, model.off_info >> 3, model.off_private >> 3
-    stride = model.sizeof_page >> 3
-    tails_from = i_info + stride
-    off_order = model.off_order
-    hpg = model.hpg_vmemmap_optimized
-    vmemmap_start, sizeof_page = model.vmemmap_start, model.sizeof_page
-    pte_run = walker.pte_run
-    bisect_right = bisect.bisect_right
-    per_order: Dict[int, tuple] = {}
-
-    n_tails = len(range(tails_from, model.page_size >> 3, stride))
-
-    def npages_of(order: int) -> tuple:
-        tail_info = compound_info_mask(model, order) if mask_form else 0
-        # Mask form: every tail's compound_info, to compare in C.
-        all_tails = memoryview(array.array("Q", [tail_info] * n_tails)) if mask_form else None
-        o = per_order[order] = (model.vmemmap_pages(order), tail_info, all_tails)
-        return o
-
-    # PTEs: present and (riscv64) a leaf.
-    present, entry_pfn, writable = walker.pte_valid, walker.entry_pfn, walker.entry_writable
-    # Mask form: the tails' PTE is one per shared frame, decoded once
-    # (per write permission of the levels above).
-    tail_leaves: Tuple[Dict[int, tuple], Dict[int, tuple]] = ({}, {})
-
-    def from_run(order: int, page: int, data: bytes, ptes: Tuple[int, ...],
-                 upper_rw: bool) -> Optional[tuple]:
-        npages, tail_info, all_tails = per_order.get(order) or npages_of(order)
-        e1 = ptes[1]
-        if ptes.count(e1) != npages - 1:
-            return None  # tails not uniform, or the head's PTE equals theirs
-        e0 = ptes[0]
-        if not present(e0):
-            return None
-        head_pfn, head_rw = entry_pfn(e0), upper_rw and writable(e0)
-        if mask_form:
-            leaves = tail_leaves[upper_rw]
-            t = leaves.get(e1)
-            if t is None:
-                t = leaves[e1] = _pte_leaf(walker, e1, upper_rw)
-            tail_pfn, tail_rw = t
-        else:
-            tail_pfn, tail_rw = _pte_leaf(walker, e1, upper_rw)
-        if tail_pfn is None:
-            return None
-        words = memoryview(data).cast("Q")
-        tails = words[tails_from::stride]
-        if mask_form:
-            tail_is = tail_pfn  # the shared frame, the same for many folios
-            # All tails as expected: one C-level comparison, no int objects.
-            good = n_tails if tails == all_tails else tails.tolist().count(tail_info)
-        elif tail_pfn == head_pfn:
-            tail_is = True  # its own head frame
-            good = tails.tolist().count(page | 1)
-        else:
-            return None  # another frame: its contents name this folio's head
-        pfn = (page - vmemmap_start) // sizeof_page
-        i = bisect_right(starts, pfn) - 1
-        return (i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
-                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
-                head_rw, tail_rw, tail_is, head_pfn in shared, good)
-
-    def key(order: int, page: int, data: bytes) -> Optional[tuple]:
-        if page & page_mask:
-            return None  # the head is not struct page 0 of its vmemmap page
-        npages = (per_order.get(order) or npages_of(order))[0]
-        if npages < 3:
-            return None  # two vmemmap pages on two frames are not remapped
-        run = pte_run(page, npages)
-        if run is None:
-            return None
-        return from_run(order, page, data, run[0], run[2])
-
-    key.from_run = from_run  # type: ignore[attr-defined]  # _prescan: the PTEs held
-    return key
-
-
 def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
                        limit: int = 1 << 22, tables: bool = False) -> Optional[list]:
     """
@@ -608,7 +513,7 @@ def _prescan(
     regions: List[int],
 ) -> tuple:
     """
-    The folios a list walk would key (:func:`_group_keyer`), found from the
+    The folios a list walk would key (``keyer``), found from the
     page tables alone: in the PTE table of each vmemmap address of
     ``regions`` (:func:`_pte_table_regions`), every run of a folio's
     vmemmap pages, for each hstate ``(order, vmemmap pages)``, whose tails
@@ -670,6 +575,7 @@ def _known_entries(
     zone_list: list,
     orders: Tuple[Tuple[int, int], ...],
     jobs: int,
+    workers: Optional[dict] = None,
 ) -> Optional[Tuple[Dict[int, tuple], List[tuple]]]:
     """
     :func:`_prescan` of the zones' vmemmap in ``jobs`` forked workers, as
@@ -693,7 +599,11 @@ def _known_entries(
     # Table by table in turn (worker k takes tables k, k + jobs, ...): the
     # folios are spread evenly whatever the holes and the layout.
     parts = [(prog, keyer, orders, regions[k::jobs]) for k in range(min(jobs, len(regions)))]
-    results = parallel.fork_map(_prescan, parts)
+    why: List[str] = []
+    results = parallel.fork_map(_prescan, parts, why)
+    if workers is not None:
+        workers.update(started=len(parts), failed="; ".join(why) or None,
+                       cpu_seconds=[round(c, 3) for c in parallel.last_cpu])
     if results is None:
         return None
     lru = model.off_lru
@@ -724,11 +634,13 @@ def scan_folio_groups(
     broken: Optional[List[ListBreak]] = None,
     jobs: int = 1,
     sweep=None,
+    keyer: Optional[Callable[..., Optional[tuple]]] = None,
+    workers: Optional[dict] = None,
 ) -> Iterator[Tuple[FolioVmemmap, int]]:
     """
     Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
     count)``: a folio whose vmemmap is what HVO leaves and whose like
-    (:func:`_group_keyer`) ``judge`` found clean before is not read again nor
+    (``keyer``) ``judge`` found clean before is not read again nor
     given a record: it is counted, and each such group comes last as
     ``(its first record, the folios after it)``. Every other folio comes
     in list order as ``(record, 1)``: what a consumer adds up is what it
@@ -747,6 +659,12 @@ def scan_folio_groups(
         as with one.
     :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
         folio walked, read or counted.
+    :param keyer: ``key(order, page, data)``
+        (:func:`~vmemspect.checks.folio_group_keyer`); without it no folio
+        is grouped.
+    :param workers: filled with what the workers did (``started``,
+        ``failed``: why they failed, None if they did not; ``cpu_seconds``)
+        when ``jobs`` asked for them.
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
@@ -762,14 +680,19 @@ def scan_folio_groups(
     # not used there: they would read each page at another moment than
     # the list walk that joins their links.
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    keyer = _group_keyer(model, walker, zone_list, shared)
+    if keyer is None:
+        keyer = lambda order, page, data: None  # noqa: E731 - no grouping
     pre = None
+    if workers is not None:
+        workers.update(requested=jobs, started=0, failed=None, cpu_seconds=[],
+                       why_none="a live kernel is read by one process" if live and jobs > 1
+                       else None)
     if not live and jobs > 1:
         orders = tuple(sorted({(h.order, model.vmemmap_pages(h.order))
                                for h in for_each_hstate_record(prog)
                                if h.order_ok and h.nr_huge_pages
                                and 3 <= model.vmemmap_pages(h.order) <= 512}))
-        pre = _known_entries(prog, model, keyer, zone_list, orders, jobs)
+        pre = _known_entries(prog, model, keyer, zone_list, orders, jobs, workers)
     known, keys = pre if pre is not None else (None, [])
     ids = {k: i for i, k in enumerate(keys)}
     # Per list, (key ids found clean, folios of each counted by the walk).

@@ -166,6 +166,15 @@ def sweep_doc(report: Report) -> Optional[Dict[str, Any]]:
     }
 
 
+def workers_doc(report: Report) -> Optional[Dict[str, Any]]:
+    """What --jobs workers did (None: one process was asked for)."""
+    w = report.workers
+    if w is None or (w.requested <= 1):
+        return None
+    return {"requested": w.requested, "started": w.started, "failed": w.failed,
+            "cpu_seconds": list(w.cpu_seconds), "why_none": w.why_none}
+
+
 def _summary(report: Report) -> Dict[str, Any]:
     unknown = report.unknown
     unlisted = report.sweep.unlisted if report.sweep is not None else []
@@ -305,6 +314,7 @@ def report_doc(report: Report) -> Dict[str, Any]:
             "machine_saved_pages": s.machine_saved_pages,
         },
         "vmemmap_sweep": sweep_doc(report),
+        "workers": workers_doc(report),
         "tails": tails_doc(report)["tails"],
         "what_if": what_if_doc(report.what_if),
         "verify": _summary(report),
@@ -354,6 +364,7 @@ def verify_doc(report: Report) -> Dict[str, Any]:
                            for pfn, what, why in report.unknown_frames],
         "transient": [finding_doc(f) for f in report.transient],
         "vmemmap_sweep": sweep_doc(report),
+        "workers": workers_doc(report),
     }
 
 

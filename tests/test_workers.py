@@ -1,0 +1,66 @@
+"""
+``--jobs``: the forked workers of the grouped scan, on a fixture (a real
+7.2 two-node guest's extract). They must really run (the same answer is no
+proof: a failure falls back to reading every folio in one process), and a
+failure must show: a line on stderr and the JSON's ``workers`` field, with
+the very same findings and counts.
+"""
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from vmemspect import cli, hvo
+from vmemspect.render import verify_doc
+from vmemspect.report import build_report
+from vmemspect.target import open_vmcore
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "7.2-numa.kdump"
+
+
+def _verify(jobs: int):
+    prog = open_vmcore(str(FIXTURE), None)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
+    return rc, json.loads(out.getvalue()), err.getvalue()
+
+
+def test_workers_run():
+    r = build_report(open_vmcore(str(FIXTURE), None), keep_folios=False, jobs=2)
+    assert r.workers.requested == 2 and r.workers.started == 2
+    assert r.workers.failed is None and len(r.workers.cpu_seconds) == 2
+    rc, doc, err = _verify(2)
+    assert rc == 0 and doc["workers"]["started"] == 2 and doc["workers"]["failed"] is None
+    assert "workers failed" not in err
+    rc1, doc1, _ = _verify(1)
+    assert doc1.pop("workers") is None
+    doc.pop("workers")
+    assert doc == doc1
+
+
+def test_worker_failure_shows(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a worker that breaks")
+
+    monkeypatch.setattr(hvo, "_prescan", broken)
+    rc, doc, err = _verify(2)
+    assert rc == 0
+    w = doc["workers"]
+    assert w["started"] == 2
+    assert "RuntimeError: a worker that breaks" in w["failed"]
+    assert "--jobs 2: the workers failed (worker 1 raised RuntimeError" in err
+    # The same answer, read in one process.
+    _, doc1, _ = _verify(1)
+    doc.pop("workers"), doc1.pop("workers")
+    assert doc == doc1
+    assert doc["checked_folios"] == 111
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_verify_doc_names_workers(jobs):
+    r = build_report(open_vmcore(str(FIXTURE), None), keep_folios=False, jobs=jobs)
+    assert (verify_doc(r)["workers"] is None) == (jobs == 1)
