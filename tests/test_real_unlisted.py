@@ -14,7 +14,10 @@ bug leave memory, each self-consistent so that only the page tables tell:
 
 verify must exit 1 and name the folio's pfn, with the kind: a hugetlb folio
 off the lists (unlisted-folio) or no hugetlb folio (unlisted-remap); and say
-nothing else. The dump is restored after each case.
+nothing else. And one legitimate state: an in-use folio isolated for
+migration (off the active list, HPG_migratable clear, counters unchanged:
+what isolate_hugetlb() leaves) is named as such and is no finding. The dump
+is restored after each case.
 """
 
 import contextlib
@@ -114,3 +117,48 @@ def test_freed_without_restore(healthy):
     assert "no compound head: PG_head clear" in f["found"]
     # x86_64 maps HVO's tails read-only: the kernel faults on the first write.
     assert "faults on the first write" in f["consequence"]
+
+
+def _isolate_patches(run):
+    """The second free 2 MiB folio of node 0 made what an in-use folio
+    isolated for migration looks like: off its list, a reference held, not
+    free by the counters (free counts lowered, totals kept), HPG_migratable
+    clear (isolate_hugetlb() clears it and moves the folio to a private
+    list). hvo-2m holds no in-use folio to take."""
+    prog = open_vmcore(run["elf"], run["vmlinux"])
+    walker = page_table_walker(prog)
+    model = kernel_model(prog)
+    h = next(h for h in (prog["hstates"][i] for i in range(prog["hugetlb_max_hstate"]))
+             if h.order.value_() == 9)
+    head = h.hugepage_freelists[0].address_
+    first = prog.read_u64(head)
+    victim = prog.read_u64(first)
+    nxt = prog.read_u64(victim)
+    assert head not in (first, victim, nxt)
+    page = victim - model.off_lru
+    private = prog.read_u64(page + model.off_private)
+    assert private >> model.hpg_vmemmap_optimized & 1
+    ref = page + model.off_refcount
+    patches = [(walker.translate(first), nxt), (walker.translate(nxt + 8), first),
+               (walker.translate(page + model.off_private),
+                (private | 1 << model.hpg_migratable) ^ 1 << model.hpg_migratable),
+               (walker.translate(ref & ~7),
+                prog.read_u64(ref & ~7) + (1 << (ref & 7) * 8))]
+    for field in (h.free_huge_pages, h.free_huge_pages_node[0]):
+        word = prog.read_u64(field.address_ & ~7)
+        patches.append((walker.translate(field.address_ & ~7),
+                        word - (1 << (field.address_ & 7) * 8)))
+    return patches, model.page_pfn(page)
+
+
+def test_isolated_for_migration_is_no_finding(healthy):
+    _, run = healthy
+    patches, pfn = _isolate_patches(run)
+    with contextlib.ExitStack() as stack:
+        for pa, new in patches:
+            stack.enter_context(patched(run["elf"], pa, new))
+        v = vmemspect_json(run, "verify", dump=run["elf"])
+    assert v["ok"] is True and v["findings"] == [] and v["isolated_folios"] == 1
+    (r,) = v["vmemmap_sweep"]["unlisted"]
+    assert (r["pfn"], r["kind"], r["hugetlb"]) == (pfn, "isolated", True)
+    assert r["refcount"] > 0

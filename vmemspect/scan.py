@@ -54,6 +54,7 @@ from .hugetlb import (
     kernel_freeable_kib,
     kernel_memmap_pages,
     kernel_optimized_folios,
+    zone_of_pfn,
     zones,
 )
 from .hvo import (
@@ -281,6 +282,19 @@ class ScanResult:
     fake_heads: int = 0
 
 
+def count_isolated(found: Dict[Tuple[str, int], List[int]], swept: SweepResult,
+                   hstates: List[Hstate], zone_list: List[Zone]) -> None:
+    """Add the folios the sweep found isolated for migration to the
+    per-(hstate, node) counts of check_hstate_counts() (in use, not free)."""
+    by_order = {h.order: h.name for h in hstates}
+    for r in swept.unlisted:
+        if r.kind != "isolated" or r.order not in by_order:
+            continue
+        zone = zone_of_pfn(zone_list, r.pfn)
+        if zone is not None:
+            found.setdefault((by_order[r.order], zone.nid), [0, 0])[0] += 1
+
+
 def scan_context(prog: Program) -> ScanContext:
     """Read the hstates and zones a scan starts from.
 
@@ -366,13 +380,15 @@ def run_scan(
     findings.extend(check_hstate_lists(hstates, broken))
     whole = not cut and not broken and all(h.order_ok for h in hstates)
     if strategy.complete:
+        swept = ctx.sweep.finish(ctx.shared_names, lists_incomplete=not whole)
+        # A folio isolated for migration is off the lists but still in the
+        # hstate's counters (isolate_hugetlb() moves it to a private list).
+        count_isolated(found, swept, hstates, ctx.zones)
         # A cut or broken list holds fewer folios than the counters by
         # nature; hstate-list says how many.
         findings.extend(check_hstate_counts(
             hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}
             | {h.name for h in hstates if not h.order_ok}))
-    if strategy.complete:
-        swept = ctx.sweep.finish(ctx.shared_names, lists_incomplete=not whole)
         findings.extend(check_unlisted(model, swept))
     else:
         # A sample lists few folios: the sweep could attribute nothing.
