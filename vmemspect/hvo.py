@@ -636,10 +636,11 @@ def scan_folio_groups(
     sweep=None,
     keyer: Optional[Callable[..., Optional[tuple]]] = None,
     workers: Optional[dict] = None,
-) -> Iterator[Tuple[FolioVmemmap, int]]:
+    like: Optional[Callable[[FolioVmemmap, int], None]] = None,
+) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
     """
     Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
-    count)``: a folio whose vmemmap is what HVO leaves and whose like
+    count, in list order)``: a folio whose vmemmap is what HVO leaves and whose like
     (``keyer``) ``judge`` found clean before is not read again nor
     given a record: it is counted, and each such group comes last as
     ``(its first record, the folios after it)``. Every other folio comes
@@ -662,6 +663,9 @@ def scan_folio_groups(
     :param keyer: ``key(order, page, data)``
         (:func:`~vmemspect.checks.folio_group_keyer`); without it no folio
         is grouped.
+    :param like: told ``(the first record of its key, its struct page
+        address)`` of each folio counted like another, in list order (and
+        only without workers: theirs are counted inside the list walk).
     :param workers: filled with what the workers did (``started``,
         ``failed``: why they failed, None if they did not; ``cpu_seconds``)
         when ``jobs`` asked for them.
@@ -730,6 +734,8 @@ def scan_folio_groups(
                 g[1] += 1
                 if sweep is not None:
                     sweep.add_like(page, h.order, g[4])
+                if like is not None:
+                    like(g[0], page)
                 continue
         offset = page & (page_size - 1)
         folio = folio_record(prog, model, zone_list, h, page,
@@ -747,12 +753,12 @@ def scan_folio_groups(
                     skips(h, state, nid)[0][kid] = 1
             else:
                 groups[key] = None
-        yield fv, 1
+        yield fv, 1, True
     for g in groups.values():
         if g:
             n = g[1] + (skip[g[2]][1][g[3]] if g[3] is not None and g[2] in skip else 0)
             if n:
-                yield g[0], n
+                yield g[0], n, False
 
 
 class TailTally:

@@ -20,6 +20,7 @@ from .errors import VmemspectError
 from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
 from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
 from .kernel import KernelModel, kernel_model
+from .pagetable import page_table_walker
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
 from .scan import EveryFolio, Grouped, Savings, WorkerReport, kernel_memmap_saved, run_scan
@@ -109,17 +110,16 @@ class GroupTally:
         return out
 
 
-class Spool(list):
+class Spool:
     """
     Records written one at a time to an unnamed temporary file (one JSON
-    line each) and read back in order, through ``finish`` if given: a list
-    for ``len()``, iteration and :mod:`json` (which encodes it as a list)
-    whose memory does not grow with its records. Records are JSON values
-    (tuples come back as lists).
+    line each) and read back in order, through ``finish`` if given:
+    ``len()`` and iteration whose memory does not grow with the records
+    (``render.write_json`` writes it as a JSON list). Records are JSON
+    values (tuples come back as lists).
     """
 
     def __init__(self, finish: Optional[Callable[[Any], Any]] = None) -> None:
-        super().__init__()
         self._file = tempfile.TemporaryFile()
         self._count = 0
         self.finish = finish
@@ -136,10 +136,11 @@ class Spool(list):
 
     def __iter__(self) -> Iterator[Any]:
         self._file.flush()
-        with open(self._file.fileno(), "rb", closefd=False) as f:
+        decode = json.JSONDecoder().decode
+        with open(self._file.fileno(), "r", encoding="utf-8", closefd=False) as f:
             f.seek(0)
             for line in f:
-                record = json.loads(line)
+                record = decode(line)
                 yield record if self.finish is None else self.finish(record)
 
 
@@ -151,6 +152,10 @@ class RowSink:
     spool: Spool
     make: Callable[[FolioVmemmap, List[Finding]], Any]
     select: Optional[Callable[[FolioVmemmap], bool]] = None
+    #: ``like(row, model, page, head pfn, head PTE)``: the row of a folio
+    #: a grouped scan counted like the clean one whose row is ``row``
+    #: (same key: checks.folio_key); without it the scan reads every folio.
+    like: Optional[Callable[..., Any]] = None
 
 
 @dataclasses.dataclass
@@ -275,21 +280,36 @@ def _scan(
         reasons[id(fv)] = reason
         return is_optimizable(reason)
 
-    def on_folio(fv: FolioVmemmap, n: int, mine: List[Finding]) -> None:
+    def on_folio(fv: FolioVmemmap, n: int, mine: List[Finding], inline: bool) -> None:
         reason = reasons.pop(id(fv))
         what_if.add(fv, reason, n)
         groups.add(fv, reason, n)
         if progress:
             progress(fv, n)
-        if rows is not None and (rows.select is None or rows.select(fv)):
+        if inline and rows is not None and (rows.select is None or rows.select(fv)):
             rows.spool.append(rows.make(fv, mine))
         if keep_folios:
             folios.append(fv)
             if reason is not None:
                 not_optimized[fv.folio.pfn] = reason
 
-    strategy = EveryFolio() if keep_folios or rows is not None else Grouped(jobs)
-    r = run_scan(prog, strategy, on_folio, possible)
+    on_like = None
+    if rows is not None and rows.like is not None and not keep_folios:
+        walker = page_table_walker(prog)
+        template: Dict[int, Any] = {}  # id(first record of a key) -> its row, or None
+
+        def on_like(first: FolioVmemmap, page: int) -> None:
+            key = id(first)
+            row = template.get(key, False)
+            if row is False:
+                row = template[key] = (rows.make(first, []) if rows.select is None
+                                       or rows.select(first) else None)
+            if row is not None:
+                e0 = walker.pte_run(page, 1)[0][0]
+                rows.spool.append(rows.like(row, model, page, walker.entry_pfn(e0), e0))
+
+    every = keep_folios or (rows is not None and rows.like is None)
+    r = run_scan(prog, EveryFolio() if every else Grouped(jobs), on_folio, possible, on_like)
     return Report(
         model=model,
         hvo_enabled=hvo_enabled(prog),

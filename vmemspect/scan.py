@@ -199,6 +199,9 @@ class ScanContext:
     cut: List[Tuple[str, str]]
     broken: List[ListBreak]
     sweep: VmemmapSweep
+    #: Told of each folio a grouped scan counts like another, in list order:
+    #: ``on_like(first record of its key, its struct page address)``.
+    on_like: Optional[Callable[[FolioVmemmap, int], None]] = None
 
     def clean(self, fv: FolioVmemmap) -> bool:
         """A record no check finds anything on, fully read and remapped:
@@ -216,9 +219,9 @@ class EveryFolio:
 
     complete = True
 
-    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int]]:
+    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
         for fv in scan_folios(ctx.prog, None, None, ctx.cut, ctx.broken, ctx.sweep):
-            yield fv, 1
+            yield fv, 1, True
 
 
 class Grouped:
@@ -230,9 +233,12 @@ class Grouped:
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs
 
-    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int]]:
-        return scan_folio_groups(ctx.prog, ctx.clean, ctx.cut, ctx.broken, self.jobs,
-                                 ctx.sweep, ctx.keyer(), workers)
+    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
+        # A consumer that wants every folio in order (rows) is told of each
+        # one counted like another; workers count theirs inside the walk.
+        jobs = 1 if ctx.on_like is not None else self.jobs
+        return scan_folio_groups(ctx.prog, ctx.clean, ctx.cut, ctx.broken, jobs,
+                                 ctx.sweep, ctx.keyer(), workers, ctx.on_like)
 
 
 class Sample:
@@ -245,7 +251,7 @@ class Sample:
     def __init__(self, per_hstate: int) -> None:
         self.per_hstate = per_hstate
 
-    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int]]:
+    def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
         walker = page_table_walker(ctx.prog)
         cache: dict = {}
         for h in ctx.hstates:
@@ -254,7 +260,7 @@ class Sample:
             for folio, data in itertools.islice(
                     for_each_hugetlb_folio_page(ctx.prog, h, ctx.cut, ctx.broken),
                     self.per_hstate):
-                yield folio_vmemmap(ctx.prog, folio, walker, cache, data), 1
+                yield folio_vmemmap(ctx.prog, folio, walker, cache, data), 1, True
 
 
 @dataclasses.dataclass
@@ -317,19 +323,24 @@ def scan_context(prog: Program) -> ScanContext:
 def run_scan(
     prog: Program,
     strategy,
-    on_folio: Optional[Callable[[FolioVmemmap, int, List[Finding]], None]] = None,
+    on_folio: Optional[Callable[[FolioVmemmap, int, List[Finding], bool], None]] = None,
     possible: Optional[Callable[[FolioVmemmap], bool]] = None,
+    on_like: Optional[Callable[[FolioVmemmap, int], None]] = None,
 ) -> ScanResult:
     """
     Read the folios by ``strategy``, judge each as it comes, and finish the
     scan.
 
     :param on_folio: called with each record, the folios it stands for,
-        and its findings (a consumer's own tallies: tables, rows).
+        its findings, and whether it comes in list order (a group's count
+        comes last): a consumer's own tallies (tables, rows).
+    :param on_like: see :attr:`ScanContext.on_like` (rows of folios a
+        grouped scan counts).
     :param possible: whether HVO could optimize a folio (for
         :attr:`Savings.possible_pages`); every folio if not given.
     """
     ctx = scan_context(prog)
+    ctx.on_like = on_like
     model = ctx.model
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
     # Only the slots' frames are looked up (shared_tails()); on a live
@@ -343,7 +354,7 @@ def run_scan(
     unknown_frames: Dict[int, Tuple[int, str, str]] = {}
     scanned = saved = possible_pages = flagged_pages = remapped = flagged = fake = 0
     workers: dict = {}
-    for fv, n in strategy.pairs(ctx, workers):
+    for fv, n, inline in strategy.pairs(ctx, workers):
         for pfn, why in fv.unreadable:
             if not why.startswith("not in the machine"):  # else a finding
                 unknown_frames.setdefault(pfn, (pfn, f"a tail frame of folio pfn "
@@ -367,7 +378,7 @@ def run_scan(
         if fv.unknown is not None:
             unknown.append(fv)
         if on_folio is not None:
-            on_folio(fv, n, mine)
+            on_folio(fv, n, mine, inline)
     # Finishing: the same for every strategy.
     hstates, cut, broken = ctx.hstates, ctx.cut, ctx.broken
     tails = shared_tails(prog, tally=tally if strategy.complete else None)
