@@ -13,7 +13,7 @@ import pytest
 from conftest import FORM, KERNELS, patched, real_run, vmemspect_json
 from vmemspect.checks import folio_check_context, folio_group_keyer, folio_key
 from vmemspect.pagetable import page_table_walker
-from vmemspect.render import report_doc, verify_doc, write_json
+from vmemspect.render import folio_rows, folios_doc, report_doc, verify_doc, write_json
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 
@@ -70,6 +70,14 @@ def grouped_matches_full(run) -> None:
             keys_match_records(prog, r)
     assert docs[0] == docs[1]
     assert texts[2] == texts[0]
+    # folios' rows from the grouped scan: the same JSON as reading in full.
+    full = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=True)
+    rows = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=False,
+                        rows=folio_rows())
+    a, b = io.StringIO(), io.StringIO()
+    write_json(folios_doc(full, full.folios), a.write)
+    write_json(folios_doc(rows), b.write)
+    assert a.getvalue() == b.getvalue()
 
 
 def keys_match_records(prog, report) -> None:
