@@ -56,8 +56,9 @@ def grouped_matches_full(run) -> None:
         if jobs > 1:
             # The workers ran (the same JSON is no proof: a failure falls
             # back to one process), and they are named in the JSON.
-            assert (r.workers.started, r.workers.failed) == (3, None), r.workers
-            assert len(r.workers.cpu_seconds) == 3
+            # (as many as there are PTE tables to split, at most 3)
+            assert r.workers.started >= 1 and r.workers.failed is None, r.workers
+            assert len(r.workers.cpu_seconds) == r.workers.started <= 3
         rd, vd = report_doc(r), verify_doc(r)
         assert (rd.pop("workers") is not None) == (vd.pop("workers") is not None) == (jobs > 1)
         if r.model.form == "pointer":
