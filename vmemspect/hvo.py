@@ -565,7 +565,11 @@ def _prescan(
                 if j is None:
                     j = ids[k] = len(ids)
                 extend((page + lru, *unpack(data, lru), order, j))
-    return entries, list(ids)
+    # The PTE tables' pair counts (vmemspect.sweep), read here anyway.
+    pairs = array.array("q")
+    for phys, n in walker.pair_counts.items():
+        pairs.extend((phys, n))
+    return entries, list(ids), pairs
 
 
 def _known_entries(
@@ -616,7 +620,10 @@ def _known_entries(
         known[order] = (regions[0] + lru, step, slots, array.array("Q", bytes(8 * slots)),
                         array.array("Q", bytes(8 * slots)), array.array("l", [-1]) * slots)
     ids: Dict[tuple, int] = {}
-    for entries, keys in results:
+    counted = page_table_walker(prog).pair_counts
+    for entries, keys, pairs in results:
+        for i in range(0, len(pairs), 2):
+            counted.setdefault(pairs[i], pairs[i + 1])
         remap = [ids.setdefault(k, len(ids)) for k in keys]
         for i in range(0, len(entries), 5):
             pos, nxt, prev, order, j = entries[i:i + 5]
@@ -697,6 +704,8 @@ def scan_folio_groups(
                                if h.order_ok and h.nr_huge_pages
                                and 3 <= model.vmemmap_pages(h.order) <= 512}))
         pre = _known_entries(prog, model, keyer, zone_list, orders, jobs, workers)
+        if workers is not None and not workers.get("started"):
+            workers["why_none"] = "nothing to split: no PTE-mapped folio in HVO's shape"
     known, keys = pre if pre is not None else (None, [])
     ids = {k: i for i, k in enumerate(keys)}
     # Per list, (key ids found clean, folios of each counted by the walk).
@@ -732,8 +741,12 @@ def scan_folio_groups(
             g = groups.get(key, False)
             if g:
                 g[1] += 1
-                if sweep is not None:
-                    sweep.add_like(page, h.order, g[4])
+                if g[5] is not None:
+                    # sweep.add_like(), inlined: once per folio counted.
+                    marks, first, step = g[5]
+                    slot = (page - first) // step
+                    if 0 <= slot < len(marks):
+                        marks[slot] = g[4] + 1
                 if like is not None:
                     like(g[0], page)
                 continue
@@ -747,7 +760,8 @@ def scan_folio_groups(
             if judge(fv) and len(fv.pairs) <= 1:
                 kid = ids.get(suffix)
                 npairs = fv.pairs[0][1] if fv.pairs else 0
-                groups[key] = [fv, 0, (h.index, state, nid), kid, npairs]
+                groups[key] = [fv, 0, (h.index, state, nid), kid, npairs,
+                               None if sweep is None else sweep.marker(h.order)]
                 if kid is not None:
                     kid_pairs[kid] = npairs
                     skips(h, state, nid)[0][kid] = 1

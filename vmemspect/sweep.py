@@ -157,6 +157,15 @@ class VmemmapSweep:
             m = self.marks[order] = (n, array.array("H", bytes(2 * (self.max_index // n + 1))))
         return m
 
+    def marker(self, order: int) -> Tuple[array.array, int, int]:
+        """``(marks, first, step)`` of ``order``: a listed folio at struct
+        page ``page`` that accounts for ``pairs`` (its vmemmap in one PTE
+        table) is recorded by ``marks[(page - first) // step] = pairs + 1``
+        (when the slot is in range): :meth:`add_like` inlined by the hot
+        loop of a grouped scan."""
+        n, marks = self.marks.get(order) or self._marks_of(order)
+        return marks, self.vstart, n << self.model.page_shift
+
     def add_like(self, page: int, order: int, pairs: int) -> None:
         """A listed folio at struct page ``page`` whose vmemmap lies in one
         PTE table with ``pairs`` pairs of neighbouring pages on one frame
@@ -213,33 +222,27 @@ class VmemmapSweep:
         :param lists_incomplete: see :attr:`SweepResult.lists_incomplete`.
         """
         model, walker = self.model, self.walker
-        fmt = walker.format
-        words = 512
-        addr_big = int.from_bytes(_U64.pack(fmt.pfn_mask << fmt.pfn_shift) * words, "little")
-        present_big = int.from_bytes(_U64.pack(fmt.present) * words, "little")
         region = 1 << self.region_shift
         lo = self.vstart & ~(region - 1)
         hi = self.vstart + self.max_index * model.page_size
         regions = _pte_table_regions(walker, lo, hi, tables=True) or []
         read = self.prog.read
+        # Tables the scan read already were counted then (the walker keeps
+        # their pairs); the others are read once here.
+        known = walker.pair_counts
         tables = missing = 0
         slow: List[Tuple[int, int]] = []
         for va, phys in regions:
-            try:
-                data = read(phys, 4096, True)
-            except FaultError:
-                missing += 1
-                continue
-            tables += 1
-            m = int.from_bytes(data, "little")
-            if (m & present_big).bit_count() == words:
-                pm = m & addr_big
-                x = array.array("Q")
-                x.frombytes((pm ^ (pm >> 64)).to_bytes(4096, "little"))
-                # Word i is zero where entries i and i+1 map one frame (the
-                # last word compares with nothing: never zero, all present).
-                if x.count(0) == self._expected((va - self.vstart) >> self.region_shift):
+            pairs = known.get(phys)
+            if pairs is None:
+                try:
+                    pairs = walker.pte_pairs(read(phys, 4096, True))
+                except FaultError:
+                    missing += 1
                     continue
+            tables += 1
+            if pairs >= 0 and pairs == self._expected((va - self.vstart) >> self.region_shift):
+                continue
             slow.append((va, phys))
         found: Dict[int, RemappedRange] = {}
         for va, phys in slow:
