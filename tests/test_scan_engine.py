@@ -16,6 +16,7 @@ import pytest
 from vmemspect import cli, hvo
 from vmemspect.render import (aliased_rows, folio_rows, folios_doc, tails_doc, verify_doc,
                               write_json)
+from vmemspect.kernel import kernel_model
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 
@@ -87,3 +88,36 @@ def test_rows_of_grouped_scan_equal_full_reads(fixture):
     if full.model.form == "pointer":
         aliased = build_report(open_vmcore(path, None), keep_folios=False, rows=aliased_rows())
         assert _json(tails_doc(aliased)) == _json(tails_doc(full))
+
+
+def _range(kind: str, **kw):
+    from vmemspect.sweep import RemappedRange
+
+    base = dict(pfn=0x2000, vmemmap=0xffffea0000080000, vmemmap_pages=8, frame=0x1399,
+                frame_name="node 0 DMA32 order 9", own_frame=False, writable=0, kind=kind,
+                what=f"({kind})", flags=0x40, info=0, private=0x10, refcount=0, order=9,
+                hugetlb=True, optimized=True)
+    base.update(kw)
+    return RemappedRange(**base)
+
+
+@pytest.mark.parametrize("kind,check", [("off-lists", "unlisted-folio"),
+                                        ("not-hugetlb", "unlisted-remap"),
+                                        ("isolated", None), ("device", None)])
+@pytest.mark.parametrize("incomplete", [False, True])
+def test_check_unlisted_on_records(kind, check, incomplete):
+    """What each kind of unlisted range is: a hugetlb folio off the lists
+    (a finding, unless the lists were not walked whole), no hugetlb folio (a
+    finding always), a folio isolated for migration or ZONE_DEVICE memory
+    (no finding)."""
+    from vmemspect.checks import check_unlisted
+    from vmemspect.sweep import SweepResult
+
+    model = kernel_model(open_vmcore(str(FIXTURE), None))
+    found = check_unlisted(model, SweepResult(10, 0, 1, [_range(kind)], incomplete))
+    if check is None or (check == "unlisted-folio" and incomplete):
+        assert found == []
+    else:
+        assert [(f.check, f.folio_pfn, f.frame_pfn) for f in found] == [(check, 0x2000, 0x1399)]
+        if check == "unlisted-remap":
+            assert "faults on the first write" in found[0].consequence

@@ -117,6 +117,10 @@ class KernelModel:
     #: HPG_migratable in folio->private: clear on a folio isolated for
     #: migration (isolate_hugetlb()).
     hpg_migratable: int = 1
+    #: ZONE_DEVICE's index (CONFIG_ZONE_DEVICE), None without it: device
+    #: memory's compound pages may have their tail vmemmap deduplicated
+    #: too (vmemmap_populate_compound_pages(), 5.17+), which is not HVO.
+    zone_device: Optional[int] = None
 
     @property
     def page_size(self) -> int:
@@ -179,6 +183,13 @@ def _constant(prog: Program, name: str, default: Optional[int] = None) -> int:
         if default is None:
             raise
         return default
+
+
+def _optional_constant(prog: Program, name: str) -> Optional[int]:
+    try:
+        return prog.constant(name).value_()
+    except LookupError:
+        return None
 
 
 def _vmcoreinfo(prog: Program) -> bytes:
@@ -410,6 +421,7 @@ def _detect(prog: Program) -> KernelModel:
         tails_readonly=tails_readonly,
         hugetlb_test=hugetlb_test,
         hpg_migratable=_constant(prog, "HPG_migratable", 1),
+        zone_device=_optional_constant(prog, "ZONE_DEVICE"),
     )
 
 

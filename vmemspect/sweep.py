@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from drgn import FaultError, Program
 
 from .hvo import FolioVmemmap, _pte_table_regions
-from .kernel import KernelModel, folio_test_hugetlb, kernel_model
+from .kernel import KernelModel, folio_test_hugetlb, kernel_model, page_flags_zone
 from .pagetable import MissingMemory, page_table_walker
 
 __all__ = ("RemappedRange", "SweepResult", "VmemmapSweep")
@@ -67,8 +67,10 @@ class RemappedRange:
     #: How many of the remapped pages are mapped writable (by their PTE).
     writable: int
     #: "isolated": a hugetlb folio isolated for migration (off the lists
-    #: by design, for a moment); "off-lists": a hugetlb folio on no hstate
-    #: list; "not-hugetlb": no hugetlb folio heads the range.
+    #: by design, for a moment); "device": ZONE_DEVICE memory, whose tail
+    #: vmemmap the kernel deduplicates outside HVO; "off-lists": a hugetlb
+    #: folio on no hstate list; "not-hugetlb": no hugetlb folio heads the
+    #: range.
     kind: str
     #: What the head struct page says, in words.
     what: str
@@ -325,7 +327,12 @@ class VmemmapSweep:
         is_head = bool(flags >> model.pg_head & 1) and not info & 1
         hugetlb = folio_test_hugetlb(model, data) if is_head else False
         words = f"flags {flags:#x}, refcount {refcount}, private {private:#x}"
-        if not is_head:
+        if model.zone_device is not None and page_flags_zone(model, flags) == model.zone_device:
+            kind = "device"
+            what = (f"device memory (ZONE_DEVICE): a compound page whose tail vmemmap the "
+                    f"kernel deduplicates itself (vmemmap_populate_compound_pages()), not "
+                    f"HVO ({words})")
+        elif not is_head:
             kind = "not-hugetlb"
             what = (f"no compound head: PG_head {'set' if flags >> model.pg_head & 1 else 'clear'}"
                     f"{', a tail' if info & 1 else ''} ({words})")
