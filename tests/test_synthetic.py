@@ -838,11 +838,12 @@ def test_verify_text_groups_findings(capsys):
         k.set_optimized_flag(pfn, False)
     assert run(["verify"], prog=k.prog) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "flag-vs-mapping: 5 finding(s) on 5 folio(s)"
+    assert out[0] == ("flag-vs-mapping: vmemmap remapped, HPG_vmemmap_optimized clear: "
+                      "5 finding(s) on 5 folio(s)")
     assert len([ln for ln in out if ln.startswith("  folio pfn ")]) == 3
     assert any(ln.startswith("  ... 2 more (folios 0x") for ln in out)
     assert any(ln.startswith("  then: vmemmap remapped, flag clear") for ln in out)
-    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s)")
+    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s) from 1 root cause(s)")
     assert run(["verify", "--all"], prog=k.prog) == 1
     out = capsys.readouterr().out.splitlines()
     assert len([ln for ln in out if ln.startswith("flag-vs-mapping: folio pfn ")]) == 5

@@ -22,6 +22,7 @@ from .pagetable import PageTableWalker
 from .sweep import RemappedRange, SweepResult
 
 __all__ = (
+    "CAUSES",
     "CHECKS",
     "Finding",
     "check_folio",
@@ -65,6 +66,14 @@ CHECKS = {
     "unlisted-remap": "every remapped vmemmap range is headed by a hugetlb folio",
 }
 
+#: Root causes that are a state more precise than the check that finds it
+#: (Finding.cause) -> what the state is. A finding without a cause is a
+#: root cause of the kind of its check.
+CAUSES = {
+    "flag-not-remapped": "HPG_vmemmap_optimized set on vmemmap that was never remapped",
+    "remapped-not-flagged": "vmemmap remapped, HPG_vmemmap_optimized clear",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
@@ -80,6 +89,19 @@ class Finding:
     #: What the kernel will do when it acts on this state (frees, demotes or
     #: writes the folio), as far as the kernel's code says.
     consequence: Optional[str] = None
+    #: The root cause this finding shows, when it is more precise than the
+    #: check (an id of CAUSES), or, with ``implied``, the cause it follows
+    #: from (a CAUSES id or a check id); None: the check's own.
+    cause: Optional[str] = None
+    #: This finding only follows from its cause, found by another finding
+    #: on the same folio (or, without a folio, on the folios of that
+    #: cause): not a problem of its own (vmemspect.diagnosis folds it).
+    implied: bool = False
+    #: The folio's order, for a finding about a folio.
+    folio_order: Optional[int] = None
+    #: For a count that disagrees: what was found minus what the kernel
+    #: counts (kernel-count: flagged folios minus the key's count).
+    delta: Optional[int] = None
 
     def line(self) -> str:
         return f"{self.check}: {self.subject}: expected {self.expected}; found {self.found}"
@@ -113,6 +135,34 @@ def _consequence(model: KernelModel, check: str, flag_set: bool = False) -> Opti
     return None
 
 
+#: tail-frame and tail-readonly on a frame of the folio's own, which only
+#: one of its vmemmap pages maps and which holds its own tails (vmemmap as
+#: it is without HVO): what is true of that frame, whatever the cause.
+OWN_FRAME = {
+    "tail-frame": "none through this frame: it is the folio's own, mapped by this vmemmap page "
+                  "alone, and holds the folio's own tail struct pages, which read right; it was "
+                  "not remapped, so not freed",
+    "tail-readonly-rw": "a write through this mapping changes only the folio's own struct pages "
+                        "in this frame, which nothing else maps (as without HVO)",
+    "tail-readonly": "none through this frame: it is the folio's own and nothing else maps it; "
+                     "HVO maps the tails it remaps with PTEs",
+}
+
+
+def _tail_consequence(model: KernelModel, check: str, pfn: Optional[int], own: bool,
+                      writable: bool, expected: bool) -> Optional[str]:
+    """tail-frame and tail-readonly: what holds for the frame at hand."""
+    if own:
+        return OWN_FRAME["tail-readonly-rw" if check == "tail-readonly" and writable else check]
+    if check == "tail-frame" and pfn is None:
+        return ("a read of these tail struct pages faults: their vmemmap page is not mapped "
+                "(compound_head(), page_zone() and folio lookups of those pages oops)")
+    if check == "tail-readonly" and not expected and pfn is not None:
+        return (f"a write through this mapping changes frame {pfn:#x}, which is not the frame "
+                "HVO maps there (tail-frame), and whatever else uses that frame")
+    return _consequence(model, check)
+
+
 def _folio_subject(fv: FolioVmemmap) -> str:
     f = fv.folio
     return f"folio pfn {f.pfn:#x} ({f.hstate}, node {f.nid} {f.zone_name}, {f.state})"
@@ -136,12 +186,30 @@ def check_folio(
     f = fv.folio
     subject = _folio_subject(fv)
 
-    def add(check: str, expected: str, found: str, frame: Optional[int] = None) -> None:
+    def add(check: str, expected: str, found: str, frame: Optional[int] = None,
+            consequence: Optional[str] = "", cause: Optional[str] = None,
+            implied: bool = False) -> None:
         out.append(Finding(check, subject, expected, found, f.pfn, frame,
-                           _consequence(model, check, f.optimized)))
+                           _consequence(model, check, f.optimized) if consequence == ""
+                           else consequence, cause, implied, f.order))
 
     if fv.unknown is not None:
         return out  # counted as unknown by the caller, never a violation
+
+    # The 6.12 demotion state: flagged, every vmemmap page on a frame of its
+    # own. What HVO would have done (remap the tails read-only onto one
+    # frame, split a PMD for it) is missing: findings about that follow
+    # from the flag, they are not problems of their own.
+    never_remapped = f.optimized and not fv.remapped
+    good = {c.pfn for c in fv.tail_contents if not c.bad}
+    head_pfn = fv.head.pfn if fv.head is not None else None
+
+    def own(t) -> bool:
+        """A frame of the folio's own: one vmemmap page maps it, it is
+        neither the head's nor a shared tail frame, and it holds this
+        folio's tails."""
+        return (t.pfn is not None and t.pages == 1 and t.pfn != head_pfn
+                and t.pfn not in shared_frames and t.pfn in good)
 
     if not fv.head_ok or f.folio_order != f.order:
         add("head-page", f"PG_head, not a tail, order {f.order}",
@@ -156,14 +224,22 @@ def check_folio(
         add("flag-vs-mapping",
             "vmemmap remapped" if f.optimized else "vmemmap not remapped (no HPG_vmemmap_optimized)",
             f"HPG_vmemmap_optimized={'set' if f.optimized else 'clear'}, "
-            f"{fv.distinct_frames} distinct frames for {fv.npages} vmemmap pages")
+            f"{fv.distinct_frames} distinct frames for {fv.npages} vmemmap pages",
+            cause="flag-not-remapped" if f.optimized else "remapped-not-flagged")
 
     head = fv.head
     if head is not None:
         if not head.writable or (f.optimized and head.level != 1):
+            # Writable but a PMD on a folio never remapped: HVO splits the
+            # PMD when it remaps, and it never did.
+            level_only = never_remapped and head.writable and head.pfn not in shared_frames
             add("head-mapping", "writable" + (" pte" if f.optimized else ""),
                 f"{'RW' if head.writable else 'RO'} {head.level_name} entry {head.entry:#x}",
-                head.pfn)
+                head.pfn,
+                consequence=("none: the head's vmemmap page is writable, as it must be; HVO "
+                             "splits its PMD only when it remaps the folio") if level_only
+                else None,
+                cause="flag-not-remapped" if level_only else None, implied=level_only)
         if head.pfn in shared_frames:
             add("head-mapping", "a frame of its own",
                 f"the shared tail frame of {shared_frames[head.pfn]}", head.pfn)
@@ -184,6 +260,10 @@ def check_folio(
             want_name = f"the folio's head frame (pfn {want:#x})"
         absent = dict(fv.unreadable)
         for t in fv.tails:
+            mine = own(t)
+            # Follows from the flag: a frame of the folio's own on a folio
+            # never remapped (a frame of another folio's is a cause of its own).
+            follows = never_remapped and mine
             if want and t.pfn != want:
                 where = ""
                 if t.pfn is None:
@@ -192,21 +272,37 @@ def check_folio(
                     where = f" (the shared tail frame of {shared_frames[t.pfn]})"
                 elif t.pfn in absent:
                     where = f" ({absent[t.pfn]})"
+                elif mine:
+                    where = " (its own)"
                 add("tail-frame", want_name,
                     f"{t.pages} tail vmemmap page(s) on pfn "
-                    f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn)
+                    f"{t.pfn if t.pfn is None else hex(t.pfn)}{where}", t.pfn,
+                    consequence=_tail_consequence(model, "tail-frame", t.pfn, mine,
+                                                  bool(t.writable), False),
+                    cause="flag-not-remapped" if follows else None, implied=follows)
             if (t.writable and model.tails_readonly) or t.levels != ("pte",):
                 add("tail-readonly", "read-only pte" if model.tails_readonly else
                     "pte (PAGE_KERNEL_RO, writable on riscv64)",
-                    f"{t.writable} of {t.pages} writable, levels {','.join(t.levels)}", t.pfn)
+                    f"{t.writable} of {t.pages} writable, levels {','.join(t.levels)}", t.pfn,
+                    consequence=_tail_consequence(
+                        model, "tail-readonly", t.pfn, mine,
+                        bool(t.writable) and model.tails_readonly, not want or t.pfn == want),
+                    cause="flag-not-remapped" if follows else None, implied=follows)
     for c in fv.tail_contents:
         if model.form == "mask" and f.optimized:
             continue  # the shared frame is judged once, by check_shared_tails()
         if c.bad and c.pfn != (head.pfn if head else None):
             i, info, _ = c.first_bad
+            # On an optimized folio a tail frame other than its head's is a
+            # tail-frame finding: its struct pages naming another head is
+            # what that PTE onto another folio's frame shows.
+            follows = f.optimized and head is not None
             add("tail-contents", "tails naming this folio's head",
                 f"frame pfn {c.pfn:#x}: {c.bad} bad, first struct page {i}: "
-                f"compound_info {info:#x}", c.pfn)
+                f"compound_info {info:#x}", c.pfn,
+                consequence=("the tail PTE onto this frame (tail-frame) makes this folio's "
+                             "tail struct pages read another folio's") if follows else None,
+                cause="tail-frame" if follows else None, implied=follows)
     return out
 
 
@@ -555,6 +651,10 @@ def check_kernel_counts(model: KernelModel, savings,
     else:
         then = (f"the key counts {-extra} optimized folios that carry no flag: their "
                 "vmemmap will never be restored, nor the key decremented")
+    # The key counts exactly the remapped vmemmap (of listed folios and of
+    # ranges on no list): HVO counted what it did, and the flags are what
+    # disagree (flag-vs-mapping).
+    follows = key == savings.remapped_folios + len(unlisted)
     found = (f"{savings.flagged_folios} flagged folios ({savings.remapped_folios} with remapped "
              f"vmemmap)")
     if savings.unlisted_flagged:
@@ -564,7 +664,9 @@ def check_kernel_counts(model: KernelModel, savings,
         "kernel-count", "hugetlb_optimize_vmemmap_key",
         f"its count ({key}) = folios with HPG_vmemmap_optimized",
         found + f": {abs(extra)} {'more' if extra > 0 else 'fewer'} than it counts",
-        consequence=then)]
+        consequence=then,
+        cause=("flag-not-remapped" if extra > 0 else "remapped-not-flagged") if follows else None,
+        implied=follows, delta=extra)]
 
 
 def _pfns(pfns, most: int = 8) -> str:

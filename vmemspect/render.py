@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 from tabulate import tabulate
 
 from .checks import Finding
+from .diagnosis import Cause, diagnose
 from .hvo import FolioVmemmap, PageDecode, SharedTail
 from .mmu import page_table_format
 from .optimizable import REASONS
@@ -24,6 +25,7 @@ from .sweep import RemappedRange
 __all__ = (
     "SCHEMA",
     "aliased_rows",
+    "cause_doc",
     "folio_rows",
     "write_json",
     "decode_doc",
@@ -362,12 +364,60 @@ def tails_doc(report: Report) -> Dict[str, Any]:
     }
 
 
+def cause_doc(c: Cause) -> Dict[str, Any]:
+    """A root cause (vmemspect.diagnosis.Cause); findings as indices into
+    the document's ``findings``."""
+    return {
+        "cause": c.cause,
+        "check": c.check,
+        "title": c.title,
+        "findings": list(c.findings),
+        "folios": list(c.folios),
+        "consequence": c.consequence,
+        "implied": [
+            {"check": i.check, "findings": list(i.findings), "folios": list(i.folios),
+             "consequence": i.consequence}
+            for i in c.implied
+        ],
+        "blocks": [
+            {
+                "hstate": b.hstate,
+                "order": b.order,
+                "start_pfn": b.start_pfn,
+                "end_pfn": b.end_pfn,
+                "folios": len(b.folios),
+                "capacity": b.capacity,
+                "first": None if b.first is None else {
+                    "pfn": b.first.pfn,
+                    "head": b.first.head,
+                    "order": b.first.order,
+                    "hstate": b.first.hstate,
+                    "list": b.first.list_name,
+                    "optimized": b.first.optimized,
+                    "remapped": b.first.remapped,
+                    "checks": list(b.first.checks),
+                    "unreadable": b.first.unreadable,
+                    "clean": b.first.clean,
+                },
+                "all_but_first": b.all_but_first,
+            }
+            for b in c.blocks
+        ],
+        "provenance": c.provenance,
+    }
+
+
 def verify_doc(report: Report) -> Dict[str, Any]:
+    diagnosis = report.diagnosis
+    if diagnosis is None:  # a report not made by build_report: no reads
+        diagnosis = diagnose(report.findings, [(h.name, h.order) for h in report.hstates])
     return {
         "schema": SCHEMA,
         "command": "verify",
         **_summary(report),
         "findings": [finding_doc(f) for f in report.findings],
+        "root_causes": len(diagnosis),
+        "diagnosis": [cause_doc(c) for c in diagnosis],
         "unknown_folios": [
             {"pfn": fv.folio.pfn, "hstate": fv.folio.hstate, "reason": fv.unknown}
             for fv in report.unknown
@@ -662,7 +712,7 @@ def _aliased_lines(title: str, tails: Iterable[Dict[str, Any]], fmt: str) -> Ite
         ["folio pfn", "hstate", "node", "zone", "frame pfn", "aliases", "fake heads"], fmt)
 
 
-#: Findings shown per check in the grouped text output (``--all``: every one).
+#: Findings shown per root cause in the grouped text output (``--all``: every one).
 EXAMPLES_PER_CHECK = 3
 
 
@@ -670,39 +720,57 @@ def _finding_line(f: Dict[str, Any]) -> str:
     return f"{f['check']}: {f['subject']}: expected {f['expected']}; found {f['found']}"
 
 
-def _grouped_findings(findings: List[Dict[str, Any]]) -> List[str]:
-    """Findings grouped by check, with counts: how many, on how many folios,
-    the first few in full, and once per check what the kernel will do."""
-    by_check: Dict[str, List[Dict[str, Any]]] = {}
-    for f in findings:
-        by_check.setdefault(f["check"], []).append(f)
+def _count(n: int, folios: List[int], of: str = "") -> str:
+    return f"{n} finding(s)" + (f" on {of}{len(folios)} folio(s)" if folios else "")
+
+
+def _grouped_findings(doc: Dict[str, Any]) -> List[str]:
+    """Findings grouped by root cause (vmemspect.diagnosis): a line for the
+    cause with its counts, the first few in full, the folios of the others,
+    what the kernel will do, where the folios come from, and the findings
+    the cause implies folded under it with their counts."""
+    findings = doc["findings"]
     lines = []
-    for check, fs in by_check.items():
-        folios = list(dict.fromkeys(f["folio_pfn"] for f in fs if f["folio_pfn"] is not None))
-        what = f"{len(fs)} finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
-        lines.append(f"{check}: {what}")
-        for f in fs[:EXAMPLES_PER_CHECK]:
+    for c in doc["diagnosis"]:
+        fs = [findings[i] for i in c["findings"]]
+        title = f"{c['title']}: " if c["title"] else ""
+        lines.append(f"{c['check']}: {title}{_count(len(fs), c['folios'])}")
+        shown = fs[:EXAMPLES_PER_CHECK]
+        for f in shown:
             lines.append(f"  {f['subject']}: expected {f['expected']}; found {f['found']}")
-        if len(fs) > EXAMPLES_PER_CHECK:
-            more = folios[EXAMPLES_PER_CHECK:] if len(folios) > EXAMPLES_PER_CHECK else []
-            lines.append(f"  ... {len(fs) - EXAMPLES_PER_CHECK} more"
+        if len(fs) > len(shown):
+            seen = {f["folio_pfn"] for f in shown}
+            more = [p for p in c["folios"] if p not in seen]
+            lines.append(f"  ... {len(fs) - len(shown)} more"
                          + (f" (folios {', '.join(hex(p) for p in more[:8])}"
                             + (", ..." if len(more) > 8 else "") + ")" if more else "")
                          + "; --all lists every one")
-        consequences = list(dict.fromkeys(f["consequence"] for f in fs if f.get("consequence")))
-        for c in consequences[:2]:
-            lines.append(f"  then: {c}")
+        if c["provenance"]:
+            lines.append(f"  where: {c['provenance']}")
+        if c["consequence"]:
+            lines.append(f"  then: {c['consequence']}")
+        if c["implied"]:
+            lines.append("  implies (follows from it, not a problem of its own):")
+        for i in c["implied"]:
+            same = set(i["folios"]) <= set(c["folios"]) and i["folios"]
+            lines.append(f"    {i['check']}: "
+                         + _count(len(i["findings"]), i["folios"], "the same " if same else ""))
+            f = findings[i["findings"][0]]
+            lines.append(f"      {'e.g. ' if len(i['findings']) > 1 else ''}{f['subject']}: "
+                         f"expected {f['expected']}; found {f['found']}")
+            if i["consequence"]:
+                lines.append(f"      then: {i['consequence']}")
     return lines
 
 
 def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
-    """The verdict: findings grouped by check with counts (``show_all``:
+    """The verdict: findings grouped by root cause with counts (``show_all``:
     one line per finding), unknowns, transient findings, a summary line."""
     if show_all:
         lines = [_finding_line(f) + (f" (then: {f['consequence']})" if f.get("consequence")
                                      else "") for f in doc["findings"]]
     else:
-        lines = _grouped_findings(doc["findings"])
+        lines = _grouped_findings(doc)
     for u in doc["unknown_folios"]:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
     for u in doc["unknown_lists"]:
@@ -723,9 +791,11 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
         lines.append(f"unknown: {n} remapped hugetlb folio(s) on no list walked; the lists "
                      "were not walked whole (see hstate-list), so they may be beyond the break")
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
+    causes = doc["root_causes"]
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "
         f"finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
+        + (f" from {causes} root cause(s)" if causes else "")
         + f", {doc['checked_folios']} folios checked, {doc['unknown']} unknown"
     )
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from drgn import Program, ProgramFlags
 
 from .checks import Finding
+from .diagnosis import Cause, diagnose_report
 from .errors import VmemspectError
 from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
 from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
@@ -201,6 +202,8 @@ class Report:
     sweep: Optional[SweepResult] = None
     #: What --jobs workers did (None: none were asked for).
     workers: Optional[WorkerReport] = None
+    #: The findings grouped by root cause (vmemspect.diagnosis).
+    diagnosis: Optional[List[Cause]] = None
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then node and zone order."""
@@ -243,6 +246,7 @@ def build_report(
     """
     report = _scan(prog, progress, keep_folios, rows, jobs)
     if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
+        report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
         return report
     confirmed = {_finding_key(f) for f in report.findings}
     for _ in range(live_rereads):
@@ -252,6 +256,7 @@ def build_report(
             break
     report.transient = [f for f in report.findings if _finding_key(f) not in confirmed]
     report.findings = [f for f in report.findings if _finding_key(f) in confirmed]
+    report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
     return report
 
 
