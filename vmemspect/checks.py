@@ -238,7 +238,9 @@ def check_folio(
                 head.pfn,
                 consequence=("none: the head's vmemmap page is writable, as it must be; HVO "
                              "splits its PMD only when it remaps the folio") if level_only
-                else None,
+                else None if head.writable else
+                ("the kernel writes the head struct page (refcount, flags, lru links): the "
+                 "first write through this read-only mapping oopses"),
                 cause="flag-not-remapped" if level_only else None, implied=level_only)
         if head.pfn in shared_frames:
             add("head-mapping", "a frame of its own",
