@@ -101,11 +101,30 @@ def keys_match_records(prog, report) -> None:
 
 
 
-def findings_of(run) -> set:
+def verify_of(run) -> dict:
     grouped_matches_full(run)
     v = vmemspect_json(run, "verify", dump=run["elf"], check_rc=(1,))
     assert v["ok"] is False
+    return v
+
+
+def findings_of(run) -> set:
+    return keys_of(verify_of(run))
+
+
+def keys_of(v: dict) -> set:
     return {(f["check"], f["folio_pfn"], f["frame_pfn"]) for f in v["findings"]}
+
+
+def one_cause(v: dict, check: str, folios: list) -> dict:
+    """The one alteration is one root cause, found by ``check`` on
+    ``folios``, with every other finding folded under it."""
+    assert v["root_causes"] == 1, v["diagnosis"]
+    (c,) = v["diagnosis"]
+    assert (c["check"], c["folios"]) == (check, folios)
+    placed = c["findings"] + [i for im in c["implied"] for i in im["findings"]]
+    assert sorted(placed) == list(range(len(v["findings"])))
+    return c
 
 
 def test_tail_pte_to_foreign_frame(elf):
@@ -114,25 +133,42 @@ def test_tail_pte_to_foreign_frame(elf):
     phys, entry = tail_pte(walker, victim, 3)
     foreign = other["head_frame"]["pfn"]
     with patched(run["elf"], phys, (entry & ~ADDR_MASK) | (foreign << 12)):
-        found = findings_of(run)
+        v = verify_of(run)
+    found = keys_of(v)
     assert {pfn for _, pfn, _ in found} == {victim["pfn"]}
     assert ("tail-frame", victim["pfn"], foreign) in found
+    c = one_cause(v, "tail-frame", [victim["pfn"]])
+    assert "another frame's contents" in c["consequence"]
     if FORM[series] == "mask":
         assert found == {("tail-frame", victim["pfn"], foreign)}
+        assert c["implied"] == []
     else:
-        # The foreign frame also holds another folio's struct pages.
+        # The foreign frame also holds another folio's struct pages: that
+        # follows from the PTE.
         assert found == {("tail-frame", victim["pfn"], foreign),
                          ("tail-contents", victim["pfn"], foreign)}
+        assert [(im["check"], im["folios"]) for im in c["implied"]] == [
+            ("tail-contents", [victim["pfn"]])]
 
 
 def test_writable_tail_pte(elf):
-    _, run, folios, _, walker = elf
+    series, run, folios, _, walker = elf
     victim = folios[10]
     phys, entry = tail_pte(walker, victim, 6)
     frame = (entry & ADDR_MASK) >> 12
     with patched(run["elf"], phys, entry | RW):
-        found = findings_of(run)
-    assert found == {("tail-readonly", victim["pfn"], frame)}
+        v = verify_of(run)
+    assert keys_of(v) == {("tail-readonly", victim["pfn"], frame)}
+    # A frame the folio shares: with every folio of its zone and order
+    # (mask form), or with its own head page (pointer form).
+    c = one_cause(v, "tail-readonly", [victim["pfn"]])
+    tails = vmemspect_json(run, "tails", dump=run["elf"])["tails"]
+    if FORM[series] == "mask":
+        assert frame in {t["pfn"] for t in tails}
+        assert "every folio of this zone and order" in c["consequence"]
+    else:
+        assert frame == victim["head_frame"]["pfn"]
+        assert "head page, which shares this frame" in c["consequence"]
 
 
 def test_struct_page_in_tail_frame(elf):
@@ -141,15 +177,17 @@ def test_struct_page_in_tail_frame(elf):
         frame = tails[0]["pfn"]
         # Struct page 5 of the shared frame: a tail mask of order 10.
         with patched(run["elf"], frame * 4096 + 5 * 64 + 8, 0xFFFFFFFFFFFF0001):
-            found = findings_of(run)
-        assert found == {("shared-frame", None, frame)}
+            v = verify_of(run)
+        assert keys_of(v) == {("shared-frame", None, frame)}
+        one_cause(v, "shared-frame", [])
     else:
         victim = folios[7]
         frame = victim["head_frame"]["pfn"]
         # Struct page 5 of the folio's own (aliased) frame names another head.
         with patched(run["elf"], frame * 4096 + 5 * 64 + 8, int(folios[8]["page"], 16) | 1):
-            found = findings_of(run)
-        assert found == {("head-frame", victim["pfn"], frame)}
+            v = verify_of(run)
+        assert keys_of(v) == {("head-frame", victim["pfn"], frame)}
+        one_cause(v, "head-frame", [victim["pfn"]])
 
 
 def test_hvo_flag_cleared(elf):
@@ -159,7 +197,7 @@ def test_hvo_flag_cleared(elf):
     private = victim["head_frame"]["pfn"] * 4096 + (page & 0xFFF) + 40
     with patched(run["elf"], private, 0) as old:
         assert old & (1 << 4), "HPG_vmemmap_optimized was not set before"
-        found = findings_of(run)
+        v = verify_of(run)
     expected = {("flag-vs-mapping", victim["pfn"], None)}
     try:
         # 5.18-7.0: the kernel's own count of optimized folios (64) no longer
@@ -168,7 +206,12 @@ def test_hvo_flag_cleared(elf):
         expected.add(("kernel-count", None, None))
     except KeyError:
         pass
-    assert found == expected
+    assert keys_of(v) == expected
+    # One cause, the cleared flag; the key's count (which counts the 64
+    # remapped folios) follows from it.
+    c = one_cause(v, "flag-vs-mapping", [victim["pfn"]])
+    assert [im["check"] for im in c["implied"]] == (
+        ["kernel-count"] if len(expected) == 2 else [])
 
 
 def test_tail_pte_to_other_nodes_shared_frame():
