@@ -188,7 +188,9 @@ def source_names(package: Path = ROOT / "vmemspect") -> tuple:
     objects, types = set(), set()
 
     def literal(node):
-        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return None
 
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -324,7 +326,8 @@ def main() -> int:
     except VmemspectError as e:
         print(f"btf-parity: {e}", file=sys.stderr)
         return 2
-    ok = all(c["identical"] for c in result["commands"].values()) and not result["lookups"]["differ"]
+    ok = (all(c["identical"] for c in result["commands"].values())
+          and not result["lookups"]["differ"])
     if a.json:
         json.dump(result, sys.stdout, indent=1)
         print()

@@ -16,7 +16,8 @@ kernel booted with ``hugetlb_free_vmemmap=off``).
 
 The dumps are the runs the rest of the suite boots anyway (same run names,
 booted once per session): on every commit 6.12 and 7.2 in every scenario
-the suite boots for them, their ELF dumps and real kdump captures; in the
+the suite boots for them, their ELF dumps, real kdump captures and the
+dump taken after ``vmemspect live`` ran in a live guest; in the
 full run (VMEMSPECT_FULL=1) also every other x86_64 kernel with -dbg in
 every healthy scenario and the runs the suite boots for them.
 """
@@ -26,10 +27,14 @@ import json
 
 import pytest
 
-from conftest import FULL, KERNELS, MATRIX, ROOT, capture_run, real_run, testbed
+from conftest import FULL, KERNELS, MATRIX, ROOT, capture_run, live_run, real_run, testbed
 from test_real_kdump import CASES as CAPTURES
 from test_real_kernels import HEALTHY
 from test_real_rare import RARE_KERNELS
+
+#: tests/test_btf_live.py's guest command (the same run name and command:
+#: the same run, booted once).
+LIVE_BTF_CMD = "python3 -m vmemspect live --json"
 
 _spec = importlib.util.spec_from_file_location("btf_parity", ROOT / "scripts" / "btf-parity.py")
 PARITY = importlib.util.module_from_spec(_spec)
@@ -56,6 +61,10 @@ def _cases():
     for k in KERNELS:
         cases.append((f"{k}-hvo-2m-elf", (real_run, (k, "hvo-2m"), {"elf": True}), "elf"))
     cases.append(("7.2-numa-elf", (real_run, ("7.2", "numa"), {"elf": True}), "elf"))
+    # The live scenario's dump, taken right after `vmemspect live` ran in the
+    # guest with BTF (tests/test_btf_live.py, same run).
+    for k in KERNELS:
+        cases.append((f"{k}-live-btf", (live_run, (k, LIVE_BTF_CMD, "live-btf"), {}), "kdump"))
     for k, source in CAPTURES:
         if k in COMPARED:
             cases.append((f"{k}-hvo-2m-{source}", (capture_run, (k, source, "hvo-2m"), {}),
