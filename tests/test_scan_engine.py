@@ -103,7 +103,8 @@ def _range(kind: str, **kw):
 
 @pytest.mark.parametrize("kind,check", [("off-lists", "unlisted-folio"),
                                         ("not-hugetlb", "unlisted-remap"),
-                                        ("isolated", None), ("device", None)])
+                                        ("isolated", None), ("device", None),
+                                        ("unknown", None)])
 @pytest.mark.parametrize("incomplete", [False, True])
 def test_check_unlisted_on_records(kind, check, incomplete):
     """What each kind of unlisted range is: a hugetlb folio off the lists

@@ -592,8 +592,8 @@ def check_unlisted(model: KernelModel, sweep: SweepResult) -> List[Finding]:
     out = []
     for r in sweep.unlisted:
         subject = f"pfn {r.pfn:#x} (vmemmap {r.vmemmap:#x})"
-        if r.kind in ("isolated", "device"):
-            continue  # off the lists by design; not HVO's
+        if r.kind in ("isolated", "device", "unknown"):
+            continue  # off the lists by design; not HVO's; missing memory
         if r.kind == "off-lists":
             if sweep.lists_incomplete:
                 continue

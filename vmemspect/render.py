@@ -785,11 +785,14 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
         if r["kind"] == "isolated":
             lines.append(f"isolated (off the lists for migration, not a violation): pfn "
                          f"{r['pfn']:#x}: {r['what']}")
+    for r in sweep.get("unlisted", []):
+        if r["kind"] == "unknown":
+            lines.append(f"unknown: a remapped vmemmap range at pfn {r['pfn']:#x}: {r['what']}")
     if sweep.get("lists_incomplete") and any(r["kind"] == "off-lists"
                                              for r in sweep.get("unlisted", [])):
         n = sum(1 for r in sweep["unlisted"] if r["kind"] == "off-lists")
         lines.append(f"unknown: {n} remapped hugetlb folio(s) on no list walked; the lists "
-                     "were not walked whole (see hstate-list), so they may be beyond the break")
+                     "were not walked whole, so they may lie past the cut or the break")
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
     causes = doc["root_causes"]
     lines.append(

@@ -70,7 +70,7 @@ class RemappedRange:
     #: by design, for a moment); "device": ZONE_DEVICE memory, whose tail
     #: vmemmap the kernel deduplicates outside HVO; "off-lists": a hugetlb
     #: folio on no hstate list; "not-hugetlb": no hugetlb folio heads the
-    #: range.
+    #: range; "unknown": its head struct page is not in the dump.
     kind: str
     #: What the head struct page says, in words.
     what: str
@@ -315,7 +315,8 @@ class VmemmapSweep:
         try:
             data = self.prog.read(page, 2 * model.sizeof_page)
         except FaultError:
-            return RemappedRange(kind="not-hugetlb", what="its head struct page cannot be read",
+            # Missing memory is not corruption: what heads it is unknown.
+            return RemappedRange(kind="unknown", what="its head struct page is not in the dump",
                                  flags=None, info=None, private=None, refcount=None,
                                  order=None, hugetlb=None, optimized=False, **common)
         flags = _U64.unpack_from(data, model.off_flags)[0]
