@@ -146,10 +146,10 @@ def _tag_table_reads(tracer: Tracer):
     """vmemspect's page-table walker reads tables physically: tag those."""
     orig = pagetable.PageTableWalker.read_table
 
-    def read_table(self, phys):
+    def read_table(self, phys, *args):
         tracer.tls.cls = "page_table"
         try:
-            return orig(self, phys)
+            return orig(self, phys, *args)
         finally:
             tracer.tls.cls = "kernel"
 

@@ -250,7 +250,7 @@ class PageTableWalker:
         (``last``: a last-level table, whose :meth:`pte_pairs` are kept)."""
         cache = self._cache
         table = cache.get(phys)
-        if table is not None:
+        if table is not None and (not last or phys in self.pair_counts):
             cache.move_to_end(phys)
             return table
         try:

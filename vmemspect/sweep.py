@@ -228,7 +228,6 @@ class VmemmapSweep:
         lo = self.vstart & ~(region - 1)
         hi = self.vstart + self.max_index * model.page_size
         regions = _pte_table_regions(walker, lo, hi, tables=True) or []
-        read = self.prog.read
         # Tables the scan read already were counted then (the walker keeps
         # their pairs); the others are read once here.
         known = walker.pair_counts
@@ -238,10 +237,11 @@ class VmemmapSweep:
             pairs = known.get(phys)
             if pairs is None:
                 try:
-                    pairs = walker.pte_pairs(read(phys, 4096, True))
-                except FaultError:
+                    walker.read_table(phys, True)  # counts its pairs
+                except MissingMemory:
                     missing += 1
                     continue
+                pairs = known[phys]
             tables += 1
             if pairs >= 0 and pairs == self._expected((va - self.vstart) >> self.region_shift):
                 continue
