@@ -592,7 +592,7 @@ def check_unlisted(model: KernelModel, sweep: SweepResult) -> List[Finding]:
     out = []
     for r in sweep.unlisted:
         subject = f"pfn {r.pfn:#x} (vmemmap {r.vmemmap:#x})"
-        if r.kind in ("isolated", "device", "unknown"):
+        if r.kind in ("isolated", "device", "unknown", "freeing"):
             continue  # off the lists by design; not HVO's; missing memory
         if r.kind == "off-lists":
             if sweep.lists_incomplete:

@@ -234,7 +234,8 @@ def _full_families(s: Scrape) -> List[Metric]:
                "not_hugetlb: none; isolated: a folio isolated for migration, device: ZONE_DEVICE memory; those two are not findings)",
                ["kind"], [((kind.replace("-", "_"),),
                            sum(1 for x in (r.sweep.unlisted if r.sweep else []) if x.kind == kind))
-                          for kind in ("off-lists", "not-hugetlb", "isolated", "device", "unknown")]),
+                          for kind in ("off-lists", "not-hugetlb", "isolated", "device", "unknown",
+                                       "freeing")]),
         _gauge("vmemspect_unlisted_vmemmap_saved_bytes", "Vmemmap freed in those ranges",
                samples=[((), sv.unlisted_pages * ps)]),
     ]

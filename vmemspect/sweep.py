@@ -70,7 +70,9 @@ class RemappedRange:
     #: by design, for a moment); "device": ZONE_DEVICE memory, whose tail
     #: vmemmap the kernel deduplicates outside HVO; "off-lists": a hugetlb
     #: folio on no hstate list; "not-hugetlb": no hugetlb folio heads the
-    #: range; "unknown": its head struct page is not in the dump.
+    #: range; "unknown": its head struct page is not in the dump;
+    #: "freeing": queued for the kernel's deferred free (hpage_freelist),
+    #: which restores its vmemmap: not a finding.
     kind: str
     #: What the head struct page says, in words.
     what: str
@@ -140,6 +142,9 @@ class VmemmapSweep:
             self._marks_of(order)
         #: region -> pairs of listed folios spanning several PTE tables.
         self.big_pairs: Dict[int, int] = {}
+        self._queued: Optional[Tuple[frozenset, frozenset]] = None
+        #: &folio->mapping of every unlisted range's head (set by finish()).
+        self._chain_nodes: frozenset = frozenset()
 
     def _max_vmemmap_pages(self) -> int:
         """Vmemmap pages from the vmemmap's start to the last pfn of the
@@ -246,12 +251,15 @@ class VmemmapSweep:
             if pairs >= 0 and pairs == self._expected((va - self.vstart) >> self.region_shift):
                 continue
             slow.append((va, phys))
-        found: Dict[int, RemappedRange] = {}
+        runs: Dict[int, tuple] = {}
         for va, phys in slow:
             for head, pages, frame, writable in self._runs(va, phys, shared):
-                if head in found or self._listed_at(head):
-                    continue
-                found[head] = self._describe(head, pages, frame, shared.get(frame), writable)
+                if head not in runs and not self._listed_at(head):
+                    runs[head] = (pages, frame, writable)
+        self._chain_nodes = frozenset(self.vstart + (h << model.page_shift) + model.off_mapping
+                                      for h in runs)
+        found = {h: self._describe(h, pages, frame, shared.get(frame), writable)
+                 for h, (pages, frame, writable) in runs.items()}
         return SweepResult(tables=tables, missing_tables=missing, slow_tables=len(slow),
                            unlisted=[found[h] for h in sorted(found)],
                            lists_incomplete=lists_incomplete)
@@ -303,6 +311,36 @@ class VmemmapSweep:
             index -= 1
         return index
 
+    def _freeing(self) -> frozenset:
+        """Struct pages of the folios queued on ``hpage_freelist`` (the
+        llist of update_and_free_hugetlb_folio(), linked through
+        ``folio->mapping``) for the deferred free, read once."""
+        if self._queued is None:
+            model, pages, nodes = self.model, set(), set()
+            try:
+                node = self.prog.read_u64(self.prog.symbol("hpage_freelist").address)
+                while node and len(pages) < 1 << 20:
+                    page = node - model.off_mapping
+                    if model.struct_page_pfn(page) is None or page in pages:
+                        break
+                    pages.add(page)
+                    nodes.add(node)
+                    node = self.prog.read_u64(node)
+            except (LookupError, FaultError):
+                pass
+            self._queued = (frozenset(pages), frozenset(nodes))
+        return self._queued[0]
+
+    def _freeing_nodes(self) -> frozenset:
+        """The llist nodes (``&folio->mapping``) of every unlisted range's
+        head: free_hpage_workfn() takes the whole queue with
+        llist_del_all() and frees it folio by folio, so a folio whose
+        ``mapping`` points at another unlisted head's is on that taken
+        chain (the chain's last has NULL there, and cannot be told from a
+        lost folio)."""
+        self._freeing()
+        return self._queued[1] | self._chain_nodes
+
     def _describe(self, head: int, pages: int, frame: int, frame_name: Optional[str],
                   writable: int) -> RemappedRange:
         """What the head struct page of an unlisted range says."""
@@ -343,7 +381,13 @@ class VmemmapSweep:
         else:
             of = f"of order {order}" + ("" if hugetlb else " (hugetlb or not: the types do not say)")
             migratable = bool(private >> model.hpg_migratable & 1)
-            if hugetlb and refcount > 0 and not migratable:
+            mapping = _U64.unpack_from(data, model.off_mapping)[0]
+            if refcount == 0 and (page in self._freeing() or mapping in self._freeing_nodes()):
+                kind = "freeing"
+                what = (f"a hugetlb folio {of} the kernel is freeing: queued on hpage_freelist "
+                        f"for free_hpage_work(), which restores its vmemmap first "
+                        f"(remove_hugetlb_folio() took it off the lists and counters; {words})")
+            elif hugetlb and refcount > 0 and not migratable:
                 kind = "isolated"
                 what = (f"a hugetlb folio {of} isolated for migration (in use, "
                         f"HPG_migratable clear: isolate_hugetlb() took it off the active "
