@@ -143,7 +143,7 @@ op_empty() {
 	op_unpressure
 	rm -f "$H2M"/* "$H1G"/* 2> /dev/null
 	for d in $HP/hugepages-*kB; do
-		echo 0 > $d/nr_overcommit_hugepages
+		echo 0 > $d/nr_overcommit_hugepages 2> /dev/null
 		wr 0 $d/nr_hugepages
 	done
 }

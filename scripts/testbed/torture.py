@@ -67,6 +67,15 @@ BENIGN = re.compile(r"Memory failure: .*(Recovered|recovery action)|Injecting me
                     r"soft offline: .*: (hugepage migration succeeded|page migration)")
 
 
+class GuestCrash(TestbedError):
+    """The guest kernel oopsed or panicked during an operation: a finding
+    of its own (the run records it and stops)."""
+
+    def __init__(self, msg: str, text: str) -> None:
+        super().__init__(msg)
+        self.text = text
+
+
 def runs_dir() -> Path:
     return Path(os.environ.get("VMEMSPECT_TEST_RUNS") or cache_dir() / "test-runs") / "torture"
 
@@ -136,6 +145,7 @@ class TortureGuest:
         self.fds: list[int] = []
         self.dimms = 0
         self.prog = None
+        self.crashed: str | None = None
         self.truth: dict | None = None
         self.timings: dict = {}
         self._sig = _Signals()
@@ -187,6 +197,9 @@ class TortureGuest:
         args += ["-kernel", str(self.kdir / "vmlinuz"), "-initrd", str(initrd), "-append", cmdline,
                  "-chardev", f"file,id=ser0,path={console}", "-serial", "chardev:ser0",
                  "-qmp", f"unix:{tmp}/qmp.sock,server=on,wait=off",
+                 # a spare one: drgn --qemu, for a developer (or the
+                 # read-path measurement, scripts/torture-readpaths.py)
+                 "-qmp", f"unix:{tmp}/qmp-spare.sock,server=on,wait=off",
                  "-device", "vmcoreinfo",
                  "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario",
                  "-fw_cfg", f"name=opt/vmemspect/agent,file={tmp}/agent",
@@ -363,6 +376,7 @@ class TortureGuest:
             if time.monotonic() > end:
                 raise self.fail(f"agent: no answer in {timeout} s to {script!r}")
             if not self.q.alive():
+                self._console_crash()
                 raise self.fail("QEMU exited during an operation")
             try:
                 d = self.ctl.recv(65536)
@@ -382,10 +396,13 @@ class TortureGuest:
 
     def _console_crash(self) -> None:
         self.con.poll()
-        crash = CRASH.search("\n".join(ln for ln in self.con.tail(200).splitlines()
-                                       if "@VMS" not in ln))
+        kernel_lines = "\n".join(ln for ln in self.con.tail(400).splitlines() if "@VMS" not in ln)
+        crash = CRASH.search(kernel_lines)
         if crash:
-            raise self.fail(f"the guest kernel crashed: {crash.group(0)}")
+            time.sleep(1.0)     # let the report finish
+            text = "\n".join(ln for ln in self.con.tail(400).splitlines() if "@VMS" not in ln)
+            i = text.find(crash.group(0))
+            raise GuestCrash(f"the guest kernel crashed: {crash.group(0)}", text[i:])
 
     # -- the check
     def check(self) -> dict:
@@ -555,7 +572,31 @@ def run_ops(g: TortureGuest, ops: list[dict], log, check_every: bool = True,
             res["kmsg"] += st["kmsg"]
             res["out"] += "\n@@STATE\n" + st["out"]
         else:
-            res = g.agent(f"{line}\nrc=$?\necho @@STATE\nstate\nexit $rc\n")
+            try:
+                res = g.agent(f"{line}\nrc=$?\necho @@STATE\nstate\nexit $rc\n")
+            except GuestCrash as e:
+                # the kernel oopsed in this operation: a finding; the guest
+                # is not asked anything more (its agent may be dead)
+                g.crashed = e.text
+                rec = {"step": i + 1, "op": op["op"], "args": op["args"], "sh": line, "rc": None,
+                       "out": "", "state": {}, "op_s": round(time.monotonic() - t0, 2),
+                       "kmsg_alarms": alarms(e.text)[:1] or [str(e)],
+                       "kmsg": e.text.splitlines()[:80], "crash": True}
+                try:
+                    c = g.check()
+                    rec["check"] = {k: v for k, v in c.items() if k != "findings"}
+                    rec["check"]["findings_sample"] = c["findings"][:5]
+                except Exception as x:  # noqa: BLE001 - a dead guest may not answer
+                    rec["check"] = {"error": f"{type(x).__name__}: {x}", "checks": []}
+                rec["step_s"] = round(time.monotonic() - t0, 2)
+                records.append(rec)
+                if log:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if print_fn:
+                    print_fn(rec)
+                finding = rec
+                break
         out, _, state = res["out"].partition("@@STATE\n")
         rec = {"step": i + 1, "op": op["op"], "args": op["args"], "sh": line, "rc": res["rc"],
                "out": out.strip()[-2000:], "state": parse_state(state),
@@ -589,7 +630,14 @@ def signature(rec: dict | None) -> tuple:
         return ()
     checks = tuple(rec.get("check", {}).get("checks") or ())
     kinds = tuple(sorted({a.split(":")[0].split()[0] for a in rec.get("kmsg_alarms", [])}))
-    return checks + kinds
+    # where the kernel was when it warned or crashed (RIP's function)
+    rips = []
+    for ln in rec.get("kmsg") or []:
+        m = re.search(r"RIP: 0010:([A-Za-z0-9_.]+)\+", ln)
+        if m:
+            rips.append("RIP:" + m.group(1))
+            break
+    return checks + kinds + tuple(rips)
 
 
 def replay(cfg: GuestConfig, ops: list[dict], out_dir: Path, check_every: bool = False) -> dict:
@@ -628,7 +676,7 @@ def ddmin(ops: list[dict], test) -> list[dict]:
 
 
 def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
-             print_fn=print) -> dict:
+             print_fn=print, quiet: list[bool] | None = None) -> dict:
     """Delta-debug ``ops`` (from fresh boots, a check after the last step
     of each replay) down to a shortest sequence whose finding has the
     signature ``sig``."""
@@ -661,7 +709,20 @@ def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
     if not test(ops):
         return {"reproduced": False, "tries": tries, "ops": ops,
                 "seconds": round(time.monotonic() - t0, 1)}
-    small = ddmin(ops, test)
+    small = ops
+    # Cheap first cuts, one replay each: without the steps the kernel
+    # refused or that changed nothing it reports (pools, sysctl, counters),
+    # then the last step with each single earlier one.
+    if quiet:
+        kept = [op for op, q in zip(ops, quiet) if not q]
+        if kept and len(kept) < len(ops) and test(kept):
+            small = kept
+    if len(small) > 2:
+        for op in small[:-1]:
+            if test([op, small[-1]]):
+                small = [op, small[-1]]
+                break
+    small = ddmin(small, test)
     return {"reproduced": True, "ops": small, "tries": tries,
             "seconds": round(time.monotonic() - t0, 1)}
 
@@ -696,7 +757,19 @@ def reproducer(ops: list[dict], cfg: GuestConfig, release: str, verify_text: str
     return "\n".join(lines) + "\n"
 
 
-def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict) -> dict:
+def memmap_total(st: dict) -> int | None:
+    """nr_memmap_pages + nr_memmap_boot_pages: every vmemmap page the kernel
+    holds.  HVO moves pages between the two (freeing boot pages,
+    allocating on restore) and gives pages back; with every pool empty
+    the total is back at its boot value unless vmemmap leaked (memory
+    hot-plug adds its own)."""
+    if st.get("nr_memmap_pages") is None or st.get("nr_memmap_boot_pages") is None:
+        return None
+    return st["nr_memmap_pages"] + st["nr_memmap_boot_pages"]
+
+
+def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
+            recs: list[dict] | None = None) -> dict:
     """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
     aftermath: release everything, and see what the kernel says."""
     c: dict = {}
@@ -725,6 +798,13 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict) -> 
             c["plain_drgn"] = {"error": (p.stderr or p.stdout)[-1500:]}
     st = finding.get("state", {})
     c["counters_at_finding"] = {k: st.get(k) for k in ("nr_memmap_pages", "nr_memmap_boot_pages")}
+    if g.crashed:
+        # no aftermath: the kernel already reacted (oops); the crash is
+        # confirmed by the kernel itself
+        c["crash"] = g.crashed.splitlines()[:60]
+        c["confirmed_by"] = ["the kernel itself: " + (finding.get("kmsg_alarms") or ["oops"])[0][:160]]
+        c["confirmed"] = True
+        return c
     # the aftermath
     a = g.agent("op_empty\nsleep 1\necho @@STATE\nstate\n", timeout=300)
     out, _, state = a["out"].partition("@@STATE\n")
@@ -733,18 +813,28 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict) -> 
                       "alarms": alarms(a["kmsg"]),
                       "kmsg": a["kmsg"].strip().splitlines()[-60:]}
     empty = all(p.get("nr") == "0" for p in after["pools"].values())
-    base = boot_state.get("nr_memmap_pages")
-    if base is not None and after.get("nr_memmap_pages") is not None and empty:
-        c["aftermath"]["nr_memmap_pages_boot"] = base
-        c["aftermath"]["nr_memmap_pages_leaked"] = after["nr_memmap_pages"] - base
+    base = memmap_total(boot_state)
+    # what DIMM hot-plugs added (the total's change over each such step)
+    plugged, prev = 0, boot_state
+    for r in recs or []:
+        if r["op"] == "dimm" and memmap_total(r["state"] or {}) is not None \
+                and memmap_total(prev) is not None:
+            plugged += memmap_total(r["state"]) - memmap_total(prev)
+        prev = r["state"] or prev
+    if base is not None and memmap_total(after) is not None and empty:
+        c["aftermath"]["memmap_total_boot"] = base
+        c["aftermath"]["memmap_hotplugged"] = plugged
+        c["aftermath"]["memmap_total_after"] = memmap_total(after)
+        c["aftermath"]["nr_memmap_pages_leaked"] = memmap_total(after) - base - plugged
     chk = g.check()
     c["aftermath"]["verify_after_empty"] = {k: chk.get(k) for k in ("ok", "checks", "error")}
     ways = []
     if c.get("plain_drgn", {}).get("confirms"):
         ways.append("plain drgn (scripts/plain-drgn-hvo.py)")
     if c["aftermath"].get("nr_memmap_pages_leaked"):
-        ways.append(f"kernel counter: nr_memmap_pages {c['aftermath']['nr_memmap_pages_leaked']:+d} "
-                    "against boot after every pool was emptied")
+        ways.append(f"kernel counters: {c['aftermath']['nr_memmap_pages_leaked']:+d} vmemmap pages "
+                    "(nr_memmap_pages + nr_memmap_boot_pages) against boot after every pool "
+                    "was emptied")
     if c["aftermath"]["alarms"]:
         ways.append("the kernel's reaction: " + c["aftermath"]["alarms"][0][:160])
     if finding.get("kmsg_alarms"):
@@ -759,7 +849,9 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
     """One torture run (see the module doc).  Returns the summary dict (also
     out_dir/summary.json)."""
     rng = random.Random(seed)
-    cfg = config or guest_config(kernel_id, rng)
+    # The guest's configuration from a generator of its own: a seed draws
+    # the same operations on every kernel (whether or not it has CMA).
+    cfg = config or guest_config(kernel_id, random.Random(f"config-{seed}"))
     nodes = len(cfg.nodes)
     ops = [draw(rng, nodes) for _ in range(steps)]
     out_dir = Path(out_dir or runs_dir() / f"{kernel_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -804,12 +896,12 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
                                   "alarms": f["kmsg_alarms"],
                                   "findings": f.get("check", {}).get("findings"),
                                   "signature": list(signature(f))}
-            summary["confirmation"] = confirm(g, out_dir, f, boot_state)
+            summary["confirmation"] = confirm(g, out_dir, f, boot_state, recs)
     summary["run_s"] = round(time.monotonic() - t0, 1)
     if summary["finding"] and minimize_it:
         prefix = ops[:summary["finding"]["step"]]
         m = minimize(cfg, prefix, tuple(summary["finding"]["signature"]), out_dir / "minimize",
-                     print_fn=print_fn)
+                     print_fn=print_fn, quiet=quiet_steps(recs, boot_state))
         summary["minimized"] = {"reproduced": m["reproduced"], "ops": m["ops"],
                                 "length": len(m["ops"]), "tries": len(m["tries"]),
                                 "seconds": m["seconds"]}
@@ -837,6 +929,21 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
             summary["reproducer"] = str(out_dir / "reproducer.sh")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def quiet_steps(recs: list[dict], boot_state: dict) -> list[bool]:
+    """Per step: the kernel refused it, or nothing it reports changed
+    (pools, sysctl, memmap counters, offline blocks), and it was not the
+    finding's step."""
+    out = []
+    prev = boot_state
+    for r in recs:
+        st = r.get("state") or {}
+        same = {k: v for k, v in st.items() if k != "memfree"} == \
+            {k: v for k, v in prev.items() if k != "memfree"}
+        out.append(not r.get("finding") and not r.get("kmsg_alarms") and (r["rc"] != 0 or same))
+        prev = st or prev
+    return out
 
 
 def load_log(path: Path) -> tuple[GuestConfig, list[dict], dict]:
