@@ -28,8 +28,10 @@ from conftest import FULL, run_dir
 import testbed
 from testbed import torture
 
-#: Draws a 1 GiB page (step 3) and demotes it (step 6) with the sysctl on.
-SEED = 11
+#: Sets the sysctl (step 2), draws a 1 GiB page (step 3) and demotes it
+#: (step 6); then soft offline, MADV_SOFT_OFFLINE, mbind, memory offline,
+#: a full 2 MiB pool, compaction ... (40 steps).
+SEED = 72
 STEPS = 40
 DEMOTED = 511           # the demoted folios but the first (hvo-facts.md)
 

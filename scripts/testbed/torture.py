@@ -676,7 +676,7 @@ def ddmin(ops: list[dict], test) -> list[dict]:
 
 
 def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
-             print_fn=print, quiet: list[bool] | None = None) -> dict:
+             print_fn=print, quiet: list[bool] | None = None, max_tries: int = 60) -> dict:
     """Delta-debug ``ops`` (from fresh boots, a check after the last step
     of each replay) down to a shortest sequence whose finding has the
     signature ``sig``."""
@@ -687,6 +687,8 @@ def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
         key = json.dumps(sub)
         if key in cache:
             return cache[key]
+        if len(tries) >= max_tries:
+            return False        # out of budget: keep what was reached
         d = out_dir / f"try-{len(tries) + 1:03d}"
         t0 = time.monotonic()
         try:
@@ -724,6 +726,7 @@ def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
                 break
     small = ddmin(small, test)
     return {"reproduced": True, "ops": small, "tries": tries,
+            "budget_exhausted": len(tries) >= max_tries,
             "seconds": round(time.monotonic() - t0, 1)}
 
 
@@ -904,7 +907,9 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
                      print_fn=print_fn, quiet=quiet_steps(recs, boot_state))
         summary["minimized"] = {"reproduced": m["reproduced"], "ops": m["ops"],
                                 "length": len(m["ops"]), "tries": len(m["tries"]),
+                                "budget_exhausted": m.get("budget_exhausted", False),
                                 "seconds": m["seconds"]}
+        (out_dir / "minimize.json").write_text(json.dumps(m, indent=1) + "\n")
         if m["reproduced"]:
             verify_text = (out_dir / "verify.txt").read_text() if (out_dir / "verify.txt").exists() else ""
             # vmemspect's output on the minimized sequence's own state
