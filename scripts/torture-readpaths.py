@@ -19,7 +19,7 @@ from testbed import torture as T  # noqa: E402
 from testbed.dumps import parse_vmcoreinfo_note  # noqa: E402
 from vmemspect.report import build_report  # noqa: E402
 from vmemspect.render import verify_doc  # noqa: E402
-from vmemspect.target import _X86_64, load_debug_info, open_vmcore  # noqa: E402
+from vmemspect.target import load_debug_info, open_vmcore  # noqa: E402
 
 
 def main() -> int:

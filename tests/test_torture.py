@@ -25,7 +25,6 @@ import pytest
 
 from conftest import FULL, run_dir
 
-import testbed
 from testbed import torture
 
 #: Sets the sysctl (step 2), draws a 1 GiB page (step 3) and demotes it

@@ -30,7 +30,8 @@ fail() {
 	while :; do sleep 3600; done
 }
 
-insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
+# (a developer's own build may have it built in: CONFIG_FW_CFG_SYSFS=y)
+[ -d /sys/firmware/qemu_fw_cfg ] || insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
 FWC=/sys/firmware/qemu_fw_cfg/by_name/opt/vmemspect
 [ -d /vmemspect-opt ] && FWC=/vmemspect-opt
 # The control port (aftermath, kdump capture): the second UART, or hvc0 on

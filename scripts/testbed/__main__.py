@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--replay", type=Path, metavar="OPS_JSONL",
                    help="replay a run's operation log (from a fresh boot) instead of drawing")
     t.add_argument("--quiet", action="store_true", help="no line per step")
+    t.add_argument("--kernel-image", metavar="PATH",
+                   help="a developer's own x86_64 build (bzImage) instead of a registry kernel")
+    t.add_argument("--vmlinux", metavar="PATH", help="its vmlinux (DWARF; else the kernel's BTF)")
+    t.add_argument("--modules", metavar="DIR",
+                   help="where its qemu_fw_cfg.ko is (e.g. the build's modules install dir); "
+                        "not needed with CONFIG_FW_CFG_SYSFS=y")
     a = ap.parse_args(argv)
     if a.cmd == "torture":
         from testbed import torture as _t
@@ -124,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"steps": len(r["records"]), "finding": f and {
                     "step": f["step"], "signature": list(_t.signature(f))}}, indent=1))
                 return 3 if f else 0
-            s = _t.torture(a.kernel, a.seed, a.steps, a.out, minimize_it=a.minimize, print_fn=pr)
+            own = ({"kernel_image": a.kernel_image, "vmlinux": a.vmlinux, "modules": a.modules}
+                   if a.kernel_image else None)
+            s = _t.torture(a.kernel, a.seed, a.steps, a.out, minimize_it=a.minimize, print_fn=pr,
+                           own=own)
         except TestbedError as e:
             print(f"testbed: {e}", file=sys.stderr)
             return 1

@@ -38,7 +38,6 @@ import mmap
 import os
 import random
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -82,6 +81,69 @@ def runs_dir() -> Path:
 
 # ---------------------------------------------------------------- the guest
 
+def bzimage_release(image: Path) -> str:
+    """The release of an x86 bzImage, from its setup header (kernel_version
+    at 0x20e points at "RELEASE (builder) #N ...", offset + 0x200)."""
+    with open(image, "rb") as f:
+        hdr = f.read(0x300)
+        if hdr[0x202:0x206] != b"HdrS":
+            raise TestbedError(f"{image}: not an x86 bzImage (no HdrS)")
+        off = int.from_bytes(hdr[0x20e:0x210], "little") + 0x200
+        f.seek(off)
+        return f.read(256).split(b"\0")[0].split()[0].decode()
+
+
+def own_kernel_dir(image: str, vmlinux: str | None, modules: str | None) -> Path:
+    """A kernel directory like the cache's (vmlinuz, vmlinux, qemu_fw_cfg.ko,
+    release, config) for a developer's own build, given as plain files."""
+    image_p = Path(image).resolve()
+    if not image_p.is_file():
+        raise TestbedError(f"{image}: no such kernel image")
+    release = bzimage_release(image_p)
+    st = image_p.stat()
+    import hashlib
+    key = hashlib.sha256(f"{image_p}:{st.st_size}:{st.st_mtime_ns}:{vmlinux}:{modules}".encode())
+    d = cache_dir() / "own-kernels" / f"{release}-{key.hexdigest()[:12]}"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, src in (("vmlinuz", image_p), ("vmlinux", Path(vmlinux).resolve() if vmlinux else None)):
+        link = d / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        if src is not None:
+            if not src.is_file():
+                raise TestbedError(f"{src}: no such file")
+            link.symlink_to(src)
+    (d / "release").write_text(release + "\n")
+    ko = d / "qemu_fw_cfg.ko"
+    found = None
+    if modules:
+        for cand in sorted(Path(modules).rglob("qemu_fw_cfg.ko*")):
+            found = cand
+            break
+    if found is not None:
+        data = found.read_bytes()
+        if found.suffix == ".xz":
+            import lzma
+            data = lzma.decompress(data)
+        elif found.suffix == ".zst":
+            data = subprocess.run(["zstd", "-dc", str(found)], stdout=subprocess.PIPE,
+                                  check=True).stdout
+        elif found.suffix == ".gz":
+            import gzip
+            data = gzip.decompress(data)
+        ko.write_bytes(data)
+    elif not ko.exists():
+        # built in (CONFIG_FW_CFG_SYSFS=y): init.sh does not load it
+        ko.write_bytes(b"")
+    for cand in ([Path(modules) / "config", *Path(modules).glob("config*")] if modules else []) + \
+            [image_p.parent / f"config-{release}", image_p.parent / "config",
+             image_p.parent / ".config"]:
+        if cand.is_file():
+            shutil.copy(cand, d / "config")
+            break
+    return d
+
+
 @dataclass
 class GuestConfig:
     """What a torture guest boots with: drawn from the seed, written at the
@@ -95,6 +157,10 @@ class GuestConfig:
     memmap_on_memory: bool = False
     cma: str | None = None          # hugetlb_cma= (kernels with CONFIG_CMA)
     maxmem_g: int = 8               # room for hot-plugged DIMMs
+    # a developer's own build (kernel "own"): plain files
+    kernel_image: str | None = None
+    vmlinux: str | None = None
+    modules: str | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -125,14 +191,21 @@ class TortureGuest:
         self.cfg = cfg
         self.out_dir = out_dir
         self.boot_timeout = boot_timeout
-        self.k = kernel(cfg.kernel)
-        self.arch = self.k.arch_info
+        if cfg.kernel_image:
+            from .kernels import ARCHES
+            self.kdir = own_kernel_dir(cfg.kernel_image, cfg.vmlinux, cfg.modules)
+            self.k = None
+            self.arch = ARCHES["x86_64"]
+            self.vmlinux = str(self.kdir / "vmlinux") if cfg.vmlinux else None
+        else:
+            self.k = kernel(cfg.kernel)
+            self.arch = self.k.arch_info
+            self.kdir = fetch_kernel(cfg.kernel, dbg=dbg)
+            self.vmlinux = (str(self.kdir / "vmlinux")
+                            if (self.k.dbg if dbg is None else dbg)
+                            and (self.kdir / "vmlinux").is_file() else None)
         if self.arch.name != "x86_64":
             raise TestbedError("torture runs x86_64 guests only")
-        self.kdir = fetch_kernel(cfg.kernel, dbg=dbg)
-        self.vmlinux = (str(self.kdir / "vmlinux")
-                        if (self.k.dbg if dbg is None else dbg) and (self.kdir / "vmlinux").is_file()
-                        else None)
         self.release = (self.kdir / "release").read_text().strip()
         self.procs: list[_Proc] = []
         self.qmp: QMP | None = None
@@ -522,9 +595,13 @@ def sh_line(op: dict) -> str | None:
     return " ".join([table[n], *a])
 
 
-def guest_config(kernel_id: str, rng: random.Random) -> GuestConfig:
-    kdir = fetch_kernel(kernel_id, dbg=False)
-    cfg = GuestConfig(kernel=kernel_id)
+def guest_config(kernel_id: str, rng: random.Random, own: dict | None = None) -> GuestConfig:
+    if own and own.get("kernel_image"):
+        cfg = GuestConfig(kernel="own", **own)
+        kdir = own_kernel_dir(cfg.kernel_image, cfg.vmlinux, cfg.modules)
+    else:
+        kdir = fetch_kernel(kernel_id, dbg=False)
+        cfg = GuestConfig(kernel=kernel_id)
     cfg.memmap_on_memory = rng.random() < 0.5
     if _kernel_has(kdir, "CONFIG_CMA") and rng.random() < 0.5:
         cfg.cma = "0:0,1:1G"     # gigantic pages of node 1 from CMA
@@ -848,13 +925,15 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
 
 
 def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
-            minimize_it: bool = False, print_fn=print, config: GuestConfig | None = None) -> dict:
+            minimize_it: bool = False, print_fn=print, config: GuestConfig | None = None,
+            own: dict | None = None) -> dict:
     """One torture run (see the module doc).  Returns the summary dict (also
     out_dir/summary.json)."""
     rng = random.Random(seed)
     # The guest's configuration from a generator of its own: a seed draws
     # the same operations on every kernel (whether or not it has CMA).
-    cfg = config or guest_config(kernel_id, random.Random(f"config-{seed}"))
+    cfg = config or guest_config(kernel_id, random.Random(f"config-{seed}"), own)
+    kernel_id = cfg.kernel
     nodes = len(cfg.nodes)
     ops = [draw(rng, nodes) for _ in range(steps)]
     out_dir = Path(out_dir or runs_dir() / f"{kernel_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
