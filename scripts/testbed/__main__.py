@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--replay", type=Path, metavar="OPS_JSONL",
                    help="replay a run's operation log (from a fresh boot) instead of drawing")
     t.add_argument("--quiet", action="store_true", help="no line per step")
+    t.add_argument("--exclude", default="", metavar="OP,...",
+                   help="operations never to draw (names as in ops.jsonl, e.g. compact,offline)")
     t.add_argument("--kernel-image", metavar="PATH",
                    help="a developer's own x86_64 build (bzImage) instead of a registry kernel")
     t.add_argument("--vmlinux", metavar="PATH", help="its vmlinux (DWARF; else the kernel's BTF)")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             own = ({"kernel_image": a.kernel_image, "vmlinux": a.vmlinux, "modules": a.modules}
                    if a.kernel_image else None)
             s = _t.torture(a.kernel, a.seed, a.steps, a.out, minimize_it=a.minimize, print_fn=pr,
-                           own=own)
+                           own=own, exclude=tuple(x for x in a.exclude.split(",") if x))
         except TestbedError as e:
             print(f"testbed: {e}", file=sys.stderr)
             return 1

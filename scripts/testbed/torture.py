@@ -529,8 +529,10 @@ OPS: dict[str, int] = {
 SIZES = (2048, 1048576)
 
 
-def draw(rng: random.Random, nodes: int) -> dict:
-    name = rng.choices(list(OPS), weights=list(OPS.values()))[0]
+def draw(rng: random.Random, nodes: int, exclude: tuple = ()) -> dict:
+    # (an excluded operation keeps its place in the draw with weight 0: the
+    # other operations' arguments come from the same generator as without)
+    name = rng.choices(list(OPS), weights=[0 if n in exclude else w for n, w in OPS.items()])[0]
     node = rng.randrange(nodes)
     size = 2048 if rng.random() < 0.85 else 1048576
     k = rng.randrange(3)
@@ -926,7 +928,7 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
 
 def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
             minimize_it: bool = False, print_fn=print, config: GuestConfig | None = None,
-            own: dict | None = None) -> dict:
+            own: dict | None = None, exclude: tuple = ()) -> dict:
     """One torture run (see the module doc).  Returns the summary dict (also
     out_dir/summary.json)."""
     rng = random.Random(seed)
@@ -935,10 +937,14 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
     cfg = config or guest_config(kernel_id, random.Random(f"config-{seed}"), own)
     kernel_id = cfg.kernel
     nodes = len(cfg.nodes)
-    ops = [draw(rng, nodes) for _ in range(steps)]
+    bad = [n for n in exclude if n not in OPS]
+    if bad:
+        raise ValueError(f"unknown operation(s) {', '.join(bad)}; have {', '.join(OPS)}")
+    ops = [draw(rng, nodes, tuple(exclude)) for _ in range(steps)]
     out_dir = Path(out_dir or runs_dir() / f"{kernel_id}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"kernel": kernel_id, "seed": seed, "steps_drawn": steps,
+                     "exclude": list(exclude),
                      "config": cfg.as_dict(), "out_dir": str(out_dir)}
     t0 = time.monotonic()
     with TortureGuest(cfg, out_dir) as g:
