@@ -530,8 +530,8 @@ SIZES = (2048, 1048576)
 
 
 def draw(rng: random.Random, nodes: int, exclude: tuple = ()) -> dict:
-    # (an excluded operation keeps its place in the draw with weight 0: the
-    # other operations' arguments come from the same generator as without)
+    # (an excluded operation gets weight 0: the seed then draws another
+    # sequence than without the exclusion)
     name = rng.choices(list(OPS), weights=[0 if n in exclude else w for n, w in OPS.items()])[0]
     node = rng.randrange(nodes)
     size = 2048 if rng.random() < 0.85 else 1048576
