@@ -123,6 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         from testbed import torture as _t
         pr = None if a.quiet else (lambda x: print(x, file=sys.stderr, flush=True))
         try:
+            if a.replay and a.minimize:
+                # minimize a recorded finding (the log's step that has one)
+                cfg, ops, head = _t.load_log(a.replay)
+                recs = [json.loads(x) for x in a.replay.read_text().splitlines()[1:] if x.strip()]
+                hits = [r for r in recs if r.get("finding") or r.get("kmsg_alarms")]
+                if not hits:
+                    print("testbed: no finding in that log", file=sys.stderr)
+                    return 2
+                f = hits[0]
+                out = a.out or a.replay.parent
+                out.mkdir(parents=True, exist_ok=True)
+                r = _t.minimize_and_write(cfg, ops[:f["step"]], _t.signature(f), out,
+                                          _t.quiet_steps(recs, head.get("boot_state") or {}),
+                                          head.get("release", ""), pr)
+                print(json.dumps(r, indent=1))
+                return 3 if r["minimized"]["reproduced"] else 0
             if a.replay:
                 cfg, ops, _ = _t.load_log(a.replay)
                 out = a.out or _t.runs_dir() / f"replay-{cfg.kernel}-{os.getpid()}"

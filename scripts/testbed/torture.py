@@ -798,7 +798,7 @@ def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
         kept = [op for op, q in zip(ops, quiet) if not q]
         if kept and len(kept) < len(ops) and test(kept):
             small = kept
-    if len(small) > 2:
+    if 2 < len(small) <= 16:
         for op in small[:-1]:
             if test([op, small[-1]]):
                 small = [op, small[-1]]
@@ -926,6 +926,48 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
     return c
 
 
+def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
+                       quiet: list[bool] | None, release: str, print_fn=print) -> dict:
+    """Minimize ``ops`` (the steps up to a finding with signature ``sig``),
+    take vmemspect's output on the minimized sequence's state, write
+    out_dir/reproducer.sh and minimize.json.  Returns {"minimized": ...,
+    "reproducer": path}."""
+    out: dict = {}
+    m = minimize(cfg, ops, sig, out_dir / "minimize", print_fn=print_fn, quiet=quiet)
+    (out_dir / "minimize.json").write_text(json.dumps(m, indent=1) + "\n")
+    out["minimized"] = {"reproduced": m["reproduced"], "ops": m["ops"], "length": len(m["ops"]),
+                        "tries": len(m["tries"]), "budget_exhausted": m.get("budget_exhausted", False),
+                        "seconds": m["seconds"], "signature": list(sig)}
+    if not m["reproduced"]:
+        return out
+    verify_text = (out_dir / "verify.txt").read_text() if (out_dir / "verify.txt").exists() else ""
+    # vmemspect's output on the minimized sequence's own state
+    final = out_dir / "minimize" / "final"
+    try:
+        with TortureGuest(cfg, final) as g:
+            r = run_ops(g, m["ops"], None, check_every=False)
+            out["minimized"]["final_signature"] = list(signature(r["finding"]))
+            if not g.crashed:
+                dump = g.dump(final / "vmcore.kdump")
+                env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
+                p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", str(dump)]
+                                   + (["-s", g.vmlinux] if g.vmlinux else []) + ["verify"],
+                                   capture_output=True, text=True, env=env, timeout=900)
+                verify_text = p.stdout + p.stderr
+                dump.unlink()
+            else:
+                verify_text = "(the kernel crashed:)\n" + g.crashed[:3000]
+            (final / "verify.txt").write_text(verify_text)
+            out["minimized"]["release"] = g.release
+            release = g.release
+    except TestbedError as e:
+        out["minimized"]["final_error"] = str(e)[:500]
+    (out_dir / "reproducer.sh").write_text(reproducer(m["ops"], cfg, release, verify_text))
+    os.chmod(out_dir / "reproducer.sh", 0o755)
+    out["reproducer"] = str(out_dir / "reproducer.sh")
+    return out
+
+
 def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
             minimize_it: bool = False, print_fn=print, config: GuestConfig | None = None,
             own: dict | None = None, exclude: tuple = ()) -> dict:
@@ -988,35 +1030,9 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
     summary["run_s"] = round(time.monotonic() - t0, 1)
     if summary["finding"] and minimize_it:
         prefix = ops[:summary["finding"]["step"]]
-        m = minimize(cfg, prefix, tuple(summary["finding"]["signature"]), out_dir / "minimize",
-                     print_fn=print_fn, quiet=quiet_steps(recs, boot_state))
-        summary["minimized"] = {"reproduced": m["reproduced"], "ops": m["ops"],
-                                "length": len(m["ops"]), "tries": len(m["tries"]),
-                                "budget_exhausted": m.get("budget_exhausted", False),
-                                "seconds": m["seconds"]}
-        (out_dir / "minimize.json").write_text(json.dumps(m, indent=1) + "\n")
-        if m["reproduced"]:
-            verify_text = (out_dir / "verify.txt").read_text() if (out_dir / "verify.txt").exists() else ""
-            # vmemspect's output on the minimized sequence's own state
-            final = out_dir / "minimize" / "final"
-            try:
-                with TortureGuest(cfg, final) as g:
-                    run_ops(g, m["ops"], None, check_every=False)
-                    dump = g.dump(final / "vmcore.kdump")
-                    env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
-                    p = subprocess.run([sys.executable, "-m", "vmemspect", "vmcore", str(dump)]
-                                       + (["-s", g.vmlinux] if g.vmlinux else []) + ["verify"],
-                                       capture_output=True, text=True, env=env, timeout=900)
-                    verify_text = p.stdout + p.stderr
-                    (final / "verify.txt").write_text(verify_text)
-                    dump.unlink()
-                    summary["minimized"]["release"] = g.release
-            except TestbedError as e:
-                summary["minimized"]["final_error"] = str(e)[:500]
-            (out_dir / "reproducer.sh").write_text(
-                reproducer(m["ops"], cfg, summary.get("release", ""), verify_text))
-            os.chmod(out_dir / "reproducer.sh", 0o755)
-            summary["reproducer"] = str(out_dir / "reproducer.sh")
+        summary.update(minimize_and_write(cfg, prefix, tuple(summary["finding"]["signature"]),
+                                          out_dir, quiet_steps(recs, boot_state),
+                                          summary.get("release", ""), print_fn))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
