@@ -16,10 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from testbed import torture as T  # noqa: E402
-from testbed.dumps import parse_vmcoreinfo_note  # noqa: E402
 from vmemspect.report import build_report  # noqa: E402
 from vmemspect.render import verify_doc  # noqa: E402
-from vmemspect.target import load_debug_info, open_vmcore  # noqa: E402
+from vmemspect.target import open_vmcore  # noqa: E402
 
 
 def main() -> int:
