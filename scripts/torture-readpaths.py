@@ -38,8 +38,6 @@ def main() -> int:
         res["shm"] = {"check_s": ts, "folios": c["checked_folios"],
                       "debug_info_s": g.timings.get("debug_info_s")}
         # (b) drgn's QMP attach (the guest paused meanwhile)
-        note = g.truth["vmcoreinfo_note"]
-        info = parse_vmcoreinfo_note(g.read_phys(note["paddr"], note["size"] + 64))
         # in a child process with a time limit: drgn's QMP attach was seen
         # to wait forever on a paused guest
         code = ("import sys, time, drgn\n"
