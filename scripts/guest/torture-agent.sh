@@ -44,6 +44,13 @@ op_pool() {  # op_pool SIZE_KB NODE|all COUNT
 	fi
 }
 
+op_pool_fill() {  # op_pool_fill SIZE_KB KEEP_MB: grow the pool over all but KEEP_MB of MemAvailable
+	a=$(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo)
+	n=$(( $(cat "$(hs $1)/nr_hugepages") + (a - $2) * 1024 / $1 ))
+	[ $n -gt 0 ] || n=0
+	wr $n "$(hs $1)/nr_hugepages"
+}
+
 # ---- 2. the sysctl
 op_sysctl() { wr "$1" /proc/sys/vm/hugetlb_optimize_vmemmap; }
 
