@@ -598,6 +598,9 @@ def sh_line(op: dict) -> str | None:
         return " ".join(["op_madv", *a, "hwpoison"])
     if n == "dimm":
         return None
+    if n == "pool_max" and len(a) == 3:
+        # (logs written before pool_max left memory: the whole pool)
+        return " ".join(["op_pool", *a])
     return " ".join([table[n], *a])
 
 
