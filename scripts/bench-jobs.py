@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmemspect import hvo, parallel  # noqa: E402
+from vmemspect import parallel, scan  # noqa: E402
 from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio  # noqa: E402
 from vmemspect.pagetable import page_table_walker  # noqa: E402
 from vmemspect.kernel import kernel_model  # noqa: E402
@@ -81,12 +81,12 @@ def table_floor(prog) -> tuple:
 def every_folio(prog) -> None:
     """verify's scan reading every folio in full (no grouping): the path a
     live kernel took before grouping was allowed there."""
-    real = hvo._group_keyer
-    hvo._group_keyer = lambda *a: (lambda order, page, data: None)
+    real = scan.folio_group_keyer
+    scan.folio_group_keyer = lambda *a: (lambda order, page, data: None)
     try:
         build_report(prog, keep_folios=False, jobs=1)
     finally:
-        hvo._group_keyer = real
+        scan.folio_group_keyer = real
 
 
 def verify_json(prog, jobs: int) -> str:

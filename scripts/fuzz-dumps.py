@@ -19,6 +19,13 @@ many times. What is flipped, and whether a check depends on that bit:
 - ``zone``: the ``vmemmap_tails[]`` slots in use (mask form). Zone spans
   (``zone-info``) are also read, but a flip there changes a check's input
   (which zone holds a pfn) only sometimes: counted apart, never as a miss.
+- ``unlink``: not a flip but a self-consistent change of several words: a
+  free folio unlinked from its free list (its neighbours' links joined
+  around it) with the hstate's total, free and per-node counters lowered
+  to match, and one time in two its head's PG_head cleared too (freed to
+  the page allocator without its vmemmap restored). Only the page tables
+  tell: verify must name that folio, as ``unlisted-folio`` or
+  ``unlisted-remap`` (the whole-vmemmap sweep).
 
 Every run must end within the bound, exit 0, 1 or 2 (never 3, never a
 traceback) and print a few lines at most per finding; every flip of a bit a
@@ -172,10 +179,92 @@ def targets(prog: drgn.Program):
             for name in ("zone_start_pfn", "spanned_pages"):
                 out.append(("zone-info", kphys(z.address + offsetof(zone_t, name)),
                             lambda v, b: None))
+    out.extend(_unlink_targets(prog, report, kphys))
     return out
 
 
+def _unlink_targets(prog, report, kphys):
+    """("unlink", (pfn, clear_head, [(phys, new word)...]), None) for every
+    free folio with a free neighbour on each side, twice: with and without
+    its PG_head cleared."""
+    model = kernel_model(prog)
+    hs_t = prog.type("struct hstate")
+    by_name = {h.name: h for h in report.hstates}
+    out = []
+    for fv in report.folios:
+        f = fv.folio
+        if f.state != "free":
+            continue
+        h = by_name[f.hstate]
+        nxt, prv = struct.unpack("<QQ", prog.read(f.page + model.off_lru, 16))
+        patches = [(kphys(prv), nxt), (kphys(nxt + 8), prv)]
+        words = [offsetof(hs_t, "nr_huge_pages"), offsetof(hs_t, "free_huge_pages"),
+                 offsetof(hs_t, "nr_huge_pages_node") + 4 * f.nid,
+                 offsetof(hs_t, "free_huge_pages_node") + 4 * f.nid]
+        for off in words:
+            va = h.address + off
+            word = prog.read_u64(va & ~7)
+            patches.append((kphys(va & ~7), word - (1 << (va & 7) * 8)))
+        for clear in (False, True):
+            p = list(patches)
+            if clear:
+                p.append((kphys(f.page), f.flags & ~(1 << model.pg_head)))
+            out.append(("unlink", (f.pfn, clear, p), None))
+    return out
+
+
+def _unlink_run(prog, overlay, target, jobs: int) -> dict:
+    """Apply one ``unlink`` target's words together; verify must name the
+    folio, with the check of its kind, and nothing else."""
+    pfn, clear, patches = target
+    for key in ("vmemspect_walker", "vmemspect_zones"):
+        prog.cache.pop(key, None)
+    out, err, text, par = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    rc_par = None
+    with contextlib.ExitStack() as stack, contextlib.redirect_stderr(err):
+        for phys, new in patches:
+            stack.enter_context(overlay.word(phys, new))
+        with contextlib.redirect_stdout(out):
+            rc = vmemspect_run(["verify", "--json", "--jobs", "1"], prog=prog)
+        if jobs > 1:
+            for key in ("vmemspect_walker", "vmemspect_zones"):
+                prog.cache.pop(key, None)
+            with contextlib.redirect_stdout(par):
+                rc_par = vmemspect_run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
+        for key in ("vmemspect_walker", "vmemspect_zones"):
+            prog.cache.pop(key, None)
+        with contextlib.redirect_stdout(text):
+            vmemspect_run(["verify", "--jobs", "1"], prog=prog)
+    seconds = time.monotonic() - t0
+    findings, named = [], False
+    if rc in (0, 1):
+        doc = json.loads(out.getvalue())
+        findings = sorted({f["check"] for f in doc["findings"]})
+        want = "unlisted-remap" if clear else "unlisted-folio"
+        named = [(f["check"], f["folio_pfn"]) for f in doc["findings"]] == [(want, pfn)]
+    return {"category": "unlink", "phys": patches[0][0], "old": pfn, "new": int(clear),
+            "bit": None, "relevant": True, "rc": rc if named or rc != 1 else "wrong-finding",
+            "seconds": round(seconds, 3), "findings": findings,
+            "text_lines": len(text.getvalue().splitlines()), "stderr": err.getvalue()[-300:],
+            "jobs": jobs, "parallel_same": None if jobs == 1
+            else (rc_par == rc and _same_json(par.getvalue(), out.getvalue()))}
+
+
+def _same_json(a: str, b: str) -> bool:
+    """The same verify JSON but for ``workers`` (what --jobs did)."""
+    try:
+        da, db = json.loads(a), json.loads(b)
+    except ValueError:
+        return a == b
+    da.pop("workers", None)
+    db.pop("workers", None)
+    return da == db
+
+
 def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
+    if cat == "unlink":
+        return _unlink_run(prog, overlay, phys, jobs)
     old = struct.unpack("<Q", prog.read(phys, 8, True))[0]
     if rng.random() < 0.25:
         new, bit = rng.getrandbits(64), None
@@ -225,7 +314,7 @@ def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
             "relevant": is_rel, "rc": rc, "seconds": round(seconds, 3), "findings": findings,
             "text_lines": lines, "stderr": err.getvalue()[-300:], "jobs": jobs,
             "parallel_same": None if jobs == 1 or rc == "timeout"
-            else (rc_par == rc and par.getvalue() == out.getvalue())}
+            else (rc_par == rc and _same_json(par.getvalue(), out.getvalue()))}
 
 
 def main(argv=None) -> int:
@@ -281,12 +370,16 @@ def main(argv=None) -> int:
               f"{sum(1 for r in rs if r['relevant'] is False and r['rc'] == 1)} findings "
               "on other bits")
     for r in missed[:20]:
+        if r["category"] == "unlink":
+            print(f"  missed: unlink folio pfn {r['old']:#x} (PG_head cleared: "
+                  f"{bool(r['new'])}): rc {r['rc']}, findings {r['findings']}")
+            continue
         print(f"  missed: {r['category']} phys {r['phys']:#x} {r['old']:#x} -> {r['new']:#x} "
               f"(bit {r['bit']}): rc {r['rc']} {r['stderr'].strip()[:120]}")
     for r in bad[:20]:
         print(f"  BROKEN: {r}")
     if a.json:
-        a.json.write_text(json.dumps(runs, indent=1))
+        a.json.write_text(json.dumps(runs, indent=1, default=str))
     return 1 if bad or missed or slow > BOUND_S else 0
 
 

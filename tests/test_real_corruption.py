@@ -11,8 +11,9 @@ import io
 import pytest
 
 from conftest import FORM, KERNELS, patched, real_run, vmemspect_json
+from vmemspect.checks import folio_check_context, folio_group_keyer, folio_key
 from vmemspect.pagetable import page_table_walker
-from vmemspect.render import report_doc, verify_doc, write_json
+from vmemspect.render import folio_rows, folios_doc, report_doc, verify_doc, write_json
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 
@@ -50,23 +51,80 @@ def grouped_matches_full(run) -> None:
     and key the heads first) writes the very same JSON as the serial one."""
     docs, texts = [], []
     for keep, jobs in ((False, 1), (True, 1), (False, 3)):
-        r = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=keep, jobs=jobs)
-        rd = report_doc(r)
+        prog = open_vmcore(run["elf"], run["vmlinux"])
+        r = build_report(prog, keep_folios=keep, jobs=jobs)
+        if jobs > 1:
+            # The workers ran (the same JSON is no proof: a failure falls
+            # back to one process), and they are named in the JSON.
+            # (as many as there are PTE tables to split, at most 3)
+            assert r.workers.started >= 1 and r.workers.failed is None, r.workers
+            assert len(r.workers.cpu_seconds) == r.workers.started <= 3
+        rd, vd = report_doc(r), verify_doc(r)
+        assert (rd.pop("workers") is not None) == (vd.pop("workers") is not None) == (jobs > 1)
         if r.model.form == "pointer":
             rd.pop("tails")  # a list per folio: written by the rows' scan
-        docs.append((verify_doc(r), rd))
+        docs.append((vd, rd))
         out = io.StringIO()
         write_json({"verify": docs[-1][0], "report": rd}, out.write)
         texts.append(out.getvalue())
+        if keep:
+            keys_match_records(prog, r)
     assert docs[0] == docs[1]
     assert texts[2] == texts[0]
+    # folios' rows from the grouped scan: the same JSON as reading in full.
+    full = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=True)
+    rows = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=False,
+                        rows=folio_rows())
+    a, b = io.StringIO(), io.StringIO()
+    write_json(folios_doc(full, full.folios), a.write)
+    write_json(folios_doc(rows), b.write)
+    assert a.getvalue() == b.getvalue()
 
 
-def findings_of(run) -> set:
+def keys_match_records(prog, report) -> None:
+    """The raw keyer (what the grouped scan keys folios by) and folio_key
+    (the same key from a record, defined beside check_folio) agree on
+    every folio the keyer keys: grouping never merges folios the checks
+    would tell apart. And the healthy dump's folios are keyed at all."""
+    walker = page_table_walker(prog)
+    shared = frozenset(folio_check_context(report.model, report.zones)[1])
+    keyer = folio_group_keyer(report.model, walker, report.zones, shared)
+    keyed = 0
+    for fv in report.folios:
+        page = fv.folio.page
+        data = prog.read(page & ~4095, 4096)
+        raw = keyer(fv.folio.order, page, data)
+        if raw is not None:
+            keyed += 1
+            assert raw == folio_key(report.model, fv, report.zones, shared), fv.folio.pfn
+    assert keyed or not any(fv.remapped for fv in report.folios)
+
+
+
+def verify_of(run) -> dict:
     grouped_matches_full(run)
     v = vmemspect_json(run, "verify", dump=run["elf"], check_rc=(1,))
     assert v["ok"] is False
+    return v
+
+
+def findings_of(run) -> set:
+    return keys_of(verify_of(run))
+
+
+def keys_of(v: dict) -> set:
     return {(f["check"], f["folio_pfn"], f["frame_pfn"]) for f in v["findings"]}
+
+
+def one_cause(v: dict, check: str, folios: list) -> dict:
+    """The one alteration is one root cause, found by ``check`` on
+    ``folios``, with every other finding folded under it."""
+    assert v["root_causes"] == 1, v["diagnosis"]
+    (c,) = v["diagnosis"]
+    assert (c["check"], c["folios"]) == (check, folios)
+    placed = c["findings"] + [i for im in c["implied"] for i in im["findings"]]
+    assert sorted(placed) == list(range(len(v["findings"])))
+    return c
 
 
 def test_tail_pte_to_foreign_frame(elf):
@@ -75,25 +133,42 @@ def test_tail_pte_to_foreign_frame(elf):
     phys, entry = tail_pte(walker, victim, 3)
     foreign = other["head_frame"]["pfn"]
     with patched(run["elf"], phys, (entry & ~ADDR_MASK) | (foreign << 12)):
-        found = findings_of(run)
+        v = verify_of(run)
+    found = keys_of(v)
     assert {pfn for _, pfn, _ in found} == {victim["pfn"]}
     assert ("tail-frame", victim["pfn"], foreign) in found
+    c = one_cause(v, "tail-frame", [victim["pfn"]])
+    assert "another frame's contents" in c["consequence"]
     if FORM[series] == "mask":
         assert found == {("tail-frame", victim["pfn"], foreign)}
+        assert c["implied"] == []
     else:
-        # The foreign frame also holds another folio's struct pages.
+        # The foreign frame also holds another folio's struct pages: that
+        # follows from the PTE.
         assert found == {("tail-frame", victim["pfn"], foreign),
                          ("tail-contents", victim["pfn"], foreign)}
+        assert [(im["check"], im["folios"]) for im in c["implied"]] == [
+            ("tail-contents", [victim["pfn"]])]
 
 
 def test_writable_tail_pte(elf):
-    _, run, folios, _, walker = elf
+    series, run, folios, _, walker = elf
     victim = folios[10]
     phys, entry = tail_pte(walker, victim, 6)
     frame = (entry & ADDR_MASK) >> 12
     with patched(run["elf"], phys, entry | RW):
-        found = findings_of(run)
-    assert found == {("tail-readonly", victim["pfn"], frame)}
+        v = verify_of(run)
+    assert keys_of(v) == {("tail-readonly", victim["pfn"], frame)}
+    # A frame the folio shares: with every folio of its zone and order
+    # (mask form), or with its own head page (pointer form).
+    c = one_cause(v, "tail-readonly", [victim["pfn"]])
+    tails = vmemspect_json(run, "tails", dump=run["elf"])["tails"]
+    if FORM[series] == "mask":
+        assert frame in {t["pfn"] for t in tails}
+        assert "every folio of this zone and order" in c["consequence"]
+    else:
+        assert frame == victim["head_frame"]["pfn"]
+        assert "head page, which shares this frame" in c["consequence"]
 
 
 def test_struct_page_in_tail_frame(elf):
@@ -102,15 +177,17 @@ def test_struct_page_in_tail_frame(elf):
         frame = tails[0]["pfn"]
         # Struct page 5 of the shared frame: a tail mask of order 10.
         with patched(run["elf"], frame * 4096 + 5 * 64 + 8, 0xFFFFFFFFFFFF0001):
-            found = findings_of(run)
-        assert found == {("shared-frame", None, frame)}
+            v = verify_of(run)
+        assert keys_of(v) == {("shared-frame", None, frame)}
+        one_cause(v, "shared-frame", [])
     else:
         victim = folios[7]
         frame = victim["head_frame"]["pfn"]
         # Struct page 5 of the folio's own (aliased) frame names another head.
         with patched(run["elf"], frame * 4096 + 5 * 64 + 8, int(folios[8]["page"], 16) | 1):
-            found = findings_of(run)
-        assert found == {("head-frame", victim["pfn"], frame)}
+            v = verify_of(run)
+        assert keys_of(v) == {("head-frame", victim["pfn"], frame)}
+        one_cause(v, "head-frame", [victim["pfn"]])
 
 
 def test_hvo_flag_cleared(elf):
@@ -120,7 +197,7 @@ def test_hvo_flag_cleared(elf):
     private = victim["head_frame"]["pfn"] * 4096 + (page & 0xFFF) + 40
     with patched(run["elf"], private, 0) as old:
         assert old & (1 << 4), "HPG_vmemmap_optimized was not set before"
-        found = findings_of(run)
+        v = verify_of(run)
     expected = {("flag-vs-mapping", victim["pfn"], None)}
     try:
         # 5.18-7.0: the kernel's own count of optimized folios (64) no longer
@@ -129,7 +206,12 @@ def test_hvo_flag_cleared(elf):
         expected.add(("kernel-count", None, None))
     except KeyError:
         pass
-    assert found == expected
+    assert keys_of(v) == expected
+    # One cause, the cleared flag; the key's count (which counts the 64
+    # remapped folios) follows from it.
+    c = one_cause(v, "flag-vs-mapping", [victim["pfn"]])
+    assert [im["check"] for im in c["implied"]] == (
+        ["kernel-count"] if len(expected) == 2 else [])
 
 
 def test_tail_pte_to_other_nodes_shared_frame():

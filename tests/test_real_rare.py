@@ -23,13 +23,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT, real_run, vmemspect_json
+from conftest import ROOT, real_run, types_args, vmemspect, vmemspect_json
 
 RARE_KERNELS = ("6.1", "6.12", "7.2")
 PAGE = 4096
 SIZEOF_PAGE = 64
 GIGANTIC_PAGES = 1 << 18   # base pages of a 1 GiB folio
 HUGE_PAGES = 1 << 9        # of a 2 MiB folio
+#: Tail vmemmap pages of a 2 MiB folio: the pages its struct pages take, but the head's.
+TAIL_VMEMMAP = HUGE_PAGES * SIZEOF_PAGE // PAGE - 1
 
 
 def plain_drgn(run: dict) -> dict:
@@ -159,6 +161,72 @@ def test_flagged_are_the_leaked_demoted_folios(rare):
                                    for h in truth["hugetlb_folios"]) - leak * per_folio[2048]
     if plain["key_count"] is not None:
         assert s["kernel_optimized_folios"] == plain["key_count"]
+
+
+def test_one_root_cause(rare):
+    """(d) The findings read as a diagnosis: one root cause, the flag on
+    vmemmap never remapped, covering exactly the leaked folios; the
+    findings it implies (each tail vmemmap page of those folios on a frame
+    of its own: tail-frame and tail-readonly; the key's count, off by
+    exactly those folios) folded under it with their counts; and the block
+    they come from named: the demoted 1 GiB range, whose first folio is
+    clean. A kernel without the leak has no cause at all."""
+    series, run, truth, plain, verify, _ = rare
+    leak = leaked_folios(truth, plain)
+    if leak == 0:
+        assert verify["root_causes"] == 0 and verify["diagnosis"] == []
+        return
+    bad = set(plain["flagged_not_remapped"])
+    rng = demoted_range(truth)
+    findings = verify["findings"]
+    assert verify["root_causes"] == 1
+    (c,) = verify["diagnosis"]
+    assert c["check"] == "flag-vs-mapping" and set(c["folios"]) == bad
+    assert [findings[i]["folio_pfn"] for i in c["findings"]] == c["folios"]
+    # Every finding is the cause or folded under it, once.
+    placed = c["findings"] + [i for im in c["implied"] for i in im["findings"]]
+    assert sorted(placed) == list(range(len(findings)))
+    implied = {im["check"]: (len(im["findings"]), set(im["folios"])) for im in c["implied"]}
+    want = {"tail-frame": (leak * TAIL_VMEMMAP, bad), "tail-readonly": (leak * TAIL_VMEMMAP, bad)}
+    if plain["key_count"] is not None:
+        # The key counts the folios that are remapped: off by the leaked ones.
+        assert plain["key_count"] == len(truth["hugetlb_folios"]) - leak
+        want["kernel-count"] = (1, set())
+    assert implied == want
+    # Those tails are on frames of their own: no consequence says otherwise.
+    for im in c["implied"]:
+        assert "another frame's contents" not in (im["consequence"] or "")
+        assert "which shares this frame" not in (im["consequence"] or "")
+    # The block: the demoted 1 GiB range (the guest's own record), its
+    # first folio a hugetlb folio (kpageflags) that is not among the leaked.
+    assert rng.start in {h["pfn"] for h in truth["hugetlb_folios"]} and rng.start not in bad
+    (b,) = c["blocks"]
+    assert (b["start_pfn"], b["end_pfn"], b["folios"], b["capacity"]) == (
+        rng.start, rng.stop - 1, leak, GIGANTIC_PAGES // HUGE_PAGES)
+    assert b["first"]["pfn"] == rng.start and b["first"]["clean"] and b["all_but_first"]
+
+    p = vmemspect("vmcore", run["kdump"], *types_args(run), "verify", check_rc=(1,))
+    out = p.stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("flag-vs-mapping: ")
+    assert lines[0].endswith(f": {leak} finding(s) on {leak} folio(s)")
+    where = next(ln for ln in lines if ln.startswith("  where: "))
+    assert where.startswith(f"  where: all {leak} lie in one 1 GiB-aligned block, "
+                            f"pfn {rng.start:#x}-{rng.stop - 1:#x}; with its first folio, "
+                            f"pfn {rng.start:#x}, which is clean")
+    assert f"{GIGANTIC_PAGES // HUGE_PAGES} hugepages-2048kB folios: one demoted " \
+           "hugepages-1048576kB folio" in where
+    assert f"    tail-frame: {leak * TAIL_VMEMMAP} finding(s) on the same {leak} folio(s)" in lines
+    assert f"    tail-readonly: {leak * TAIL_VMEMMAP} finding(s) on the same {leak} folio(s)" \
+        in lines
+    if plain["key_count"] is not None:
+        assert "    kernel-count: 1 finding(s)" in lines
+    assert "another frame's contents" not in out and "which shares this frame" not in out
+    assert lines[-1].startswith(f"VIOLATED: {len(findings)} finding(s) on {leak} folio(s) "
+                                "from 1 root cause(s)")
+    # --all: every finding on a line of its own.
+    p = vmemspect("vmcore", run["kdump"], *types_args(run), "verify", "--all", check_rc=(1,))
+    assert len(p.stdout.splitlines()) == len(findings) + 1
 
 
 def test_aftermath(rare):

@@ -480,6 +480,11 @@ def test_corrupt_writable_tail_pte(form):
     frame = k.shared_frame(1, 2) if form == "mask" else f.head_frame
     assert keys(r.findings) == {("tail-readonly", 0x100200, frame)}
     assert "1 of 7 writable" in r.findings[0].found
+    (cause,) = r.diagnosis
+    assert (cause.cause, cause.folios, cause.implied) == ("tail-readonly", (0x100200,), ())
+    # The frame is shared: by every folio of the zone and order, or by the head.
+    assert cause.consequence.endswith("which all map this frame" if form == "mask"
+                                      else "the folio's head page, which shares this frame")
 
 
 def test_corrupt_wrong_mask_in_shared_frame():
@@ -527,6 +532,22 @@ def test_corrupt_flag_without_remap(form, mapping):
         expected.add(("head-mapping", 0x18000, f.head_frame))  # a PMD, not a PTE
     assert keys(r.findings) == expected
     assert folio_findings_only_name(r, 0x18000)
+    # One root cause: the flag. The rest is what a folio never remapped
+    # looks like, each tail on a frame of its own, none shared; but a
+    # read-only head mapping is a problem of its own.
+    cause = r.diagnosis[0]
+    assert (cause.cause, cause.folios) == ("flag-not-remapped", (0x18000,))
+    assert [r.findings[i].check for i in cause.findings] == ["flag-vs-mapping"]
+    folded = {r.findings[i] for im in cause.implied for i in im.findings}
+    alone = {("head-mapping", 0x18000, f.head_frame)} if mapping == "pmd-ro" else set()
+    assert keys(folded) == expected - {("flag-vs-mapping", 0x18000, None)} - alone
+    assert [(c.cause, c.folios) for c in r.diagnosis[1:]] == [(x[0], (x[1],)) for x in alone]
+    if alone:
+        assert "read-only mapping oopses" in r.diagnosis[1].consequence
+    for x in folded:
+        assert "another frame's contents" not in x.consequence
+        assert "changes the folio's head page" not in x.consequence
+        assert "every folio of this zone" not in x.consequence
 
 
 @pytest.mark.parametrize("form", ["mask", "pointer"])
@@ -560,6 +581,12 @@ def test_corrupt_pointer_tail_pte_to_other_folios_head_frame():
                                 ("tail-contents", 0x10000, g.head_frame)}
     tf = next(x for x in r.findings if x.check == "tail-frame")
     assert hex(f.head_frame) in tf.expected and hex(g.head_frame) in tf.found
+    # One corrupted PTE, one root cause; the foreign frame's contents follow.
+    (cause,) = r.diagnosis
+    assert (cause.cause, cause.folios) == ("tail-frame", (0x10000,))
+    assert "another frame's contents" in cause.consequence
+    (im,) = cause.implied
+    assert (im.check, im.folios) == ("tail-contents", (0x10000,))
 
 
 def test_corrupt_hstate_counter():
@@ -830,6 +857,84 @@ def test_flag_without_remap_names_the_key_and_its_count():
     assert s.saved_pages == 7 * 5 + 4095 and s.flagged_pages == 7 * 6 + 4095
 
 
+DEMOTED = 0x20000  # a 16 MiB-aligned block (order 12) of node 0 DMA32
+
+
+def demoted_kernel(form: str, mapping: str, first: bool = True):
+    """The 6.12 demotion state on a small scale: a block the size of a
+    16 MiB hstate's folio filled with 8 folios of 2 MiB, all but the first
+    flagged HPG_vmemmap_optimized with their vmemmap never remapped (built
+    unoptimized, then flagged); the first optimized as it should be
+    (``first=False``: no folio there). One more optimized folio elsewhere."""
+    others = [DEMOTED + k * 0x200 for k in range(1, 8)]
+    specs = ([FolioSpec(DEMOTED, 9, "active", True)] if first else []) + \
+        [FolioSpec(p, 9, "active", False) for p in others] + [FolioSpec(0x10000, 9, "free", True)]
+    remapped = 1 + first
+    k = build_kernel(form=form, folios=specs, hstate_orders=(9, 12), vmemmap_mapping=mapping,
+                     hvo_key=remapped if form == "pointer" else None)
+    for p in others:
+        k.set_optimized_flag(p, True)
+    return k, others
+
+
+@pytest.mark.parametrize("form", ["mask", "pointer"])
+@pytest.mark.parametrize("mapping", ["pte", "pmd"])  # pmd: split, the block holds HVO's folio
+def test_verify_diagnoses_demoted_block(form, mapping, capsys):
+    """One root cause for the block's 7 folios, what it implies folded under
+    it with counts, every consequence true of frames of their own, and the
+    block named as one demoted 16 MiB folio (its first folio clean)."""
+    k, others = demoted_kernel(form, mapping)
+    assert run(["verify", "--json"], prog=k.prog) == 1
+    doc = json.loads(capsys.readouterr().out)
+    findings = doc["findings"]
+    assert doc["root_causes"] == 1
+    (c,) = doc["diagnosis"]
+    assert (c["cause"], c["check"], sorted(c["folios"])) == (
+        "flag-not-remapped", "flag-vs-mapping", others)
+    placed = c["findings"] + [i for im in c["implied"] for i in im["findings"]]
+    assert sorted(placed) == list(range(len(findings)))
+    tails = k.folio(others[0]).npages - 1
+    counts = {im["check"]: (len(im["findings"]), sorted(im["folios"])) for im in c["implied"]}
+    want = {"tail-frame": (7 * tails, others), "tail-readonly": (7 * tails, others)}
+    if form == "pointer":
+        want["kernel-count"] = (1, [])      # the key counts the 2 remapped, 9 are flagged
+    assert counts == want
+    (b,) = c["blocks"]
+    assert (b["hstate"], b["start_pfn"], b["end_pfn"], b["folios"], b["capacity"]) == (
+        "hugepages-16384kB", DEMOTED, DEMOTED + 0xFFF, 7, 8)
+    assert b["first"]["pfn"] == DEMOTED and b["first"]["clean"] and b["all_but_first"]
+
+    assert run(["verify"], prog=k.prog) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == ("flag-vs-mapping: HPG_vmemmap_optimized set on vmemmap that was never "
+                        "remapped: 7 finding(s) on 7 folio(s)")
+    assert any(ln.startswith(
+        f"  where: all 7 lie in one 16 MiB-aligned block, pfn {DEMOTED:#x}-{DEMOTED + 0xFFF:#x}; "
+        f"with its first folio, pfn {DEMOTED:#x}, which is clean") for ln in lines)
+    assert "8 hugepages-2048kB folios: one demoted hugepages-16384kB folio" in out
+    assert f"    tail-frame: {7 * tails} finding(s) on the same 7 folio(s)" in lines
+    assert f"    tail-readonly: {7 * tails} finding(s) on the same 7 folio(s)" in lines
+    for wrong in ("another frame's contents", "changes the folio's head page",
+                  "every folio of this zone"):
+        assert wrong not in out
+    assert lines[-1].startswith(f"VIOLATED: {len(findings)} finding(s) on 7 folio(s) "
+                                "from 1 root cause(s)")
+    # --all: still every finding, one line each.
+    assert run(["verify", "--all"], prog=k.prog) == 1
+    assert len(capsys.readouterr().out.splitlines()) == len(findings) + 1
+
+
+def test_verify_block_without_its_first_folio_is_not_called_demoted():
+    k, others = demoted_kernel("mask", "pte", first=False)
+    r = build_report(k.prog)
+    (c,) = r.diagnosis
+    (b,) = c.blocks
+    assert b.first is not None and not b.first.clean and not b.all_but_first
+    assert "demoted" not in c.provenance
+    assert c.provenance.startswith(f"all 7 lie in one 16 MiB-aligned block, pfn {DEMOTED:#x}")
+
+
 def test_verify_text_groups_findings(capsys):
     """Many findings: grouped by check with counts and the first few; --all
     lists each; JSON keeps each, with what the kernel will do."""
@@ -838,11 +943,12 @@ def test_verify_text_groups_findings(capsys):
         k.set_optimized_flag(pfn, False)
     assert run(["verify"], prog=k.prog) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "flag-vs-mapping: 5 finding(s) on 5 folio(s)"
+    assert out[0] == ("flag-vs-mapping: vmemmap remapped, HPG_vmemmap_optimized clear: "
+                      "5 finding(s) on 5 folio(s)")
     assert len([ln for ln in out if ln.startswith("  folio pfn ")]) == 3
     assert any(ln.startswith("  ... 2 more (folios 0x") for ln in out)
     assert any(ln.startswith("  then: vmemmap remapped, flag clear") for ln in out)
-    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s)")
+    assert out[-1].startswith("VIOLATED: 5 finding(s) on 5 folio(s) from 1 root cause(s)")
     assert run(["verify", "--all"], prog=k.prog) == 1
     out = capsys.readouterr().out.splitlines()
     assert len([ln for ln in out if ln.startswith("flag-vs-mapping: folio pfn ")]) == 5
@@ -968,3 +1074,43 @@ def test_head_pte_onto_a_frame_the_machine_lacks_is_a_finding():
     assert f.found.startswith(f"the lru.next of folio pfn {order[0]:#x} points at ")
     assert "its PTE maps frame 0xfffff00, not in the machine (in no present memory section)" \
         in f.found
+
+
+def test_hugetlb_folios_helper_raises_at_a_corrupt_list():
+    """helpers.hugetlb_folios() does not stop silently at a corrupt list: it
+    gives the folios before the break, then raises drgn's ValidationError
+    naming the list and the folio (hvo_verify() reports it instead)."""
+    from drgn.helpers import ValidationError
+
+    from vmemspect.helpers import hugetlb_folios, hvo_verify
+
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    first, last = order[0], order[-1]
+    k.write_frame_page(k.folio(last).head_frame, 0, info=k.folio(first).page + 8)
+    k.invalidate()
+    got = []
+    with pytest.raises(ValidationError, match=rf"hugepages-2048kB free list of node 0 is "
+                                              rf"corrupt: the lru.next of folio pfn {last:#x}"):
+        for f in hugetlb_folios(k.prog):
+            got.append(f.pfn)
+    assert got[:len(order)] == order
+    assert [f.check for f in hvo_verify(k.prog) if f.check == "hstate-list"] == ["hstate-list"]
+
+
+def test_fast_scan_keeps_list_breaks():
+    """metrics --fast's sample meets a corrupt list: it reports it
+    (hstate-list), as the full scan does, instead of dropping it."""
+    from vmemspect.fastscan import fast_scan
+
+    k = build_kernel(form="mask")
+    order = _free_list_2m_node0(k)
+    k.write_frame_page(k.folio(order[1]).head_frame, 0, info=k.folio(order[0]).page + 8)
+    k.invalidate()
+    f = fast_scan(k.prog, sample=64)
+    lists = [x for x in f.findings if x.check == "hstate-list"]
+    assert len(lists) == 1 and f"folio pfn {order[1]:#x}" in lists[0].found
+    # The full scan says the same of it.
+    full = [x for x in build_report(k.prog, keep_folios=False).findings
+            if x.check == "hstate-list"]
+    assert [x.found for x in full] == [x.found for x in lists]

@@ -20,7 +20,12 @@ Layers, each importing only the ones above it in this list:
 - :mod:`vmemspect.hugetlb`: hstates, nodes, zones and hugetlb folios.
 - :mod:`vmemspect.hvo`: each folio's vmemmap mapping, the shared tail frames
   and the memory HVO saves.
-- :mod:`vmemspect.checks`: the HVO invariants, judged on plain records.
+- :mod:`vmemspect.sweep`: the whole-vmemmap sweep: every remapped vmemmap
+  range, matched to the folios on the hstate lists.
+- :mod:`vmemspect.checks`: the HVO invariants, judged on plain records, and
+  the grouping key beside them.
+- :mod:`vmemspect.scan`: the scan engine: strategies (every folio, grouped,
+  sample) and the one place that finishes a scan.
 - :mod:`vmemspect.render`: tables and JSON.
 - :mod:`vmemspect.cli`, :mod:`vmemspect.helpers`, :mod:`vmemspect.plugin`:
   the command line, drgn's interactive mode and its ``%`` commands.

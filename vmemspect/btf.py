@@ -452,6 +452,8 @@ GLOBALS: Dict[str, Tuple[str, Optional[str]]] = {
     "page_offset_base": ("unsigned long", None),
     "vmalloc_base": ("unsigned long", None),
     "max_pfn": ("unsigned long", None),
+    # optimizable.py: hugetlb_free_vmemmap= at boot (init/main.c: char *).
+    "saved_command_line": ("char *", None),
     # drgn's for_each_online_pgdat() / NODE_DATA() / for_each_online_node().
     "node_data": ("struct pglist_data *", "MAX_NUMNODES"),
     "contig_page_data": ("struct pglist_data", None),  # CONFIG_NUMA=n

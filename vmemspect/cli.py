@@ -99,11 +99,19 @@ class _Context:
         model = kernel_model(prog)
         jobs = default_jobs() if self.jobs is None else self.jobs
         if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
-            return build_report(prog, keep_folios=False, rows=rows, jobs=jobs)
-        total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
-        with click.progressbar(length=total, label="scanning folios", file=sys.stderr) as bar:
-            return build_report(prog, progress=lambda _, n: bar.update(n), keep_folios=False,
-                                rows=rows, jobs=jobs)
+            report = build_report(prog, keep_folios=False, rows=rows, jobs=jobs)
+        else:
+            total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
+            with click.progressbar(length=total, label="scanning folios",
+                                   file=sys.stderr) as bar:
+                report = build_report(prog, progress=lambda _, n: bar.update(n),
+                                      keep_folios=False, rows=rows, jobs=jobs)
+        w = report.workers
+        if w is not None and w.failed:
+            click.echo(f"vmemspect: --jobs {w.requested}: the workers failed ({w.failed}); "
+                       "the scan read every folio in this process instead (the same "
+                       "answer, more time)", err=True)
+        return report
 
     def aliased(self) -> Optional[RowSink]:
         """The pointer form's aliased frames are listed per folio (tails)."""

@@ -13,25 +13,17 @@ table per 128 MiB of memory), not with the folios.
 """
 
 import dataclasses
-import itertools
 from typing import List, Optional
 
-from drgn import FaultError, Program
+from drgn import Program
 from drgn.helpers.linux.mmzone import for_each_present_section
 
-from .checks import Finding, check_folio, check_shared_tails, folio_check_context
-from .hugetlb import (
-    Hstate,
-    for_each_hstate_record,
-    for_each_hugetlb_folio_page,
-    hvo_enabled,
-    kernel_optimized_folios,
-    zones,
-)
-from .hvo import folio_vmemmap, shared_tails, vmemmap_savings
+from .checks import Finding, folio_check_context
+from .hugetlb import Hstate, hvo_enabled, zones
+from .hvo import vmemmap_savings
 from .kernel import KernelModel, kernel_model
 from .pagetable import MissingMemory, page_table_walker
-from .report import kernel_memmap_saved
+from .scan import Sample, run_scan
 
 __all__ = ("FastScan", "fast_scan", "readonly_vmemmap_pages")
 
@@ -141,51 +133,33 @@ def _aliased_ptes(walker, ptes, shared_pfns: frozenset) -> int:
 def fast_scan(prog: Program, sample: int = DEFAULT_SAMPLE) -> FastScan:
     """
     The counters, the read-only vmemmap PTEs, the shared tail frames, and
-    the first ``sample`` folios of each hstate checked in full.
+    the first ``sample`` folios of each hstate checked in full: the scan
+    engine's :class:`~vmemspect.scan.Sample` strategy, finished as every
+    scan is (list breaks met on the way are findings; counts over the
+    whole population are not judged from a sample).
 
     Seen on Debian 6.12 and 7.2 dumps: ``readonly_pages`` equals the full
     scan's ``saved_pages``.
     """
     model = kernel_model(prog)
-    hstates = list(for_each_hstate_record(prog))
-    zone_list = zones(prog)
-    tails_by_zone, names = folio_check_context(model, zone_list)
+    names = folio_check_context(model, zones(prog))[1]
     ro, tables, missing = readonly_vmemmap_pages(prog, frozenset(names))
-    walker = page_table_walker(prog)
-    cache: dict = {}
-    findings: List[Finding] = []
-    sampled = unknown = 0
-    for h in hstates:
-        if not h.order_ok:
-            continue
-        try:
-            pairs = list(itertools.islice(for_each_hugetlb_folio_page(prog, h, [], []), sample))
-        except FaultError:
-            pairs = []
-        for folio, data in pairs:
-            fv = folio_vmemmap(prog, folio, walker, cache, data)
-            sampled += 1
-            unknown += fv.unknown is not None
-            findings.extend(check_folio(model, fv, tails_by_zone, names))
-    tails = shared_tails(prog)
-    # Without a tally no slot is "needed": the slots' values and the
-    # frames' contents are judged, not which folios map them.
-    findings.extend(check_shared_tails(model, tails))
-    now, without = kernel_memmap_saved(prog, model)
+    r = run_scan(prog, Sample(sample))
+    s = r.savings
     return FastScan(
         model=model,
         hvo_enabled=hvo_enabled(prog),
-        hstates=hstates,
+        hstates=r.hstates,
         readonly_pages=ro,
         tables=tables,
         missing_regions=missing,
-        shared_frames=sum(1 for t in tails if t.pfn is not None),
-        kernel_memmap_pages=now,
-        memmap_pages_without_hvo=without,
-        kernel_optimized_folios=kernel_optimized_folios(prog),
+        shared_frames=s.shared_frame_pages,
+        kernel_memmap_pages=s.kernel_memmap_pages,
+        memmap_pages_without_hvo=s.memmap_pages_without_hvo,
+        kernel_optimized_folios=s.kernel_optimized_folios,
         possible_pages=sum(h.nr_huge_pages * vmemmap_savings(model, h.order)
-                           for h in hstates if h.order_ok),
-        sampled=sampled,
-        unknown=unknown,
-        findings=findings,
+                           for h in r.hstates if h.order_ok),
+        sampled=r.scanned,
+        unknown=len(r.unknown),
+        findings=r.findings,
     )

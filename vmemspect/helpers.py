@@ -18,7 +18,7 @@ own helpers::
     >>> hvo_verify()
     []
 
-Records are frozen dataclasses; ``.object(prog)`` on a folio record gives
+Records are plain dataclasses; ``.object(prog)`` on a folio record gives
 the ``struct folio *``.
 """
 
@@ -65,6 +65,9 @@ def hugetlb_folios(prog: Program, hstate: Optional[str] = None) -> Iterator[Huge
     (pfn, struct page address, hstate, node, zone, free/active, HVO flag).
 
     :param hstate: only the hstate of this name ("hugepages-2048kB").
+    :raises drgn.helpers.ValidationError: at a corrupt list (a loop, a link
+        to unmapped memory, an entry whose lru.prev does not point back),
+        after the folios before it; ``hvo_verify()`` reports it instead.
     """
     for h in for_each_hstate_record(prog):
         if hstate is None or h.name == hstate:

@@ -17,6 +17,7 @@ import struct
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Object, Program, ProgramFlags, offsetof
+from drgn.helpers import ValidationError
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
@@ -364,9 +365,10 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
         again, and is yielded with ``(next, prev, key id)`` in place of the
         page's bytes. The links were read from the same dump: the walk is
         the same.
-    :param skip: ``(clean, counts)``: a known entry whose key id is set in
-        ``clean`` (by the consumer, between entries) is only counted in
-        ``counts[key id]``, not yielded, once its links are checked.
+    :param skip: ``(clean, counts, on_skip)``: a known entry whose key id
+        is set in ``clean`` (by the consumer, between entries) is only
+        counted in ``counts[key id]``, and told to ``on_skip(entry, key
+        id)`` if that is not None, not yielded, once its links are checked.
     :raises ListCut: where an entry is mapped but missing from the dump.
     :raises _ListBroken: where the list is corrupt.
     """
@@ -375,7 +377,7 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
     prev = head
     pos = prog.read_u64(head)
     seen = 0
-    clean, counts = skip if skip is not None else (None, None)
+    clean, counts, on_skip = skip if skip is not None else (None, None, None)
     if known is not None:
         kbase, kstep, kslots, knext, kprev, kids = known
     while pos != head:
@@ -403,6 +405,8 @@ def _walk_list(prog: Program, head: int, limit: int, page_size: int,
             data = (nxt, back, kid)
             if back == prev and clean is not None and clean[kid]:
                 counts[kid] += 1
+                if on_skip is not None:
+                    on_skip(pos, kid)
                 seen += 1
                 if seen >= limit:
                     raise _ListBroken(prev, pos, "leads to more entries than memory can "
@@ -477,8 +481,9 @@ def for_each_hugetlb_folio(
         reason) is appended here and the rest of that list is skipped.
     :param broken: where a list is corrupt (a loop, a link to unmapped
         memory or one that does not link back), a :class:`ListBreak` is
-        appended here and the rest of that list is skipped; without it the
-        walk of that list just stops there.
+        appended here and the rest of that list is skipped; without it
+        :class:`drgn.helpers.ValidationError` is raised there (as drgn's
+        ``validate_list_for_each_entry()`` does).
     """
     for folio, _ in for_each_hugetlb_folio_page(prog, hstate, cut, broken):
         yield folio
@@ -564,11 +569,16 @@ def for_each_hugetlb_entry(
                     raise
                 cut.append((h.name, f"{h.name} {where}: {e}"))
             except _ListBroken as e:
-                if broken is not None:
-                    at = None if e.prev == head else e.prev - lru
-                    broken.append(ListBreak(
-                        h.name, where, nid, at, None if at is None else model.page_pfn(at),
-                        e.next, e.reason, e.loop, e.seen))
+                at = None if e.prev == head else e.prev - lru
+                b = ListBreak(h.name, where, nid, at, None if at is None else model.page_pfn(at),
+                              e.next, e.reason, e.loop, e.seen)
+                if broken is None:
+                    # Never a silent stop: drgn's own list helpers raise this.
+                    raise ValidationError(f"{h.name} {where} is corrupt: "
+                                          + ("the list head's next" if at is None else
+                                             f"the lru.next of folio pfn {b.at_pfn:#x}")
+                                          + f" {e.reason}") from None
+                broken.append(b)
 
 
 def hvo_enabled(prog: Program) -> Optional[bool]:

@@ -62,6 +62,7 @@ __all__ = (
     "decode_page",
     "folio_vmemmap",
     "frame_contents",
+    "pte_leaf",
     "scan_folio_groups",
     "scan_folios",
     "shared_tails",
@@ -131,6 +132,11 @@ class FolioVmemmap:
     #: Frames the mapping names whose contents could not be read, with why
     #: (frame_absence()): the mapping is still judged, their contents not.
     unreadable: Tuple[Tuple[int, str], ...] = ()
+    #: Per PTE table the folio's vmemmap lies in, ``(region, pairs)``: the
+    #: pairs of neighbouring vmemmap pages there that map one frame
+    #: (region: the table's virtual address >> (page shift + 9)). What the
+    #: whole-vmemmap sweep (vmemspect.sweep) counts this folio for.
+    pairs: Tuple[Tuple[int, int], ...] = ()
 
     @property
     def remapped(self) -> bool:
@@ -224,7 +230,7 @@ def frame_contents(
     )
 
 
-def _pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
+def pte_leaf(walker: PageTableWalker, entry: int, upper_rw: bool) -> Tuple[Optional[int], bool]:
     """(pfn, writable) of a PTE, (None, False) if it is not present: the
     one place the scans below decode a PTE (by the walker's format)."""
     if not walker.pte_valid(entry):
@@ -314,19 +320,24 @@ def folio_vmemmap(
         run = _uniform_tails(walker, start, npages)
         tail_pfn = None
         if run is not None:
-            tail_pfn, tail_rw = _pte_leaf(walker, run[3], run[2])
+            tail_pfn, tail_rw = pte_leaf(walker, run[3], run[2])
         if tail_pfn is not None:
             # Every tail vmemmap page has the same PTE: what HVO leaves (one
             # read-only frame behind all tails). One C-level count per PTE
             # table instead of a loop over the pages.
             e0, table, upper_rw, _ = run
-            head_pfn, head_rw = _pte_leaf(walker, e0, upper_rw)
+            head_pfn, head_rw = pte_leaf(walker, e0, upper_rw)
             head_leaf = Leaf(start, 0 if head_pfn is None else 1, e0, head_pfn, head_rw, table)
             if head_leaf.pfn is None:
                 raise MissingMemory("the head's vmemmap page is not mapped; its PTE", table)
             rw = npages - 1 if tail_rw else 0
             tails = (TailFrame(tail_pfn, npages - 1, rw, ("pte",)),)
             distinct = 1 + (head_leaf.pfn != tail_pfn)
+            # One table, or whole tables from the first (1 GiB folios).
+            region = start >> (walker.page_shift + 9)
+            first = min(npages, 512) - 2 + (head_leaf.pfn == tail_pfn)
+            pairs = ((region, first),) + tuple((region + k, 511)
+                                               for k in range(1, -(-npages // 512)))
         else:
             entries = walker.entries(start, npages)
             head_leaf = Leaf(start, *entries[0])
@@ -348,6 +359,14 @@ def folio_vmemmap(
                 for pfn, g in groups.items()
             )
             distinct = len(groups) + (head_leaf.pfn not in groups)
+            counted: Dict[int, int] = {}
+            rshift = walker.page_shift + 9
+            for i in range(1, npages):
+                e, p = entries[i], entries[i - 1]
+                if e[0] == 1 and p[0] == 1 and e[2] == p[2] and e[4] == p[4]:
+                    r = (start + (i << walker.page_shift)) >> rshift
+                    counted[r] = counted.get(r, 0) + 1
+            pairs = tuple(sorted(counted.items()))
 
         head_ok = bool(folio.flags & (1 << model.pg_head)) and not folio.info & 1
 
@@ -395,6 +414,7 @@ def folio_vmemmap(
             tail_contents=tuple(contents),
             unknown=None,
             unreadable=tuple(unreadable),
+            pairs=pairs,
         )
     except (MissingMemory, FaultError) as e:
         reason = str(e)
@@ -419,6 +439,7 @@ def scan_folios(
     progress: Optional[Callable[["FolioVmemmap"], None]] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
+    sweep=None,
 ) -> Iterator[FolioVmemmap]:
     """
     :func:`folio_vmemmap` for every hugetlb folio (or for ``folios``), with
@@ -426,6 +447,8 @@ def scan_folios(
 
     :param progress: called with each folio's record, for progress bars.
     :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
+    :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
+        folio read.
     """
     walker = page_table_walker(prog)
     cache: Dict[Tuple[int, int], FrameContents] = {}
@@ -433,116 +456,23 @@ def scan_folios(
              else for_each_hugetlb_folio_page(prog, cut=cut, broken=broken))
     for folio, head_page in pairs:
         record = folio_vmemmap(prog, folio, walker, cache, head_page)
+        if sweep is not None:
+            sweep.add_record(record)
         if progress:
             progress(record)
         yield record
 
 
-def _group_keyer(
-    model: KernelModel, walker: PageTableWalker, zone_list: list, shared: frozenset
-) -> Callable[..., Optional[tuple]]:
-    """
-    ``key(order, page, data)``: everything :func:`folio_vmemmap`, the
-    checks and the scan's counters take from one folio except its address
-    and the list it is on (the scan puts hstate, state and node in front),
-    when its vmemmap is what HVO leaves (the head's vmemmap page
-    mapped on its own, every tail vmemmap page on one other frame by
-    identical PTEs in one table, or on the head's own frame in the pointer
-    form): two folios of one key give the same record but for pfn, page and
-    addresses, so they are judged and counted alike. None for any other
-    folio (it is read in full). Costs one slice of the PTE table the walker
-    holds and one C-level count of the head frame's tails, no memory read.
-    """
-    starts = [z.start_pfn for z in zone_list]
-    ends = [z.end_pfn for z in zone_list]
-    page_mask = model.page_size - 1
-    mask_form = model.form == "mask"
-    i_flags, i_info, i_private = model.off_flags >> 3, model.off_info >> 3, model.off_private >> 3
-    stride = model.sizeof_page >> 3
-    tails_from = i_info + stride
-    off_order = model.off_order
-    hpg = model.hpg_vmemmap_optimized
-    vmemmap_start, sizeof_page = model.vmemmap_start, model.sizeof_page
-    pte_run = walker.pte_run
-    bisect_right = bisect.bisect_right
-    per_order: Dict[int, tuple] = {}
-
-    n_tails = len(range(tails_from, model.page_size >> 3, stride))
-
-    def npages_of(order: int) -> tuple:
-        tail_info = compound_info_mask(model, order) if mask_form else 0
-        # Mask form: every tail's compound_info, to compare in C.
-        all_tails = memoryview(array.array("Q", [tail_info] * n_tails)) if mask_form else None
-        o = per_order[order] = (model.vmemmap_pages(order), tail_info, all_tails)
-        return o
-
-    # PTEs: present and (riscv64) a leaf.
-    present, entry_pfn, writable = walker.pte_valid, walker.entry_pfn, walker.entry_writable
-    # Mask form: the tails' PTE is one per shared frame, decoded once
-    # (per write permission of the levels above).
-    tail_leaves: Tuple[Dict[int, tuple], Dict[int, tuple]] = ({}, {})
-
-    def from_run(order: int, page: int, data: bytes, ptes: Tuple[int, ...],
-                 upper_rw: bool) -> Optional[tuple]:
-        npages, tail_info, all_tails = per_order.get(order) or npages_of(order)
-        e1 = ptes[1]
-        if ptes.count(e1) != npages - 1:
-            return None  # tails not uniform, or the head's PTE equals theirs
-        e0 = ptes[0]
-        if not present(e0):
-            return None
-        head_pfn, head_rw = entry_pfn(e0), upper_rw and writable(e0)
-        if mask_form:
-            leaves = tail_leaves[upper_rw]
-            t = leaves.get(e1)
-            if t is None:
-                t = leaves[e1] = _pte_leaf(walker, e1, upper_rw)
-            tail_pfn, tail_rw = t
-        else:
-            tail_pfn, tail_rw = _pte_leaf(walker, e1, upper_rw)
-        if tail_pfn is None:
-            return None
-        words = memoryview(data).cast("Q")
-        tails = words[tails_from::stride]
-        if mask_form:
-            tail_is = tail_pfn  # the shared frame, the same for many folios
-            # All tails as expected: one C-level comparison, no int objects.
-            good = n_tails if tails == all_tails else tails.tolist().count(tail_info)
-        elif tail_pfn == head_pfn:
-            tail_is = True  # its own head frame
-            good = tails.tolist().count(page | 1)
-        else:
-            return None  # another frame: its contents name this folio's head
-        pfn = (page - vmemmap_start) // sizeof_page
-        i = bisect_right(starts, pfn) - 1
-        return (i if i >= 0 and pfn < ends[i] else -1, words[i_flags],
-                words[i_info] & 1, words[i_private] >> hpg & 1, data[off_order],
-                head_rw, tail_rw, tail_is, head_pfn in shared, good)
-
-    def key(order: int, page: int, data: bytes) -> Optional[tuple]:
-        if page & page_mask:
-            return None  # the head is not struct page 0 of its vmemmap page
-        npages = (per_order.get(order) or npages_of(order))[0]
-        if npages < 3:
-            return None  # two vmemmap pages on two frames are not remapped
-        run = pte_run(page, npages)
-        if run is None:
-            return None
-        return from_run(order, page, data, run[0], run[2])
-
-    key.from_run = from_run  # type: ignore[attr-defined]  # _prescan: the PTEs held
-    return key
-
-
 def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
-                       limit: int = 1 << 22) -> Optional[List[int]]:
+                       limit: int = 1 << 22, tables: bool = False) -> Optional[list]:
     """
     The addresses from ``lo`` to ``hi`` (2 MiB-aligned for 4 KiB pages)
     whose PTE table is present, found by walking the upper levels only:
     absent entries, huge leaves and tables missing from the dump are
     skipped whole, so the cost follows the page tables, not the range
     (zone spans come from the dump and may be corrupt). None past ``limit``
-    regions.
+    regions. With ``tables``, ``(address, PTE table's physical address)``
+    pairs.
     """
     shift, fmt = walker.page_shift, walker.format
     present, entry_pfn = walker.entry_present, walker.entry_pfn
@@ -555,7 +485,8 @@ def _pte_table_regions(walker: PageTableWalker, lo: int, hi: int,
             if not present(e) or fmt.is_leaf(e, level):
                 continue
             if level == 2:
-                out.append(base + idx * span)
+                out.append((base + idx * span, entry_pfn(e) << shift) if tables
+                           else base + idx * span)
                 if len(out) > limit:
                     return False
                 continue
@@ -582,7 +513,7 @@ def _prescan(
     regions: List[int],
 ) -> tuple:
     """
-    The folios a list walk would key (:func:`_group_keyer`), found from the
+    The folios a list walk would key (``keyer``), found from the
     page tables alone: in the PTE table of each vmemmap address of
     ``regions`` (:func:`_pte_table_regions`), every run of a folio's
     vmemmap pages, for each hstate ``(order, vmemmap pages)``, whose tails
@@ -634,7 +565,11 @@ def _prescan(
                 if j is None:
                     j = ids[k] = len(ids)
                 extend((page + lru, *unpack(data, lru), order, j))
-    return entries, list(ids)
+    # The PTE tables' pair counts (vmemspect.sweep), read here anyway.
+    pairs = array.array("q")
+    for phys, n in walker.pair_counts.items():
+        pairs.extend((phys, n))
+    return entries, list(ids), pairs
 
 
 def _known_entries(
@@ -644,6 +579,7 @@ def _known_entries(
     zone_list: list,
     orders: Tuple[Tuple[int, int], ...],
     jobs: int,
+    workers: Optional[dict] = None,
 ) -> Optional[Tuple[Dict[int, tuple], List[tuple]]]:
     """
     :func:`_prescan` of the zones' vmemmap in ``jobs`` forked workers, as
@@ -667,7 +603,11 @@ def _known_entries(
     # Table by table in turn (worker k takes tables k, k + jobs, ...): the
     # folios are spread evenly whatever the holes and the layout.
     parts = [(prog, keyer, orders, regions[k::jobs]) for k in range(min(jobs, len(regions)))]
-    results = parallel.fork_map(_prescan, parts)
+    why: List[str] = []
+    results = parallel.fork_map(_prescan, parts, why)
+    if workers is not None:
+        workers.update(started=len(parts), failed="; ".join(why) or None,
+                       cpu_seconds=[round(c, 3) for c in parallel.last_cpu])
     if results is None:
         return None
     lru = model.off_lru
@@ -680,7 +620,10 @@ def _known_entries(
         known[order] = (regions[0] + lru, step, slots, array.array("Q", bytes(8 * slots)),
                         array.array("Q", bytes(8 * slots)), array.array("l", [-1]) * slots)
     ids: Dict[tuple, int] = {}
-    for entries, keys in results:
+    counted = page_table_walker(prog).pair_counts
+    for entries, keys, pairs in results:
+        for i in range(0, len(pairs), 2):
+            counted.setdefault(pairs[i], pairs[i + 1])
         remap = [ids.setdefault(k, len(ids)) for k in keys]
         for i in range(0, len(entries), 5):
             pos, nxt, prev, order, j = entries[i:i + 5]
@@ -697,11 +640,15 @@ def scan_folio_groups(
     cut: Optional[List[Tuple[str, str]]] = None,
     broken: Optional[List[ListBreak]] = None,
     jobs: int = 1,
-) -> Iterator[Tuple[FolioVmemmap, int]]:
+    sweep=None,
+    keyer: Optional[Callable[..., Optional[tuple]]] = None,
+    workers: Optional[dict] = None,
+    like: Optional[Callable[[FolioVmemmap, int], None]] = None,
+) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
     """
     Every hugetlb folio as :func:`scan_folios` reads it, as ``(record,
-    count)``: a folio whose vmemmap is what HVO leaves and whose like
-    (:func:`_group_keyer`) ``judge`` found clean before is not read again nor
+    count, in list order)``: a folio whose vmemmap is what HVO leaves and whose like
+    (``keyer``) ``judge`` found clean before is not read again nor
     given a record: it is counted, and each such group comes last as
     ``(its first record, the folios after it)``. Every other folio comes
     in list order as ``(record, 1)``: what a consumer adds up is what it
@@ -718,6 +665,17 @@ def scan_folio_groups(
         it gives a record (the first of each key, and every folio of
         another shape). The same walk, checks and order: the same output
         as with one.
+    :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
+        folio walked, read or counted.
+    :param keyer: ``key(order, page, data)``
+        (:func:`~vmemspect.checks.folio_group_keyer`); without it no folio
+        is grouped.
+    :param like: told ``(the first record of its key, its struct page
+        address)`` of each folio counted like another, in list order (and
+        only without workers: theirs are counted inside the list walk).
+    :param workers: filled with what the workers did (``started``,
+        ``failed``: why they failed, None if they did not; ``cpu_seconds``)
+        when ``jobs`` asked for them.
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
@@ -733,21 +691,40 @@ def scan_folio_groups(
     # not used there: they would read each page at another moment than
     # the list walk that joins their links.
     live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    keyer = _group_keyer(model, walker, zone_list, shared)
+    if keyer is None:
+        keyer = lambda order, page, data: None  # noqa: E731 - no grouping
     pre = None
+    if workers is not None:
+        workers.update(requested=jobs, started=0, failed=None, cpu_seconds=[],
+                       why_none="a live kernel is read by one process" if live and jobs > 1
+                       else None)
     if not live and jobs > 1:
         orders = tuple(sorted({(h.order, model.vmemmap_pages(h.order))
                                for h in for_each_hstate_record(prog)
                                if h.order_ok and h.nr_huge_pages
                                and 3 <= model.vmemmap_pages(h.order) <= 512}))
-        pre = _known_entries(prog, model, keyer, zone_list, orders, jobs)
+        pre = _known_entries(prog, model, keyer, zone_list, orders, jobs, workers)
+        if workers is not None and not workers.get("started"):
+            workers["why_none"] = "nothing to split: no PTE-mapped folio in HVO's shape"
     known, keys = pre if pre is not None else (None, [])
     ids = {k: i for i, k in enumerate(keys)}
     # Per list, (key ids found clean, folios of each counted by the walk).
-    skip: Dict[tuple, Tuple[bytearray, List[int]]] = {}
+    skip: Dict[tuple, tuple] = {}
+    # Per key id: the pairs (FolioVmemmap.pairs) of a folio of that key.
+    kid_pairs = [0] * len(keys)
+    lru = model.off_lru
 
-    def skips(h, state: str, nid: int) -> Tuple[bytearray, List[int]]:
-        return skip.setdefault((h.index, state, nid), (bytearray(len(keys)), [0] * len(keys)))
+    def skips(h, state: str, nid: int) -> tuple:
+        s = skip.get((h.index, state, nid))
+        if s is None:
+            on_skip = None
+            if sweep is not None:
+                order, add_like = h.order, sweep.add_like
+
+                def on_skip(pos: int, kid: int) -> None:
+                    add_like(pos - lru, order, kid_pairs[kid])
+            s = skip[(h.index, state, nid)] = (bytearray(len(keys)), [0] * len(keys), on_skip)
+        return s
 
     page_size = model.page_size
     for h, state, nid, page, data in for_each_hugetlb_entry(
@@ -764,25 +741,38 @@ def scan_folio_groups(
             g = groups.get(key, False)
             if g:
                 g[1] += 1
+                if g[5] is not None:
+                    # sweep.add_like(), inlined: once per folio counted.
+                    marks, first, step = g[5]
+                    slot = (page - first) // step
+                    if 0 <= slot < len(marks):
+                        marks[slot] = g[4] + 1
+                if like is not None:
+                    like(g[0], page)
                 continue
         offset = page & (page_size - 1)
         folio = folio_record(prog, model, zone_list, h, page,
                              data[offset:offset + 2 * model.sizeof_page], state, nid)
         fv = folio_vmemmap(prog, folio, walker, cache, data)
+        if sweep is not None:
+            sweep.add_record(fv)
         if key is not None and key not in groups:
-            if judge(fv):
+            if judge(fv) and len(fv.pairs) <= 1:
                 kid = ids.get(suffix)
-                groups[key] = [fv, 0, (h.index, state, nid), kid]
+                npairs = fv.pairs[0][1] if fv.pairs else 0
+                groups[key] = [fv, 0, (h.index, state, nid), kid, npairs,
+                               None if sweep is None else sweep.marker(h.order)]
                 if kid is not None:
+                    kid_pairs[kid] = npairs
                     skips(h, state, nid)[0][kid] = 1
             else:
                 groups[key] = None
-        yield fv, 1
+        yield fv, 1, True
     for g in groups.values():
         if g:
             n = g[1] + (skip[g[2]][1][g[3]] if g[3] is not None and g[2] in skip else 0)
             if n:
-                yield g[0], n
+                yield g[0], n, False
 
 
 class TailTally:

@@ -16,6 +16,7 @@ needs nothing but the model.
 """
 
 import dataclasses
+import struct
 from typing import Optional, Tuple
 
 from drgn import FaultError, Program, ProgramFlags, offsetof, sizeof
@@ -30,6 +31,7 @@ __all__ = (
     "KernelModel",
     "compound_info_mask",
     "decode_compound_info",
+    "folio_test_hugetlb",
     "has_object",
     "kernel_model",
     "page_flags_nid",
@@ -106,6 +108,19 @@ class KernelModel:
     #: riscv64 does not define, so include/linux/pgtable_types.h falls back
     #: to PAGE_KERNEL there (writable; seen on Debian riscv64 6.12 and 7.2).
     tails_readonly: bool = True
+    #: How a head struct page says it heads a hugetlb folio
+    #: (:func:`folio_test_hugetlb`): ("page_type", offset, PGTY_hugetlb)
+    #: on 6.12+, ("page_type_base", offset, PAGE_TYPE_BASE | PG_hugetlb,
+    #: PAGE_TYPE_BASE) on 6.9-6.11, ("flags1", offset, bit) on 6.7-6.8,
+    #: ("dtor", offset, HUGETLB_PAGE_DTOR) before; None if unknown.
+    hugetlb_test: Optional[Tuple] = None
+    #: HPG_migratable in folio->private: clear on a folio isolated for
+    #: migration (isolate_hugetlb()).
+    hpg_migratable: int = 1
+    #: ZONE_DEVICE's index (CONFIG_ZONE_DEVICE), None without it: device
+    #: memory's compound pages may have their tail vmemmap deduplicated
+    #: too (vmemmap_populate_compound_pages(), 5.17+), which is not HVO.
+    zone_device: Optional[int] = None
 
     @property
     def page_size(self) -> int:
@@ -168,6 +183,13 @@ def _constant(prog: Program, name: str, default: Optional[int] = None) -> int:
         if default is None:
             raise
         return default
+
+
+def _optional_constant(prog: Program, name: str) -> Optional[int]:
+    try:
+        return prog.constant(name).value_()
+    except LookupError:
+        return None
 
 
 def _vmcoreinfo(prog: Program) -> bytes:
@@ -354,6 +376,10 @@ def _detect(prog: Program) -> KernelModel:
     nodes_pgoff = 64 - nodes_shift
     zones_pgoff = nodes_pgoff - zones_shift
 
+    hugetlb_test, hugetlb_test_source = _hugetlb_test(
+        prog, page_type, folio_type, sizeof_page, _member_offset(page_type, "flags"))
+    evidence.append(hugetlb_test_source)
+
     levels, levels_source = _pgtable_levels(prog, arch)
     evidence.append(levels_source)
     tails_readonly = arch != "riscv64"
@@ -393,7 +419,70 @@ def _detect(prog: Program) -> KernelModel:
         vmemmap_start=pfn_to_page(prog, 0).value_(),
         pgtable_levels=levels,
         tails_readonly=tails_readonly,
+        hugetlb_test=hugetlb_test,
+        hpg_migratable=_constant(prog, "HPG_migratable", 1),
+        zone_device=_optional_constant(prog, "ZONE_DEVICE"),
     )
+
+
+def _hugetlb_test(prog: Program, page_type, folio_type, sizeof_page: int,
+                  off_flags: int) -> Tuple[Optional[Tuple], str]:
+    """
+    How to tell a hugetlb folio from its head struct pages, from the types
+    (the kernel changed it three times), and a line saying which.
+
+    - 6.12+ (and 7.x): ``folio->page.page_type >> 24 == PGTY_hugetlb``
+      (commit 4ffca5a96678 "mm: support only one page_type per page");
+    - 6.9-6.11: ``page_type`` holds PAGE_TYPE_BASE with PG_hugetlb cleared;
+    - 6.7-6.8: PG_hugetlb in the first tail page's flags;
+    - before (6.1): ``page[1].compound_dtor == HUGETLB_PAGE_DTOR``.
+    """
+    def const(name: str) -> Optional[int]:
+        try:
+            return prog.constant(name).value_()
+        except LookupError:
+            return None
+
+    if page_type.has_member("page_type"):
+        off = _member_offset(page_type, "page_type")
+        pgty = const("PGTY_hugetlb")
+        if pgty is not None:
+            return ("page_type", off, pgty), "PGTY_hugetlb in page_type (6.12+)"
+        base, flag = const("PAGE_TYPE_BASE"), const("PG_hugetlb")
+        if base is not None and flag is not None and page_type.has_member("page_type"):
+            return (("page_type_base", off, base | flag, base),
+                    "PG_hugetlb cleared in page_type (6.9-6.11)")
+    flag = const("PG_hugetlb")
+    if flag is not None:
+        return (("flags1", sizeof_page + off_flags, flag),
+                "PG_hugetlb in the first tail's flags (6.7-6.8)")
+    dtor = const("HUGETLB_PAGE_DTOR")
+    if dtor is not None:
+        for t, name in ((page_type, "compound_dtor"), (folio_type, "_folio_dtor")):
+            if t.has_member(name):
+                off = _member_offset(t, name) + (sizeof_page if t is page_type else 0)
+                return ("dtor", off, dtor), f"{name} == HUGETLB_PAGE_DTOR (before 6.7)"
+    return None, "no way found to tell a hugetlb folio (no PGTY_hugetlb, PG_hugetlb, " \
+                 "HUGETLB_PAGE_DTOR)"
+
+
+def folio_test_hugetlb(model: KernelModel, data: bytes) -> Optional[bool]:
+    """
+    ``folio_test_hugetlb()`` on the raw bytes of a head struct page and the
+    one after it (``2 * sizeof(struct page)`` bytes): True or False, None
+    when the kernel's types do not say how (:func:`_hugetlb_test`).
+    """
+    t = model.hugetlb_test
+    if t is None:
+        return None
+    kind, off = t[0], t[1]
+    if kind == "page_type":
+        return struct.unpack_from("<I", data, off)[0] >> 24 == t[2]
+    if kind == "page_type_base":
+        return struct.unpack_from("<I", data, off)[0] & t[2] == t[3]
+    if kind == "flags1":
+        return bool(struct.unpack_from("<Q", data, off)[0] >> t[2] & 1)
+    return data[off] == t[2]
 
 
 def kernel_model(prog: Program) -> KernelModel:

@@ -229,6 +229,14 @@ def _full_families(s: Scrape) -> List[Metric]:
                                     (("frames",), len(r.unknown_frames))]),
         _gauge("vmemspect_checked_folios", "Folios checked in full",
                samples=[((), r.scanned - len(r.unknown))]),
+        _gauge("vmemspect_unlisted_vmemmap_ranges", "Remapped vmemmap ranges of no folio on "
+               "the hstate lists, by what heads them (off_lists: a hugetlb folio on no list; "
+               "not_hugetlb: none; isolated: a folio isolated for migration, device: ZONE_DEVICE memory; those two are not findings)",
+               ["kind"], [((kind.replace("-", "_"),),
+                           sum(1 for x in (r.sweep.unlisted if r.sweep else []) if x.kind == kind))
+                          for kind in ("off-lists", "not-hugetlb", "isolated", "device", "unknown")]),
+        _gauge("vmemspect_unlisted_vmemmap_saved_bytes", "Vmemmap freed in those ranges",
+               samples=[((), sv.unlisted_pages * ps)]),
     ]
     out += _one("vmemspect_vmemmap_saved_kernel_agrees", "1 if vmemspect's count of the "
                 "savings equals the kernel's own, 0 if not; absent if the kernel keeps none",

@@ -23,6 +23,7 @@ Formats, one interface (:class:`PageTableFormat`):
 Both use 4 KiB pages and 512 entries per table.
 """
 
+import array
 import collections
 import dataclasses
 import struct
@@ -193,6 +194,31 @@ class PageTableWalker:
         self._pte_needs = fmt.leaf_bits if fmt.arch == "riscv64" else fmt.present
         self._pfn_shift = fmt.pfn_shift
         self._pfn_mask = fmt.pfn_mask
+        #: Per last-level table read (physical address), the pairs of
+        #: neighbouring entries that map one frame, or -1 if not every
+        #: entry is present (see :meth:`pte_pairs`): gathered as tables are
+        #: read, for vmemspect.sweep.
+        self.pair_counts: Dict[int, int] = {}
+        self._addr_big = int.from_bytes(
+            struct.pack("<Q", fmt.pfn_mask << fmt.pfn_shift) * 512, "little")
+        self._present_big = int.from_bytes(struct.pack("<Q", fmt.present) * 512, "little")
+
+    def pte_pairs(self, data: bytes) -> int:
+        """
+        How many pairs of neighbouring entries of a last-level table (its
+        4096 bytes) map one frame, or -1 if not every entry is present.
+        In C: one big-integer mask and shift for the whole table, about
+        6 µs, where a loop over the entries costs about 100 µs.
+        """
+        m = int.from_bytes(data, "little")
+        if (m & self._present_big).bit_count() != 512:
+            return -1
+        pm = m & self._addr_big
+        x = array.array("Q")
+        x.frombytes((pm ^ (pm >> 64)).to_bytes(4096, "little"))
+        # Word i is zero where entries i and i+1 map one frame (the last
+        # word compares with nothing: never zero, every entry present).
+        return x.count(0)
 
     @classmethod
     def from_root(cls, prog: Program, fmt: PageTableFormat, root: int,
@@ -219,8 +245,9 @@ class PageTableWalker:
     def entry_pfn(self, entry: int) -> int:
         return (entry >> self._pfn_shift) & self._pfn_mask
 
-    def read_table(self, phys: int) -> Tuple[int, ...]:
-        """The 512 raw entries of the table at physical address ``phys``."""
+    def read_table(self, phys: int, last: bool = False) -> Tuple[int, ...]:
+        """The 512 raw entries of the table at physical address ``phys``
+        (``last``: a last-level table, whose :meth:`pte_pairs` are kept)."""
         cache = self._cache
         table = cache.get(phys)
         if table is not None:
@@ -230,6 +257,8 @@ class PageTableWalker:
             data = self.prog.read(phys, 4096, True)
         except FaultError:
             raise MissingMemory("a page table", phys)
+        if last and phys not in self.pair_counts:
+            self.pair_counts[phys] = self.pte_pairs(data)
         table = _UNPACK(data)
         self.tables_read += 1
         cache[phys] = table
@@ -272,7 +301,7 @@ class PageTableWalker:
             if fmt.upper_write:
                 writable = writable and bool(entry & fmt.write)
             table_addr = self.entry_pfn(entry) << self.page_shift
-            table = self.read_table(table_addr)
+            table = self.read_table(table_addr, level == 2)
             level -= 1
             if level == 1:
                 r = ("pte", table, table_addr, writable)

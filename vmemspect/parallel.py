@@ -41,28 +41,35 @@ def default_jobs() -> int:
 def _child(fn: Callable[..., Any], args: tuple, w: int) -> None:
     status = 1
     try:
-        data = pickle.dumps(fn(*args), pickle.HIGHEST_PROTOCOL)
+        try:
+            data, status = pickle.dumps(fn(*args), pickle.HIGHEST_PROTOCOL), 0
+        except BaseException as e:  # noqa: BLE001 - the parent says why and falls back
+            # Status 2: the pipe carries why, for the parent to report.
+            data, status = f"{type(e).__name__}: {e}".encode()[:2000], 2
         view = memoryview(data)
         while view:
             view = view[os.write(w, view):]
-        status = 0
-    except BaseException:  # noqa: BLE001 - the parent falls back; nothing to print
-        pass
+    except BaseException:  # noqa: BLE001
+        status = 1
     finally:
         os._exit(status)
 
 
-def fork_map(fn: Callable[..., Any], arg_list: Sequence[tuple]) -> Optional[List[Any]]:
+def fork_map(fn: Callable[..., Any], arg_list: Sequence[tuple],
+             failure: Optional[List[str]] = None) -> Optional[List[Any]]:
     """
     ``[fn(*args) for args in arg_list]``, each call in a child forked from
     this process, all at once. None if fork is not available or any child
-    failed (raised, was killed, or sent nothing whole).
+    failed (raised, was killed, or sent nothing whole); then why is
+    appended to ``failure`` if given.
 
     ``fn`` must not use drgn's debug-info index (types, symbols not looked
     up before the fork): drgn builds it with OpenMP threads, which a forked
     child does not have. Reads and the caller's cached models are fine.
     """
     if not hasattr(os, "fork"):
+        if failure is not None:
+            failure.append("fork() is not available here")
         return None
     children = []
     finished = False
@@ -105,15 +112,26 @@ def fork_map(fn: Callable[..., Any], arg_list: Sequence[tuple]) -> Optional[List
             sel.unregister(key.fd)
             os.close(key.fd)
         sel.close()
-        ok = True
+        why: List[str] = []
         last_cpu.clear()
-        for pid in children:
+        for i, pid in enumerate(children):
             _, status, usage = os.wait4(pid, 0)
             last_cpu.append(usage.ru_utime + usage.ru_stime)
-            ok = ok and os.waitstatus_to_exitcode(status) == 0
-    if not ok or len(children) != len(arg_list):
-        return None
-    try:
-        return [pickle.loads(b"".join(c)) for c in chunks]
-    except Exception:  # noqa: BLE001
-        return None
+            code = os.waitstatus_to_exitcode(status)
+            if code == 2:
+                why.append(f"worker {i + 1} raised "
+                           + b"".join(chunks[i]).decode(errors="replace"))
+            elif code < 0:
+                why.append(f"worker {i + 1} was killed by signal {-code}")
+            elif code:
+                why.append(f"worker {i + 1} exited {code}")
+    if not why and len(children) != len(arg_list):
+        why.append(f"{len(children)} of {len(arg_list)} workers started")
+    if not why:
+        try:
+            return [pickle.loads(b"".join(c)) for c in chunks]
+        except Exception as e:  # noqa: BLE001
+            why.append(f"a worker's result could not be read ({e})")
+    if failure is not None:
+        failure.extend(why)
+    return None

@@ -8,20 +8,24 @@ tabulate. Nothing here reads kernel memory.
 """
 
 import json
+import tempfile
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from tabulate import tabulate
 
 from .checks import Finding
+from .diagnosis import Cause, diagnose
 from .hvo import FolioVmemmap, PageDecode, SharedTail
 from .mmu import page_table_format
 from .optimizable import REASONS
 from .report import Report, RowSink, Spool
 from .savings import SCHEMES, WhatIf, WhatIfRow
+from .sweep import RemappedRange
 
 __all__ = (
     "SCHEMA",
     "aliased_rows",
+    "cause_doc",
     "folio_rows",
     "write_json",
     "decode_doc",
@@ -128,8 +132,56 @@ def folio_doc(fv: FolioVmemmap, findings: Iterable[Finding] = ()) -> Dict[str, A
     }
 
 
+def range_doc(r: RemappedRange) -> Dict[str, Any]:
+    """A remapped vmemmap range of no listed folio (vmemspect.sweep)."""
+    return {
+        "pfn": r.pfn,
+        "kind": r.kind,
+        "what": r.what,
+        "vmemmap": hex(r.vmemmap),
+        "vmemmap_pages": r.vmemmap_pages,
+        "saved_pages": r.saved_pages,
+        "frame_pfn": r.frame,
+        "frame": r.frame_name,
+        "own_frame": r.own_frame,
+        "writable": r.writable,
+        "flags": _hex(r.flags),
+        "compound_info": _hex(r.info),
+        "private": _hex(r.private),
+        "refcount": r.refcount,
+        "order": r.order,
+        "hugetlb": r.hugetlb,
+        "hpg_vmemmap_optimized": r.optimized,
+    }
+
+
+def sweep_doc(report: Report) -> Optional[Dict[str, Any]]:
+    """What the whole-vmemmap sweep read and found."""
+    w = report.sweep
+    if w is None:
+        return None
+    return {
+        "pte_tables": w.tables,
+        "missing_tables": w.missing_tables,
+        "tables_read_entry_by_entry": w.slow_tables,
+        "lists_incomplete": w.lists_incomplete,
+        "unlisted": [range_doc(r) for r in w.unlisted],
+    }
+
+
+def workers_doc(report: Report) -> Optional[Dict[str, Any]]:
+    """What --jobs workers did (None: one process was asked for)."""
+    w = report.workers
+    if w is None or (w.requested <= 1):
+        return None
+    # (Their CPU seconds stay out: the same dump must give the same JSON.)
+    return {"requested": w.requested, "started": w.started, "failed": w.failed,
+            "why_none": w.why_none}
+
+
 def _summary(report: Report) -> Dict[str, Any]:
     unknown = report.unknown
+    unlisted = report.sweep.unlisted if report.sweep is not None else []
     return {
         "ok": not report.findings,
         "findings": len(report.findings),
@@ -138,6 +190,8 @@ def _summary(report: Report) -> Dict[str, Any]:
         "unknown_frames": len(report.unknown_frames),
         "transient": len(report.transient),
         "checked_folios": report.scanned - len(unknown),
+        "unlisted_ranges": len(unlisted),
+        "isolated_folios": sum(1 for r in unlisted if r.kind == "isolated"),
     }
 
 
@@ -176,7 +230,9 @@ def aliased_doc(fv: FolioVmemmap) -> Dict[str, Any]:
 def aliased_rows() -> RowSink:
     """Where a scan writes the pointer form's aliased frames (``tails``), a
     row per remapped folio, kept on disk (:class:`~vmemspect.report.Spool`)."""
-    return RowSink(Spool(), lambda fv, _: aliased_doc(fv), lambda fv: fv.remapped)
+    def like(row: Dict[str, Any], model, page: int, head_pfn: int, e0: int) -> Dict[str, Any]:
+        return dict(row, folio_pfn=model.page_pfn(page), frame_pfn=head_pfn)
+    return RowSink(Spool(), lambda fv, _: aliased_doc(fv), lambda fv: fv.remapped, like)
 
 
 def folio_rows(select: Optional[Callable[[FolioVmemmap], bool]] = None) -> RowSink:
@@ -187,7 +243,16 @@ def folio_rows(select: Optional[Callable[[FolioVmemmap], bool]] = None) -> RowSi
         d = folio_doc(fv, mine)
         d["violations"] = [[x.check, x.frame_pfn] for x in mine]
         return d
-    return RowSink(Spool(), make, select)
+
+    def like(row: Dict[str, Any], model, page: int, head_pfn: int, e0: int) -> Dict[str, Any]:
+        # A folio of the same key as the clean one of ``row``: all but its
+        # addresses and its own frames are the same (checks.folio_key).
+        d = dict(row, pfn=model.page_pfn(page), page=hex(page), vmemmap=hex(page))
+        d["head_frame"] = dict(row["head_frame"], pfn=head_pfn, entry=hex(e0))
+        if model.form == "pointer":  # the tails alias the folio's own frame
+            d["tail_frames"] = [dict(t, pfn=head_pfn) for t in row["tail_frames"]]
+        return d
+    return RowSink(Spool(), make, select, like)
 
 
 def _finish_folio_rows(report: Report) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
@@ -258,7 +323,13 @@ def report_doc(report: Report) -> Dict[str, Any]:
             "kernel_freeable_kib": {str(k): v for k, v in sorted(s.kernel_freeable_kib.items())},
             "kernel_source": s.kernel_source,
             "kernel_agrees": s.kernel_agrees,
+            "unlisted_pages": s.unlisted_pages,
+            "unlisted_ranges": s.unlisted_ranges,
+            "unlisted_flagged": s.unlisted_flagged,
+            "machine_saved_pages": s.machine_saved_pages,
         },
+        "vmemmap_sweep": sweep_doc(report),
+        "workers": workers_doc(report),
         "tails": tails_doc(report)["tails"],
         "what_if": what_if_doc(report.what_if),
         "verify": _summary(report),
@@ -293,12 +364,60 @@ def tails_doc(report: Report) -> Dict[str, Any]:
     }
 
 
+def cause_doc(c: Cause) -> Dict[str, Any]:
+    """A root cause (vmemspect.diagnosis.Cause); findings as indices into
+    the document's ``findings``."""
+    return {
+        "cause": c.cause,
+        "check": c.check,
+        "title": c.title,
+        "findings": list(c.findings),
+        "folios": list(c.folios),
+        "consequence": c.consequence,
+        "implied": [
+            {"check": i.check, "findings": list(i.findings), "folios": list(i.folios),
+             "consequence": i.consequence}
+            for i in c.implied
+        ],
+        "blocks": [
+            {
+                "hstate": b.hstate,
+                "order": b.order,
+                "start_pfn": b.start_pfn,
+                "end_pfn": b.end_pfn,
+                "folios": len(b.folios),
+                "capacity": b.capacity,
+                "first": None if b.first is None else {
+                    "pfn": b.first.pfn,
+                    "head": b.first.head,
+                    "order": b.first.order,
+                    "hstate": b.first.hstate,
+                    "list": b.first.list_name,
+                    "optimized": b.first.optimized,
+                    "remapped": b.first.remapped,
+                    "checks": list(b.first.checks),
+                    "unreadable": b.first.unreadable,
+                    "clean": b.first.clean,
+                },
+                "all_but_first": b.all_but_first,
+            }
+            for b in c.blocks
+        ],
+        "provenance": c.provenance,
+    }
+
+
 def verify_doc(report: Report) -> Dict[str, Any]:
+    diagnosis = report.diagnosis
+    if diagnosis is None:  # a report not made by build_report: no reads
+        diagnosis = diagnose(report.findings, [(h.name, h.order) for h in report.hstates])
     return {
         "schema": SCHEMA,
         "command": "verify",
         **_summary(report),
         "findings": [finding_doc(f) for f in report.findings],
+        "root_causes": len(diagnosis),
+        "diagnosis": [cause_doc(c) for c in diagnosis],
         "unknown_folios": [
             {"pfn": fv.folio.pfn, "hstate": fv.folio.hstate, "reason": fv.unknown}
             for fv in report.unknown
@@ -307,6 +426,8 @@ def verify_doc(report: Report) -> Dict[str, Any]:
         "unknown_frames": [{"pfn": pfn, "what": what, "reason": why}
                            for pfn, what, why in report.unknown_frames],
         "transient": [finding_doc(f) for f in report.transient],
+        "vmemmap_sweep": sweep_doc(report),
+        "workers": workers_doc(report),
     }
 
 
@@ -338,15 +459,63 @@ def decode_doc(d: PageDecode) -> Dict[str, Any]:
 
 
 def render_json(doc: Dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2)
+    """:func:`write_json` into a string, without the last newline."""
+    out: List[str] = []
+    write_json(doc, out.append)
+    return "".join(out)[:-1]
+
+
+_SPOOL_MARK = "\x00vmemspect-spool-%d\x00"
+
+
+def _mark_spools(o: Any, spools: List[Any]) -> Any:
+    """``o`` with each Spool, and each list of objects, replaced by a marker
+    string (its index in ``spools``): written one object a line."""
+    if isinstance(o, Spool) or (isinstance(o, list) and o
+                                and all(isinstance(x, dict) for x in o)):
+        spools.append(o)
+        return _SPOOL_MARK % (len(spools) - 1)
+    if isinstance(o, dict):
+        return {k: _mark_spools(v, spools) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_mark_spools(v, spools) for v in o]
+    return o
 
 
 def write_json(doc: Dict[str, Any], write: Callable[[str], Any]) -> None:
-    """:func:`render_json` piece by piece (the same text, then a newline):
-    a :class:`~vmemspect.report.Spool` in ``doc`` is read from disk as it
-    is written, never held."""
-    for chunk in json.JSONEncoder(indent=2).iterencode(doc):
+    """
+    The document as JSON indented by two, piece by piece, then a newline;
+    a list of objects (folios, findings, tails, groups) is written one
+    object a line in compact form: C-speed (Python's indenting encoder
+    costs about 100 µs a folio's row) and one record per line for grep. A
+    :class:`~vmemspect.report.Spool` in ``doc`` (a row per folio) is read
+    from disk as it is written, never held.
+    """
+    spools: List[Any] = []
+    marked = _mark_spools(doc, spools)
+    encoded = {json.dumps(_SPOOL_MARK % i): i for i in range(len(spools))}
+    line_start = ""  # the text of the current line so far, for its indent
+    dumps = json.JSONEncoder(check_circular=False).encode
+    for chunk in json.JSONEncoder(indent=2).iterencode(marked):
+        if spools and "vmemspect-spool-" in chunk:
+            for mark, i in encoded.items():
+                if mark in chunk:
+                    before, after = chunk.split(mark, 1)
+                    write(before)
+                    line = (line_start + before).rsplit("\n", 1)[-1]
+                    pad = " " * (len(line) - len(line.lstrip(" ")))
+                    first = True
+                    for row in spools[i]:
+                        write(("[\n" if first else ",\n") + pad + "  " + dumps(row))
+                        first = False
+                    write("[]" if first else "\n" + pad + "]")
+                    write(after)
+                    line_start = after
+                    break
+            continue
         write(chunk)
+        nl = chunk.rfind("\n")
+        line_start = chunk[nl + 1:] if nl >= 0 else line_start + chunk
     write("\n")
 
 
@@ -357,8 +526,10 @@ _STREAMED_STYLES = ("simple", "plain")
 def _stream_table(rows: Callable[[], Iterable[List[Any]]], headers: List[str],
                   fmt: str) -> Iterator[str]:
     """The lines of ``_table(list(rows()), headers, fmt)`` for the streamed
-    styles, reading ``rows()`` twice (widths, then lines) and keeping none;
-    other styles go through tabulate with every row."""
+    styles, reading ``rows()`` once: the cells go to a temporary file
+    while the widths are found, and are read back for the lines, so that
+    memory does not grow with the rows; other styles go through tabulate
+    with every row."""
     if fmt not in _STREAMED_STYLES:
         yield _table([list(r) for r in rows()], headers, fmt)
         return
@@ -367,17 +538,21 @@ def _stream_table(rows: Callable[[], Iterable[List[Any]]], headers: List[str],
     # line right-stripped.
     widths = [len(h) + 2 for h in headers]
     n = 0
-    for row in rows():
-        n += 1
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
-    if not n:
-        yield "(none)"
-        return
-    yield "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
-    if fmt == "simple":
-        yield "  ".join("-" * w for w in widths).rstrip()
-    for row in rows():
-        yield "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n") as cells:
+        for row in rows():
+            n += 1
+            texts = [str(c).replace("\n", " ") for c in row]
+            widths = list(map(max, widths, map(len, texts)))
+            cells.write("\x1f".join(texts) + "\n")
+        if not n:
+            yield "(none)"
+            return
+        yield "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+        if fmt == "simple":
+            yield "  ".join("-" * w for w in widths).rstrip()
+        cells.seek(0)
+        for line in cells:
+            yield "  ".join(map(str.ljust, line[:-1].split("\x1f"), widths)).rstrip()
 
 
 def _table(rows: List[List[Any]], headers: List[str], fmt: str) -> str:
@@ -419,6 +594,10 @@ def render_report(doc: Dict[str, Any], fmt: str) -> str:
     lines.append(f"saved         {s['saved_pages']} vmemmap pages ({s['saved_bytes'] // 1024} KiB)"
                  + (f", less {s['shared_frame_pages']} shared tail frame(s)"
                     if k["form"] == "mask" else ""))
+    if s.get("unlisted_ranges"):
+        lines.append(f"              + {s['unlisted_pages']} vmemmap pages in "
+                     f"{s['unlisted_ranges']} remapped range(s) on no hstate list "
+                     f"(whole vmemmap: {s['machine_saved_pages']} pages)")
     lines.extend(_kernel_says(s, k["page_size"]))
     lines.append("")
     lines.append(render_tails({"form": k["form"], "tails": doc["tails"]}, fmt, brief=True))
@@ -451,10 +630,13 @@ def _kernel_says(s: Dict[str, Any], page_size: int) -> List[str]:
                    f"{s['kernel_memmap_pages']} in nr_memmap_boot_pages + nr_memmap_pages"
                    + _agreement(s["kernel_agrees"]))
     if s["kernel_optimized_folios"] is not None:
-        agrees = s["kernel_optimized_folios"] == s["remapped_folios"]
+        unlisted = s.get("unlisted_ranges", 0)
+        agrees = s["kernel_optimized_folios"] == s["remapped_folios"] + unlisted
         out.append(f"kernel says   {s['kernel_optimized_folios']} optimized folios "
                    f"(hugetlb_optimize_vmemmap_key); vmemspect finds {s['remapped_folios']} "
-                   f"remapped, {s['flagged_folios']} flagged" + _agreement(agrees))
+                   f"remapped, {s['flagged_folios']} flagged"
+                   + (f", and {unlisted} remapped range(s) on no list" if unlisted else "")
+                   + _agreement(agrees))
     for size, kib in s["kernel_freeable_kib"].items():
         out.append(f"kernel says   {kib} KiB vmemmap freed per {_size(int(size))} folio "
                    "(its boot line)")
@@ -530,7 +712,7 @@ def _aliased_lines(title: str, tails: Iterable[Dict[str, Any]], fmt: str) -> Ite
         ["folio pfn", "hstate", "node", "zone", "frame pfn", "aliases", "fake heads"], fmt)
 
 
-#: Findings shown per check in the grouped text output (``--all``: every one).
+#: Findings shown per root cause in the grouped text output (``--all``: every one).
 EXAMPLES_PER_CHECK = 3
 
 
@@ -538,39 +720,57 @@ def _finding_line(f: Dict[str, Any]) -> str:
     return f"{f['check']}: {f['subject']}: expected {f['expected']}; found {f['found']}"
 
 
-def _grouped_findings(findings: List[Dict[str, Any]]) -> List[str]:
-    """Findings grouped by check, with counts: how many, on how many folios,
-    the first few in full, and once per check what the kernel will do."""
-    by_check: Dict[str, List[Dict[str, Any]]] = {}
-    for f in findings:
-        by_check.setdefault(f["check"], []).append(f)
+def _count(n: int, folios: List[int], of: str = "") -> str:
+    return f"{n} finding(s)" + (f" on {of}{len(folios)} folio(s)" if folios else "")
+
+
+def _grouped_findings(doc: Dict[str, Any]) -> List[str]:
+    """Findings grouped by root cause (vmemspect.diagnosis): a line for the
+    cause with its counts, the first few in full, the folios of the others,
+    what the kernel will do, where the folios come from, and the findings
+    the cause implies folded under it with their counts."""
+    findings = doc["findings"]
     lines = []
-    for check, fs in by_check.items():
-        folios = list(dict.fromkeys(f["folio_pfn"] for f in fs if f["folio_pfn"] is not None))
-        what = f"{len(fs)} finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
-        lines.append(f"{check}: {what}")
-        for f in fs[:EXAMPLES_PER_CHECK]:
+    for c in doc["diagnosis"]:
+        fs = [findings[i] for i in c["findings"]]
+        title = f"{c['title']}: " if c["title"] else ""
+        lines.append(f"{c['check']}: {title}{_count(len(fs), c['folios'])}")
+        shown = fs[:EXAMPLES_PER_CHECK]
+        for f in shown:
             lines.append(f"  {f['subject']}: expected {f['expected']}; found {f['found']}")
-        if len(fs) > EXAMPLES_PER_CHECK:
-            more = folios[EXAMPLES_PER_CHECK:] if len(folios) > EXAMPLES_PER_CHECK else []
-            lines.append(f"  ... {len(fs) - EXAMPLES_PER_CHECK} more"
+        if len(fs) > len(shown):
+            seen = {f["folio_pfn"] for f in shown}
+            more = [p for p in c["folios"] if p not in seen]
+            lines.append(f"  ... {len(fs) - len(shown)} more"
                          + (f" (folios {', '.join(hex(p) for p in more[:8])}"
                             + (", ..." if len(more) > 8 else "") + ")" if more else "")
                          + "; --all lists every one")
-        consequences = list(dict.fromkeys(f["consequence"] for f in fs if f.get("consequence")))
-        for c in consequences[:2]:
-            lines.append(f"  then: {c}")
+        if c["provenance"]:
+            lines.append(f"  where: {c['provenance']}")
+        if c["consequence"]:
+            lines.append(f"  then: {c['consequence']}")
+        if c["implied"]:
+            lines.append("  implies (follows from it, not a problem of its own):")
+        for i in c["implied"]:
+            same = set(i["folios"]) <= set(c["folios"]) and i["folios"]
+            lines.append(f"    {i['check']}: "
+                         + _count(len(i["findings"]), i["folios"], "the same " if same else ""))
+            f = findings[i["findings"][0]]
+            lines.append(f"      {'e.g. ' if len(i['findings']) > 1 else ''}{f['subject']}: "
+                         f"expected {f['expected']}; found {f['found']}")
+            if i["consequence"]:
+                lines.append(f"      then: {i['consequence']}")
     return lines
 
 
 def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
-    """The verdict: findings grouped by check with counts (``show_all``:
+    """The verdict: findings grouped by root cause with counts (``show_all``:
     one line per finding), unknowns, transient findings, a summary line."""
     if show_all:
         lines = [_finding_line(f) + (f" (then: {f['consequence']})" if f.get("consequence")
                                      else "") for f in doc["findings"]]
     else:
-        lines = _grouped_findings(doc["findings"])
+        lines = _grouped_findings(doc)
     for u in doc["unknown_folios"]:
         lines.append(f"unknown: folio pfn {u['pfn']:#x} ({u['hstate']}): {u['reason']}")
     for u in doc["unknown_lists"]:
@@ -580,10 +780,25 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
                      "its struct pages were not checked")
     for f in doc["transient"]:
         lines.append(f"transient (changed while read, not a violation): {_finding_line(f)}")
+    sweep = doc.get("vmemmap_sweep") or {}
+    for r in sweep.get("unlisted", []):
+        if r["kind"] == "isolated":
+            lines.append(f"isolated (off the lists for migration, not a violation): pfn "
+                         f"{r['pfn']:#x}: {r['what']}")
+    for r in sweep.get("unlisted", []):
+        if r["kind"] == "unknown":
+            lines.append(f"unknown: a remapped vmemmap range at pfn {r['pfn']:#x}: {r['what']}")
+    if sweep.get("lists_incomplete") and any(r["kind"] == "off-lists"
+                                             for r in sweep.get("unlisted", [])):
+        n = sum(1 for r in sweep["unlisted"] if r["kind"] == "off-lists")
+        lines.append(f"unknown: {n} remapped hugetlb folio(s) on no list walked; the lists "
+                     "were not walked whole, so they may lie past the cut or the break")
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
+    causes = doc["root_causes"]
     lines.append(
         f"{'OK' if doc['ok'] else 'VIOLATED'}: {len(doc['findings'])} "
         f"finding(s)" + (f" on {len(folios)} folio(s)" if folios else "")
+        + (f" from {causes} root cause(s)" if causes else "")
         + f", {doc['checked_folios']} folios checked, {doc['unknown']} unknown"
     )
     return "\n".join(lines)

@@ -8,50 +8,24 @@ zones, each folio's vmemmap, the shared tail frames, the savings and the
 findings.
 """
 
-import collections
 import dataclasses
 import json
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from drgn import FaultError, Program, ProgramFlags
-from drgn.helpers.linux.mmzone import for_each_present_section
+from drgn import Program, ProgramFlags
 
-from .checks import (
-    Finding,
-    check_folio,
-    check_kernel_counts,
-    check_hstate_counts,
-    check_hstate_lists,
-    check_hstate_orders,
-    check_shared_tails,
-    count_folio,
-    folio_check_context,
-)
+from .checks import Finding
+from .diagnosis import Cause, diagnose_report
 from .errors import VmemspectError
-from .hugetlb import (
-    Hstate,
-    ListBreak,
-    Zone,
-    for_each_hstate_record,
-    hvo_enabled,
-    kernel_freeable_kib,
-    kernel_memmap_pages,
-    kernel_optimized_folios,
-    zones,
-)
-from .hvo import (
-    FolioVmemmap,
-    SharedTail,
-    TailTally,
-    scan_folio_groups,
-    scan_folios,
-    shared_tails,
-    vmemmap_savings,
-)
-from .kernel import KernelModel, has_object, kernel_model
+from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
+from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
+from .kernel import KernelModel, kernel_model
+from .pagetable import page_table_walker
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
+from .scan import EveryFolio, Grouped, Savings, WorkerReport, kernel_memmap_saved, run_scan
+from .sweep import SweepResult
 
 __all__ = (
     "GroupSummary",
@@ -137,17 +111,16 @@ class GroupTally:
         return out
 
 
-class Spool(list):
+class Spool:
     """
     Records written one at a time to an unnamed temporary file (one JSON
-    line each) and read back in order, through ``finish`` if given: a list
-    for ``len()``, iteration and :mod:`json` (which encodes it as a list)
-    whose memory does not grow with its records. Records are JSON values
-    (tuples come back as lists).
+    line each) and read back in order, through ``finish`` if given:
+    ``len()`` and iteration whose memory does not grow with the records
+    (``render.write_json`` writes it as a JSON list). Records are JSON
+    values (tuples come back as lists).
     """
 
     def __init__(self, finish: Optional[Callable[[Any], Any]] = None) -> None:
-        super().__init__()
         self._file = tempfile.TemporaryFile()
         self._count = 0
         self.finish = finish
@@ -164,10 +137,11 @@ class Spool(list):
 
     def __iter__(self) -> Iterator[Any]:
         self._file.flush()
-        with open(self._file.fileno(), "rb", closefd=False) as f:
+        decode = json.JSONDecoder().decode
+        with open(self._file.fileno(), "r", encoding="utf-8", closefd=False) as f:
             f.seek(0)
             for line in f:
-                record = json.loads(line)
+                record = decode(line)
                 yield record if self.finish is None else self.finish(record)
 
 
@@ -179,64 +153,10 @@ class RowSink:
     spool: Spool
     make: Callable[[FolioVmemmap, List[Finding]], Any]
     select: Optional[Callable[[FolioVmemmap], bool]] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Savings:
-    """Memory HVO saves, by vmemspect's count and by the kernel's counters."""
-
-    #: Vmemmap pages freed, from the page tables: (vmemmap pages - 1) per
-    #: folio whose vmemmap is remapped.
-    saved_pages: int
-    #: Pages the shared tail frames take (mask form), one per zone and order.
-    shared_frame_pages: int
-    #: saved_pages if every folio HVO can optimize were optimized.
-    possible_pages: int
-    page_size: int
-    #: Kernel counters nr_memmap_boot_pages + nr_memmap_pages, None before 6.10.
-    kernel_memmap_pages: Optional[int]
-    #: Memmap pages of all present sections without HVO.
-    memmap_pages_without_hvo: Optional[int]
-    #: Folios whose vmemmap the page tables show remapped, and folios that
-    #: carry HPG_vmemmap_optimized (equal on a healthy kernel).
-    remapped_folios: int = 0
-    flagged_folios: int = 0
-    #: (vmemmap pages - 1) per flagged folio: what the kernel believes it saved
-    #: and will restore when it frees those folios.
-    flagged_pages: int = 0
-    #: The count of hugetlb_optimize_vmemmap_key (5.18-7.0), None without it.
-    kernel_optimized_folios: Optional[int] = None
-    #: Per huge page size in kB: the KiB the kernel's boot line says HVO frees
-    #: per folio ("HugeTLB: 28 KiB vmemmap can be freed for a 2.00 MiB page"),
-    #: when that line is still in the log.
-    kernel_freeable_kib: Dict[int, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def kernel_saved_pages(self) -> Optional[int]:
-        """What the kernel's memmap counters say HVO freed (6.10+)."""
-        if self.kernel_memmap_pages is None or self.memmap_pages_without_hvo is None:
-            return None
-        return self.memmap_pages_without_hvo - self.kernel_memmap_pages
-
-    @property
-    def kernel_source(self) -> Optional[str]:
-        """Which of the kernel's own counters the savings are compared with."""
-        if self.kernel_saved_pages is not None:
-            return "nr_memmap_boot_pages + nr_memmap_pages"
-        if self.kernel_optimized_folios is not None:
-            return "hugetlb_optimize_vmemmap_key"
-        return None
-
-    @property
-    def kernel_agrees(self) -> Optional[bool]:
-        """vmemspect's measured savings equal the kernel's own figure (the
-        memmap counters on 6.10+, else the key's count of optimized folios);
-        None when the kernel keeps neither."""
-        if self.kernel_saved_pages is not None:
-            return self.kernel_saved_pages == self.saved_pages
-        if self.kernel_optimized_folios is not None:
-            return self.kernel_optimized_folios == self.remapped_folios
-        return None
+    #: ``like(row, model, page, head pfn, head PTE)``: the row of a folio
+    #: a grouped scan counted like the clean one whose row is ``row``
+    #: (same key: checks.folio_key); without it the scan reads every folio.
+    like: Optional[Callable[..., Any]] = None
 
 
 @dataclasses.dataclass
@@ -277,59 +197,17 @@ class Report:
     rows: Optional[Spool] = None
     #: Pointer form: folios whose vmemmap is remapped (their frames alias
     #: the head's) and their fake heads, counted.
-    aliased_folios: int = 0
     aliased_fake_heads: int = 0
+    #: The whole-vmemmap sweep: remapped ranges of no listed folio.
+    sweep: Optional[SweepResult] = None
+    #: What --jobs workers did (None: none were asked for).
+    workers: Optional[WorkerReport] = None
+    #: The findings grouped by root cause (vmemspect.diagnosis).
+    diagnosis: Optional[List[Cause]] = None
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then node and zone order."""
-        if self.group_tally is not None:
-            return self.group_tally.groups(self.hstates)
-        acc: Dict[Tuple[str, int, int], List[FolioVmemmap]] = collections.defaultdict(list)
-        for fv in self.folios:
-            acc[(fv.folio.hstate, fv.folio.nid, fv.folio.zone_idx)].append(fv)
-        order_of = {h.name: h.order for h in self.hstates}
-        rank = {h.name: h.index for h in self.hstates}
-        out = []
-        for (hstate, nid, zidx), fvs in sorted(acc.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1], kv[0][2])):
-            order = order_of.get(hstate, fvs[0].folio.order)
-            per = vmemmap_savings(self.model, order)
-            opt = sum(1 for fv in fvs if fv.folio.optimized)
-            remapped = sum(1 for fv in fvs if fv.remapped)
-            never = sum(1 for fv in fvs
-                        if not is_optimizable(self.not_optimized.get(fv.folio.pfn)))
-            out.append(GroupSummary(
-                hstate=hstate,
-                order=order,
-                nid=nid,
-                zone=fvs[0].folio.zone_name,
-                total=len(fvs),
-                free=sum(1 for fv in fvs if fv.folio.state == "free"),
-                in_use=sum(1 for fv in fvs if fv.folio.state == "active"),
-                optimized=opt,
-                not_optimized=len(fvs) - opt,
-                unknown=sum(1 for fv in fvs if fv.unknown is not None),
-                saved_pages=per * remapped,
-                possible_pages=per * (len(fvs) - never),
-                not_optimizable=never,
-            ))
-        return out
-
-
-def kernel_memmap_saved(prog: Program, model: KernelModel) -> Tuple[Optional[int], Optional[int]]:
-    """
-    (memmap pages the kernel counts now, memmap pages all present sections
-    would take without HVO). The kernel counts vmemmap pages in
-    nr_memmap_boot_pages/nr_memmap_pages (6.10+) and HVO subtracts what it
-    frees, so the difference is the kernel's own figure of what HVO saved.
-    """
-    counters = kernel_memmap_pages(prog)
-    if counters is None:
-        return None, None
-    section_pages = 1 << (prog["SECTION_SIZE_BITS"].value_() - model.page_shift) \
-        if has_object(prog, "SECTION_SIZE_BITS") else 1 << (27 - model.page_shift)
-    per_section = section_pages * model.sizeof_page // model.page_size
-    sections = sum(1 for _ in for_each_present_section(prog))
-    return sum(counters), sections * per_section
+        return self.group_tally.groups(self.hstates) if self.group_tally is not None else []
 
 
 def _finding_key(f: Finding) -> Tuple[str, Optional[int], Optional[int], str]:
@@ -368,6 +246,7 @@ def build_report(
     """
     report = _scan(prog, progress, keep_folios, rows, jobs)
     if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
+        report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
         return report
     confirmed = {_finding_key(f) for f in report.findings}
     for _ in range(live_rereads):
@@ -377,6 +256,7 @@ def build_report(
             break
     report.transient = [f for f in report.findings if _finding_key(f) not in confirmed]
     report.findings = [f for f in report.findings if _finding_key(f) in confirmed]
+    report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
     return report
 
 
@@ -387,135 +267,76 @@ def _scan(
     rows: Optional[RowSink] = None,
     jobs: int = 1,
 ) -> Report:
+    """One scan by the engine (vmemspect.scan), with the report's own
+    tallies: the group table, the what-if table, rows, kept records."""
     model = kernel_model(prog)
-    try:
-        hstates = list(for_each_hstate_record(prog))
-        zone_list = zones(prog)
-    except FaultError as e:
-        raise VmemspectError(
-            f"the dump lacks the hstates or zones ({e})",
-            "it is truncated or filtered too far; take a dump that keeps kernel data",
-        )
-    cut: List[Tuple[str, str]] = []
-    tails_by_zone, shared_names = folio_check_context(model, zone_list)
-    live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    # Only the slots' frames are looked up (shared_tails()); on a live
-    # kernel the slots may fill during the scan: count every frame there.
-    slot_pfns = None if live else [model.struct_page_pfn(p) for z in zone_list
-                                   for p in z.tails if p]
-    tally = TailTally(model.tails_owner == "pglist_data", slot_pfns)
+    zone_list = zones(prog)
     groups = GroupTally(model)
-    aliased = aliased_fake = 0
-    found: Dict[Tuple[str, int], List[int]] = {}
-    findings: List[Finding] = []
     folios: List[FolioVmemmap] = []
-    unknown: List[FolioVmemmap] = []
-    scanned = saved = possible = flagged_pages = remapped = flagged = 0
-    # Each folio is judged as it is read; it is kept only if asked, so that
-    # verify's memory does not grow with the folios.
-    broken: List[ListBreak] = []
-    unknown_frames: Dict[int, Tuple[int, str, str]] = {}
     hvo_ctx = hvo_context(prog)
     what_if = WhatIfTally(model, (model.struct_page_pfn(p) for z in zone_list
                                   for p in z.tails if p))
     not_optimized: Dict[int, str] = {}
     flags_cache: Dict[int, bytes] = {}
+    reasons: Dict[int, Optional[str]] = {}
 
-    def clean(fv: FolioVmemmap) -> bool:
-        return (fv.unknown is None and not fv.unreadable and fv.remapped
-                and not check_folio(model, fv, tails_by_zone, shared_names))
-
-    if keep_folios or rows is not None:
-        pairs = ((fv, 1) for fv in scan_folios(prog, None, None, cut, broken))
-    else:
-        pairs = scan_folio_groups(prog, clean, cut, broken, jobs)
-    for fv, n in pairs:
-        for pfn, why in fv.unreadable:
-            if not why.startswith("not in the machine"):  # else a finding
-                unknown_frames.setdefault(pfn, (pfn, f"a tail frame of folio pfn "
-                                                     f"{fv.folio.pfn:#x}", why))
-        scanned += n
-        mine = check_folio(model, fv, tails_by_zone, shared_names)
-        if mine:
-            # Never a group (scan_folio_groups): n is 1.
-            findings.extend(mine)
-        tally.add(fv, n)
-        count_folio(found, fv, n)
-        per_folio = vmemmap_savings(model, fv.folio.order)
+    def possible(fv: FolioVmemmap) -> bool:
         reason = not_optimized_reason(prog, hvo_ctx, fv, flags_cache)
+        reasons[id(fv)] = reason
+        return is_optimizable(reason)
+
+    def on_folio(fv: FolioVmemmap, n: int, mine: List[Finding], inline: bool) -> None:
+        reason = reasons.pop(id(fv))
         what_if.add(fv, reason, n)
         groups.add(fv, reason, n)
-        if is_optimizable(reason):
-            possible += per_folio * n
-        if fv.remapped:
-            saved += per_folio * n
-            remapped += n
-            aliased += n
-            aliased_fake += fv.fake_heads * n
-        if fv.folio.optimized:
-            flagged_pages += per_folio * n
-            flagged += n
         if progress:
             progress(fv, n)
-        if rows is not None and (rows.select is None or rows.select(fv)):
+        if inline and rows is not None and (rows.select is None or rows.select(fv)):
             rows.spool.append(rows.make(fv, mine))
         if keep_folios:
             folios.append(fv)
             if reason is not None:
                 not_optimized[fv.folio.pfn] = reason
-        if fv.unknown is not None:
-            unknown.append(fv)
-    tails = shared_tails(prog, tally=tally)
-    findings.extend(check_shared_tails(model, tails))
-    for t in tails:
-        if t.unreadable is not None and not t.unreadable.startswith("not in the machine"):
-            unknown_frames[t.pfn] = (t.pfn, f"vmemmap_tails[{t.slot}] of node {t.nid} "
-                                            f"{t.zone_name} (order {t.order})", t.unreadable)
-    findings.extend(check_hstate_orders(hstates))
-    findings.extend(check_hstate_lists(hstates, broken))
-    # A cut or broken list holds fewer folios than the counters by nature;
-    # hstate-list says how many.
-    findings.extend(check_hstate_counts(
-        hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}
-        | {h.name for h in hstates if not h.order_ok}))
-    kernel_now, without = kernel_memmap_saved(prog, model)
-    savings = Savings(
-        saved_pages=saved,
-        shared_frame_pages=sum(1 for t in tails if t.pfn is not None),
-        possible_pages=possible,
-        page_size=model.page_size,
-        kernel_memmap_pages=kernel_now,
-        memmap_pages_without_hvo=without,
-        remapped_folios=remapped,
-        flagged_folios=flagged,
-        flagged_pages=flagged_pages,
-        kernel_optimized_folios=kernel_optimized_folios(prog),
-        kernel_freeable_kib=kernel_freeable_kib(prog),
-    )
-    # Counts over the whole population: meaningless if a list was cut.
-    if not cut and not broken and all(h.order_ok for h in hstates):
-        findings.extend(check_kernel_counts(model, savings))
+
+    on_like = None
+    if rows is not None and rows.like is not None and not keep_folios:
+        walker = page_table_walker(prog)
+        template: Dict[int, Any] = {}  # id(first record of a key) -> its row, or None
+
+        def on_like(first: FolioVmemmap, page: int) -> None:
+            key = id(first)
+            row = template.get(key, False)
+            if row is False:
+                row = template[key] = (rows.make(first, []) if rows.select is None
+                                       or rows.select(first) else None)
+            if row is not None:
+                e0 = walker.pte_run(page, 1)[0][0]
+                rows.spool.append(rows.like(row, model, page, walker.entry_pfn(e0), e0))
+
+    every = keep_folios or (rows is not None and rows.like is None)
+    r = run_scan(prog, EveryFolio() if every else Grouped(jobs), on_folio, possible, on_like)
     return Report(
         model=model,
         hvo_enabled=hvo_enabled(prog),
-        hstates=hstates,
-        zones=zone_list,
-        scanned=scanned,
-        unknown=unknown,
+        hstates=r.hstates,
+        zones=r.zones,
+        scanned=r.scanned,
+        unknown=r.unknown,
         folios=folios,
-        tails=tails,
-        findings=findings,
-        savings=savings,
-        cut_lists=cut,
-        broken_lists=broken,
-        unknown_frames=list(unknown_frames.values()),
+        tails=r.tails,
+        findings=r.findings,
+        savings=r.savings,
+        cut_lists=r.cut_lists,
+        broken_lists=r.broken_lists,
+        unknown_frames=r.unknown_frames,
         types=prog.cache.get("vmemspect_types"),
-        what_if=what_if.result(h.name for h in hstates),
+        what_if=what_if.result(h.name for h in r.hstates),
         not_optimized=not_optimized,
         group_tally=groups,
         rows=None if rows is None else rows.spool,
-        aliased_folios=aliased,
-        aliased_fake_heads=aliased_fake,
+        aliased_fake_heads=r.fake_heads,
+        sweep=r.sweep,
+        workers=r.workers,
     )
 
 
