@@ -125,3 +125,30 @@ def test_torture_own_kernel_files():
     assert s["finding"] is not None and s["finding"]["op"] == "demote", s["finding"]
     assert "flag-vs-mapping" in s["finding"]["checks"]
     assert s["confirmation"]["plain_drgn"]["flagged_not_remapped"] == DEMOTED
+
+
+def test_ddmin_and_signature():
+    """The minimizer's parts, without a guest: ddmin reaches a 1-minimal
+    subsequence; a signature names the checks, the alarm kind and where a
+    crash was."""
+    ops = [{"op": "x", "args": [i]} for i in range(20)]
+    need = {3, 11, 17}
+    calls = []
+
+    def test(sub):
+        calls.append(len(sub))
+        return need <= {o["args"][0] for o in sub}
+    small = torture.ddmin(ops, test)
+    assert [o["args"][0] for o in small] == [3, 11, 17]
+    assert len(calls) <= 20 * 20 // 2     # ddmin: at most quadratic
+    assert torture.signature({"check": {"checks": ["flag-vs-mapping"]}, "kmsg_alarms": []}) \
+        == ("flag-vs-mapping",)
+    crash = {"kmsg_alarms": ["BUG: unable to handle page fault for address: ffa0"],
+             "kmsg": ["[ 8.2] RIP: 0010:__list_del_entry_valid_or_report+0x43/0x80"]}
+    assert torture.signature(crash) == ("BUG", "RIP:__list_del_entry_valid_or_report")
+    # every drawn operation has an agent line (or is the host's DIMM)
+    import random
+    rng = random.Random(1)
+    for _ in range(500):
+        op = torture.draw(rng, 2)
+        assert op["op"] == "dimm" or torture.sh_line(op).startswith("op_")
