@@ -23,6 +23,17 @@
 # SECURITY_SUITES on the security archive.
 SUITES="sid trixie bookworm bookworm-backports"
 SECURITY_SUITES="bookworm-security"
+# Suites added later get a source list and lists directory of their own
+# (apt-suites-SUITE), chosen with VMEMSPECT_APT_SUITE=SUITE (fetch-kernel.sh
+# sets it): the shared list above never changes for them, so a checkout
+# with another set of suites does not make the others' apt-get update run
+# again and prune their lists.
+EXTRA_SUITES="trixie-backports"
+extra_suite=""
+case " $EXTRA_SUITES " in
+  *" ${VMEMSPECT_APT_SUITE:-none} "*) extra_suite=$VMEMSPECT_APT_SUITE ;;
+esac
+[ -z "$extra_suite" ] || { SUITES=$extra_suite; SECURITY_SUITES=""; }
 deb_arch=${VMEMSPECT_DEB_ARCH:-amd64}
 # Debian has riscv64 from trixie on: no bookworm suites for it.
 if [ "$deb_arch" = riscv64 ]; then SUITES="sid trixie"; SECURITY_SUITES=""; fi
@@ -33,6 +44,7 @@ cache=${VMEMSPECT_CACHE:-$HOME/.cache/vmemspect}
 # `apt-get update`), one per architecture for the same reason.
 aptdir=$cache/apt-suites
 [ "$deb_arch" = amd64 ] || aptdir=$cache/apt-suites-$deb_arch
+[ -z "$extra_suite" ] || aptdir=$aptdir-$extra_suite
 
 # ---- archive URIs from this machine's apt sources ----
 # Prints "URI SUITE" for every enabled binary ("deb") source, from the

@@ -46,6 +46,8 @@ mkdir -p "$cache/debs"
 # The private apt configuration (apt_opts, SUITES, SECURITY_SUITES, sec_uri):
 # archive URIs from this machine's apt sources, lists refreshed at most once
 # a day.
+# (a suite of debian-apt.sh's EXTRA_SUITES gets its own lists)
+export VMEMSPECT_APT_SUITE=$suite
 . "$(dirname "$0")/debian-apt.sh"
 case " $SECURITY_SUITES " in
   *" $suite "*) [ -n "$sec_uri" ] ||

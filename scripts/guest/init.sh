@@ -30,7 +30,8 @@ fail() {
 	while :; do sleep 3600; done
 }
 
-insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
+# (a developer's own build may have it built in: CONFIG_FW_CFG_SYSFS=y)
+[ -d /sys/firmware/qemu_fw_cfg ] || insmod /lib/modules/qemu_fw_cfg.ko || fail "insmod qemu_fw_cfg"
 FWC=/sys/firmware/qemu_fw_cfg/by_name/opt/vmemspect
 [ -d /vmemspect-opt ] && FWC=/vmemspect-opt
 # The control port (aftermath, kdump capture): the second UART, or hvc0 on
@@ -122,6 +123,14 @@ numa)
 	before=$(cat $n1)
 	echo $((before + 20)) > $n1 || fail "node1 nr_hugepages"
 	echo "step node1_2M:$before->$(cat $n1)" >> $steps
+	;;
+torture)
+	# scripts/testbed/torture.py: hugetlbfs mounts for the agent; the
+	# operations come over the control port after READY (agent below).
+	mkdir -p /mnt/h2m /mnt/h1g
+	mount -t hugetlbfs -o pagesize=2M none /mnt/h2m || fail "mount hugetlbfs 2M"
+	[ -d /sys/kernel/mm/hugepages/hugepages-1048576kB ] &&
+		mount -t hugetlbfs -o pagesize=1G none /mnt/h1g
 	;;
 hotplug)
 	mom=$(cat /sys/module/memory_hotplug/parameters/memmap_on_memory 2>/dev/null)
@@ -268,6 +277,32 @@ if [ -e "$FWC/aftermath/raw" ]; then
 	# are lost.
 	ctl_open 3
 fi
+# The torture agent (opt-in: fw_cfg opt/vmemspect/agent holds its shell
+# library, scripts/guest/torture-agent.sh): after READY, each line on the
+# control port is a base64'd sh script, run with the library's functions;
+# its output (stdout and stderr), the kernel's new messages and its exit
+# status go back on the same port between "@R BEGIN" and "@R END <rc>".
+if [ -e "$FWC/agent/raw" ]; then
+	ctl_open 3
+	exec 4> $CTL
+fi
+agent_loop() {
+	cp "$FWC/agent/raw" /tmp/agent.sh
+	dmesg -c > /dev/null
+	while read -r line <&3; do
+		echo "$line" | base64 -d > /tmp/op.sh 2> /dev/null
+		( . /tmp/agent.sh; . /tmp/op.sh ) < /dev/null > /tmp/op.out 2>&1
+		rc=$?
+		dmesg -c > /tmp/op.kmsg 2>&1
+		{
+			echo "@R BEGIN"
+			base64 /tmp/op.out
+			echo "@R KMSG"
+			base64 /tmp/op.kmsg
+			echo "@R END $rc"
+		} >&4
+	done
+}
 
 # "kdump capture" runs (scripts/testbed/kdump.py) add this: load a capture
 # kernel, and panic into it when the host says so.
@@ -278,4 +313,5 @@ if [ -e "$FWC/aftermath/raw" ]; then
 	read -r go <&3
 	aftermath
 fi
+[ -e "$FWC/agent/raw" ] && agent_loop
 while :; do sleep 3600; done

@@ -10,6 +10,8 @@
     python3 scripts/testbed dumps                    the dump sources
     python3 scripts/testbed dump-info FILE           format, real compression, ELF gaps
     python3 scripts/testbed capture-tools [--arch A] kexec and makedumpfile builds of kdump captures
+    python3 scripts/testbed torture --kernel ID --seed S --steps N [--minimize]
+                                    the HVO torture run (docs/torture.md)
 
 e.g. a real kdump capture, with QEMU's dump of the same state beside it:
     python3 scripts/testbed run --kernel 7.2 --dump kdump --dump capture-zstd-newest --summary
@@ -97,7 +99,74 @@ def main(argv: list[str] | None = None) -> int:
                         help="the kexec and makedumpfile builds kdump captures use (JSON; fetches the newest)")
     ct.add_argument("--arch", default="x86_64", choices=list(testbed.ARCHES),
                     help="of guests of this architecture")
+    t = sub.add_parser("torture", help="the HVO torture run: random HVO kernel paths, verify after "
+                                        "every step (docs/torture.md); prints summary.json's path")
+    t.add_argument("--kernel", default="7.2", choices=list(KERNELS))
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--steps", type=int, default=40)
+    t.add_argument("--out", type=Path, help="run dir (default: under $VMEMSPECT_TEST_RUNS/torture)")
+    t.add_argument("--minimize", action="store_true",
+                   help="on a finding, delta-debug the steps from fresh boots and write reproducer.sh")
+    t.add_argument("--replay", type=Path, metavar="OPS_JSONL",
+                   help="replay a run's operation log (from a fresh boot) instead of drawing")
+    t.add_argument("--quiet", action="store_true", help="no line per step")
+    t.add_argument("--exclude", default="", metavar="OP,...",
+                   help="operations never to draw (names as in ops.jsonl, e.g. compact,offline)")
+    t.add_argument("--kernel-image", metavar="PATH",
+                   help="a developer's own x86_64 build (bzImage) instead of a registry kernel")
+    t.add_argument("--vmlinux", metavar="PATH", help="its vmlinux (DWARF; else the kernel's BTF)")
+    t.add_argument("--modules", metavar="DIR",
+                   help="where its qemu_fw_cfg.ko is (e.g. the build's modules install dir); "
+                        "not needed with CONFIG_FW_CFG_SYSFS=y")
     a = ap.parse_args(argv)
+    if a.cmd == "torture":
+        from testbed import torture as _t
+        pr = None if a.quiet else (lambda x: print(x, file=sys.stderr, flush=True))
+        try:
+            if a.replay and a.minimize:
+                # minimize a recorded finding (the log's step that has one)
+                cfg, ops, head = _t.load_log(a.replay)
+                recs = [json.loads(x) for x in a.replay.read_text().splitlines()[1:] if x.strip()]
+                hits = [r for r in recs if r.get("finding") or r.get("kmsg_alarms")]
+                if not hits:
+                    print("testbed: no finding in that log", file=sys.stderr)
+                    return 2
+                f = hits[0]
+                out = a.out or a.replay.parent
+                out.mkdir(parents=True, exist_ok=True)
+                r = _t.minimize_and_write(cfg, ops[:f["step"]], _t.signature(f), out,
+                                          _t.quiet_steps(recs, head.get("boot_state") or {}),
+                                          head.get("release", ""), pr)
+                print(json.dumps(r, indent=1))
+                return 3 if r["minimized"]["reproduced"] else 0
+            if a.replay:
+                cfg, ops, _ = _t.load_log(a.replay)
+                out = a.out or _t.runs_dir() / f"replay-{cfg.kernel}-{os.getpid()}"
+                out.mkdir(parents=True, exist_ok=True)
+                r = _t.replay(cfg, ops, out, check_every=True)
+                f = r["finding"]
+                print(json.dumps({"steps": len(r["records"]), "finding": f and {
+                    "step": f["step"], "signature": list(_t.signature(f))}}, indent=1))
+                return 3 if f else 0
+            own = ({"kernel_image": a.kernel_image, "vmlinux": a.vmlinux, "modules": a.modules}
+                   if a.kernel_image else None)
+            s = _t.torture(a.kernel, a.seed, a.steps, a.out, minimize_it=a.minimize, print_fn=pr,
+                           own=own, exclude=tuple(x for x in a.exclude.split(",") if x))
+        except TestbedError as e:
+            print(f"testbed: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("testbed: interrupted (QEMU stopped)", file=sys.stderr)
+            return 130
+        keep = ("kernel", "release", "seed", "steps_run", "refused", "check_s", "step_s_mean",
+                "finding", "run_s", "minimized", "reproducer")
+        brief = {k: s.get(k) for k in keep if k in s}
+        if brief.get("finding"):
+            brief["finding"] = {k: v for k, v in brief["finding"].items() if k != "findings"}
+            brief["confirmed_by"] = s["confirmation"]["confirmed_by"]
+        print(json.dumps(brief, indent=1), file=sys.stderr)
+        print(Path(s["out_dir"]) / "summary.json")
+        return 3 if s.get("finding") else 0
 
     if a.cmd == "dumps":
         for n, src in DUMPS.items():

@@ -22,7 +22,7 @@ from .kernels import ARCHES, Arch
 
 # Bump when the layout of the initramfs changes in this file.
 INITRAMFS_FORMAT = "1"
-GUEST_PROGRAMS = ("kpf", "hugehold")
+GUEST_PROGRAMS = ("kpf", "hugehold", "hugetorture")
 
 
 def build_guest_programs(arch: Arch | None = None) -> dict[str, Path]:

@@ -119,6 +119,10 @@ KERNELS: dict[str, Kernel] = {k.id: k for k in (
            desc="Debian 12 backports", boot_attempts=6),
     Kernel("6.12", "6.12", "cloud", "trixie", True, "pointer", desc="Debian 13"),
     Kernel("7.2", "7.2", "cloud", "sid", True, "mask", desc="unstable"),
+    # The newest kernel Debian ships (hvo-facts.md: 7.3.4+deb13 seen);
+    # without its -dbg (about 350 MB): vmemspect reads its BTF.
+    Kernel("7.3", "7.3", "cloud", "trixie-backports", False, "mask",
+           desc="Debian 13 backports, no -dbg (BTF)"),
     Kernel("6.12-rt", "6.12", "rt", "trixie", False, "pointer",
            desc="Debian 13 PREEMPT_RT, no -dbg (BTF)"),
     Kernel("7.2-rt", "7.2", "rt", "sid", False, "mask",

@@ -1,0 +1,202 @@
+#!/bin/sh
+# A torture run's minimized reproducer (scripts/testbed/torture.py).
+# Seen on 6.12.117+deb13-cloud-amd64, booted with: hugetlb_free_vmemmap=on nokaslr
+# (QEMU: 2 NUMA nodes of 2+3 GiB.)
+# Runs as root on a machine booted that way, with hugetorture
+# (scripts/guest/hugetorture.c: gcc -static -O2 -o hugetorture hugetorture.c)
+# and kpf (scripts/guest/kpf.c) in $PATH.  Then check the state with
+#   vmemspect live verify
+set -u
+mkdir -p /mnt/h2m /mnt/h1g
+mountpoint -q /mnt/h2m || mount -t hugetlbfs -o pagesize=2M none /mnt/h2m
+mountpoint -q /mnt/h1g || mount -t hugetlbfs -o pagesize=1G none /mnt/h1g
+
+# ---- scripts/guest/torture-agent.sh
+# torture-agent.sh: the operations of a torture run (scripts/testbed/torture.py).
+#
+# A library of sh functions (busybox sh, dash or bash), one per operation,
+# each a kernel path that touches HugeTLB Vmemmap Optimization.  The test
+# bed's guest sources it and runs one operation per step; a reproducer
+# (scripts/testbed torture ... --reproducer) is this file followed by the
+# operations in order, and runs as root on a real machine with sysfs, two
+# hugetlbfs mounts ($H2M, $H1G) and the test bed's helper hugetorture
+# (scripts/guest/hugetorture.c) in $PATH.
+#
+# An operation the kernel refuses (EBUSY, ENOMEM, EINVAL ...) prints the
+# refusal and returns 1: that is a normal outcome.
+
+HP=/sys/kernel/mm/hugepages
+NODES=/sys/devices/system/node
+MEMB=/sys/devices/system/memory
+H2M=${H2M:-/mnt/h2m}
+H1G=${H1G:-/mnt/h1g}
+T=${TORTURE_TMP:-/tmp}
+
+wr() {  # wr VALUE FILE: write VALUE, say whether the kernel took it
+	if (echo "$1" > "$2") 2> "$T/wr.err"; then
+		echo "write $1 > $2: ok"
+	else
+		echo "write $1 > $2: refused: $(sed 's/.*: //' "$T/wr.err")"
+		return 1
+	fi
+}
+
+hfile() {  # hfile SIZE_KB K: the K-th test file on the mount of that size
+	if [ "$1" = 1048576 ]; then echo "$H1G/f$2"; else echo "$H2M/f$2"; fi
+}
+
+hs() { echo "$HP/hugepages-$1kB"; }
+
+# ---- 1. pools, globally and per node
+op_pool() {  # op_pool SIZE_KB NODE|all COUNT
+	[ -d "$(hs $1)" ] || { echo "no hstate $1 kB"; return 1; }
+	if [ "$2" = all ]; then
+		wr "$3" "$(hs $1)/nr_hugepages"
+	else
+		[ -d "$NODES/node$2" ] || { echo "no node $2"; return 1; }
+		wr "$3" "$NODES/node$2/hugepages/hugepages-$1kB/nr_hugepages"
+	fi
+}
+
+# ---- 2. the sysctl
+op_sysctl() { wr "$1" /proc/sys/vm/hugetlb_optimize_vmemmap; }
+
+# ---- 4. demotion of 1 GiB folios
+op_demote() {  # op_demote COUNT [DEMOTE_SIZE_KB]
+	h=$(hs 1048576)
+	[ -e "$h/demote" ] || { echo "no demote in $h"; return 1; }
+	[ -n "$2" ] && { wr "${2}kB" "$h/demote_size" || return 1; }
+	wr "$1" "$h/demote"
+}
+
+# ---- 5. surplus pages
+op_overcommit() { wr "$2" "$(hs $1)/nr_overcommit_hugepages"; }  # SIZE_KB COUNT
+
+# ---- 6. hugetlbfs files
+op_falloc() { hugetorture falloc "$(hfile $1 $2)" "$3" "$4"; }     # SIZE K OFF N
+op_punch() { hugetorture punch "$(hfile $1 $2)" "$3" "$4"; }       # SIZE K OFF N
+op_truncate() { hugetorture truncate "$(hfile $1 $2)" "$3"; }      # SIZE K N
+op_fault() { hugetorture fault "$(hfile $1 $2)" "$3" | grep -v '^pfn'; }  # SIZE K N
+op_rm() { rm -f "$(hfile $1 $2)" && echo "rm $(hfile $1 $2)"; }   # SIZE K
+op_hold() {  # op_hold SIZE K N: a process keeps N pages of the file mapped
+	f=$(hfile $1 $2)
+	o="$T/hold.$1.$2.$$"
+	hugetorture hold "$f" "$3" > "$o" 2>&1 &
+	echo $! >> "$T/holders"
+	i=0
+	while ! grep -q -e hold_done -e '^[a-z]*:' "$o" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	if grep -q hold_done "$o"; then echo "hold $3 pages of $f (pid $!)"; else echo "hold failed: $(grep -v '^pfn' "$o")"; return 1; fi
+}
+op_unhold() {  # op_unhold: every holding process unmaps (exits)
+	for p in $(cat "$T/holders" 2>/dev/null); do kill $p 2>/dev/null; done
+	for p in $(cat "$T/holders" 2>/dev/null); do wait $p 2>/dev/null; done
+	rm -f "$T/holders"
+	echo "holders released"
+}
+
+# ---- 7. migration between nodes
+op_move() { hugetorture move "$(hfile $1 $2)" "$3" | grep -v '^pfn'; }    # SIZE K NODE
+op_mbind() { hugetorture mbind "$(hfile $1 $2)" "$3" | grep -v '^pfn'; }  # SIZE K NODE
+
+# the I-th hugetlb folio head (mod their number) in /proc/kpageflags order
+folio_pfn() {
+	kpf | awk -v i="$1" '$1 == "kpf" { p[n++] = $2 } END { if (n) print p[i % n] }'
+}
+
+# ---- 8. memory blocks: offline the one holding a hugetlb folio, online all
+op_offline() {  # op_offline I
+	pfn=$(folio_pfn "$1")
+	[ -n "$pfn" ] || { echo "no hugetlb folio"; return 1; }
+	bs=$((0x$(cat $MEMB/block_size_bytes)))
+	b=$(( pfn * 4096 / bs ))
+	echo "folio $pfn in memory$b"
+	wr offline "$MEMB/memory$b/state"
+}
+op_online() {  # op_online: online every offline block
+	n=0
+	for s in $MEMB/memory*/state; do
+		[ "$(cat $s)" = offline ] || continue
+		wr online "$s" || n=$((n + 1))
+	done
+	[ $n = 0 ]
+}
+
+# ---- 9. soft offline and hardware poison
+op_soft_offline() {  # op_soft_offline I [TAIL]: folio I's head (or a tail page)
+	pfn=$(folio_pfn "$1")
+	[ -n "$pfn" ] || { echo "no hugetlb folio"; return 1; }
+	wr $(( (pfn + ${2:-0}) * 4096 )) "$MEMB/soft_offline_page"
+}
+op_madv() { hugetorture madv "$(hfile $1 $2)" "$3" "$4"; }  # SIZE K PAGE soft|hwpoison
+
+# ---- 10. memory pressure
+op_pressure() {  # op_pressure PERCENT [CAP_MB]: a process takes PERCENT of MemAvailable (at most CAP_MB)
+	a=$(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo)
+	mb=$(( a * $1 / 100 ))
+	[ -n "${2:-}" ] && [ $mb -gt $2 ] && mb=$2
+	o="$T/hog.$$"
+	hugetorture hog $mb > "$o" 2>&1 &
+	echo $! >> "$T/hogs"
+	i=0
+	while ! grep -q hold_done "$o" && kill -0 $! 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+	echo "hog of $mb MiB: $(cat "$o" | tr '\n' ' ')"
+}
+op_unpressure() {
+	for p in $(cat "$T/hogs" 2>/dev/null); do kill $p 2>/dev/null; done
+	for p in $(cat "$T/hogs" 2>/dev/null); do wait $p 2>/dev/null; done
+	rm -f "$T/hogs"
+	echo "hogs released"
+}
+
+# ---- 11. compaction
+op_compact() { wr 1 /proc/sys/vm/compact_memory; }
+
+# ---- aftermath: release everything and empty every pool
+op_empty() {
+	op_unhold
+	op_unpressure
+	rm -f "$H2M"/* "$H1G"/* 2> /dev/null
+	for d in $HP/hugepages-*kB; do
+		echo 0 > $d/nr_overcommit_hugepages 2> /dev/null
+		wr 0 $d/nr_hugepages
+	done
+}
+
+# ---- what the kernel says about itself (after every operation)
+state() {
+	for d in $HP/hugepages-*kB; do
+		echo "pool ${d##*hugepages-} nr=$(cat $d/nr_hugepages) free=$(cat $d/free_hugepages) surplus=$(cat $d/surplus_hugepages) resv=$(cat $d/resv_hugepages)$(for n in $NODES/node[0-9]*; do printf ' n%s=%s' ${n##*node} $(cat $n/hugepages/${d##*/}/nr_hugepages); done)"
+	done
+	echo "sysctl $(cat /proc/sys/vm/hugetlb_optimize_vmemmap 2> /dev/null)"
+	grep -E '^nr_memmap' /proc/vmstat | sed 's/^/vmstat /'
+	echo "memfree $(awk '/^MemFree/ { print $2 }' /proc/meminfo)"
+	echo "offline_blocks $(grep -l offline $MEMB/memory*/state 2> /dev/null | wc -l)"
+}
+# ---- the operations
+op_pool 1048576 all 1
+op_demote 1
+state
+
+# What vmemspect printed on this state (vmemspect vmcore DUMP -s VMLINUX verify):
+#   flag-vs-mapping: 511 finding(s) on 511 folio(s)
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected vmemmap remapped; found HPG_vmemmap_optimized=set, 8 distinct frames for 8 vmemmap pages
+#     folio pfn 0x140400 (hugepages-2048kB, node 1 Normal, free): expected vmemmap remapped; found HPG_vmemmap_optimized=set, 8 distinct frames for 8 vmemmap pages
+#     folio pfn 0x140600 (hugepages-2048kB, node 1 Normal, free): expected vmemmap remapped; found HPG_vmemmap_optimized=set, 8 distinct frames for 8 vmemmap pages
+#     ... 508 more (folios 0x140800, 0x140a00, 0x140c00, 0x140e00, 0x141000, 0x141200, 0x141400, 0x141600, ...); --all lists every one
+#     then: flag set, vmemmap not remapped: freeing or demoting this folio makes the kernel restore vmemmap it never freed; that decrements hugetlb_optimize_vmemmap_key for a folio it never counted (underflow: WARNING in static_key_dec_not_one, seen on 6.12.117) and the vmemmap pages it never freed stay allocated (nr_memmap_pages stays up)
+#   tail-frame: 3577 finding(s) on 511 folio(s)
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected the folio's head frame (pfn 0x102156); found 1 tail vmemmap page(s) on pfn 0x102155
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected the folio's head frame (pfn 0x102156); found 1 tail vmemmap page(s) on pfn 0x102154
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected the folio's head frame (pfn 0x102156); found 1 tail vmemmap page(s) on pfn 0x102153
+#     ... 3574 more (folios 0x140800, 0x140a00, 0x140c00, 0x140e00, 0x141000, 0x141200, 0x141400, 0x141600, ...); --all lists every one
+#     then: the folio's tail struct pages read another frame's contents: compound_head(), page_zone() and folio lookups of its pages answer for that frame
+#   tail-readonly: 3577 finding(s) on 511 folio(s)
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected read-only pte; found 1 of 1 writable, levels pte
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected read-only pte; found 1 of 1 writable, levels pte
+#     folio pfn 0x140200 (hugepages-2048kB, node 1 Normal, free): expected read-only pte; found 1 of 1 writable, levels pte
+#     ... 3574 more (folios 0x140800, 0x140a00, 0x140c00, 0x140e00, 0x141000, 0x141200, 0x141400, 0x141600, ...); --all lists every one
+#     then: a write through this mapping changes the folio's head page, which shares this frame
+#   kernel-count: 1 finding(s)
+#     hugetlb_optimize_vmemmap_key: expected its count (1) = folios with HPG_vmemmap_optimized; found 512 flagged folios (1 with remapped vmemmap)
+#     then: freeing the flagged folios decrements the key 512 times, 511 more than its count: it underflows (WARNING in static_key_dec_not_one)
+#   VIOLATED: 7666 finding(s) on 511 folio(s), 512 folios checked, 0 unknown
