@@ -175,6 +175,9 @@ def _reassemble(flat: Path, out: Path) -> str:
     with open(flat, "rb") as f:
         magic = f.read(16)
     if magic.startswith(b"makedumpfile") and mdf:
+        # makedumpfile will not write over a file: a dump of an earlier run
+        # into the same directory goes first.
+        out.unlink(missing_ok=True)
         with open(flat, "rb") as src:
             p = subprocess.run([mdf, "-R", str(out)], stdin=src, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
