@@ -169,6 +169,8 @@ def test_demoted_gigantic_folio_is_named():
         f"all 511 lie in one 1 GiB-aligned block, pfn {start:#x}-{start + GIGA - 1:#x}; "
         f"with its first folio, pfn {start:#x}, which is clean")
     assert "512 hugepages-2048kB folios: one demoted hugepages-1048576kB folio" in c.provenance
+    # The 6.12 demotion bug's pattern: named, with its document.
+    assert c.known_bug and "docs/known-bugs.md" in c.known_bug and "6.12" in c.known_bug
 
 
 @pytest.mark.parametrize("first, words", [
@@ -183,7 +185,7 @@ def test_block_whose_first_is_not_clean_is_not_called_demoted(first, words):
     findings = demoted(start)
     (c,) = diagnose(findings, HSTATES, lambda pfn: first)
     assert not c.blocks[0].all_but_first
-    assert "demoted" not in c.provenance
+    assert "demoted" not in c.provenance and c.known_bug is None
     assert c.provenance.startswith(f"all 511 lie in one 1 GiB-aligned block, "
                                    f"pfn {start:#x}-{start + GIGA - 1:#x} (511 of the 512 ")
     assert f"; its first pfn, {start:#x}: {words}" in c.provenance

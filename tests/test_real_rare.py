@@ -216,6 +216,9 @@ def test_one_root_cause(rare):
                             f"pfn {rng.start:#x}, which is clean")
     assert f"{GIGANTIC_PAGES // HUGE_PAGES} hugepages-2048kB folios: one demoted " \
            "hugepages-1048576kB folio" in where
+    # vmemspect names the known bug and its document (issue 20).
+    known = next(ln for ln in lines if ln.startswith("  known: "))
+    assert "known kernel bug" in known and "docs/known-bugs.md" in known
     assert f"    tail-frame: {leak * TAIL_VMEMMAP} finding(s) on the same {leak} folio(s)" in lines
     assert f"    tail-readonly: {leak * TAIL_VMEMMAP} finding(s) on the same {leak} folio(s)" \
         in lines

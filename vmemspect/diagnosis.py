@@ -129,6 +129,9 @@ class Cause:
     blocks: Tuple[Block, ...] = ()
     #: Where its folios come from, in words (None: nothing they share).
     provenance: Optional[str] = None
+    #: The known kernel bug whose pattern this is (docs/known-bugs.md), in
+    #: words; None if none.
+    known_bug: Optional[str] = None
 
     @property
     def title(self) -> Optional[str]:
@@ -292,6 +295,27 @@ def _provenance(g: dict, blocks: List[Block], hstates: Sequence[Tuple[str, int]]
     return None
 
 
+#: Known kernel bugs (docs/known-bugs.md) by the pattern they leave.
+KNOWN_BUGS = {
+    "6.12-demote": "the pattern of a known kernel bug: demoting a gigantic hugetlb folio on "
+                   "6.12 (Debian's 6.12 builds, every suite and flavour measured) leaves every "
+                   "new folio but the first flagged HPG_vmemmap_optimized with its vmemmap "
+                   "never remapped; docs/known-bugs.md, section 1, has the reproducer and the "
+                   "cause",
+}
+
+
+def known_bug(cause: "Cause") -> Optional[str]:
+    """Which known bug's pattern (:data:`KNOWN_BUGS`) a cause is, if any:
+    the 6.12 demotion bug is flagged-not-remapped folios that fill each of
+    their gigantic-aligned blocks but the first, whose first folio is
+    clean."""
+    if (cause.cause == "flag-not-remapped" and cause.blocks
+            and all(b.all_but_first for b in cause.blocks)):
+        return "6.12-demote"
+    return None
+
+
 def diagnose(
     findings: Sequence[Finding],
     hstates: Sequence[Tuple[str, int]] = (),
@@ -324,7 +348,7 @@ def diagnose(
     out = []
     for g in _groups(findings):
         blocks = _blocks(g, hstates, folio_at)
-        out.append(Cause(
+        cause = Cause(
             cause=g["cause"],
             check=g["check"],
             findings=tuple(g["findings"]),
@@ -334,7 +358,9 @@ def diagnose(
                           for (check, consequence), (idx, folios) in g["implied"].items()),
             blocks=tuple(blocks),
             provenance=_provenance(g, blocks, hstates),
-        ))
+        )
+        bug = known_bug(cause)
+        out.append(dataclasses.replace(cause, known_bug=KNOWN_BUGS[bug]) if bug else cause)
     return out
 
 

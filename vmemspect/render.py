@@ -404,6 +404,7 @@ def cause_doc(c: Cause) -> Dict[str, Any]:
             for b in c.blocks
         ],
         "provenance": c.provenance,
+        "known_bug": c.known_bug,
     }
 
 
@@ -747,6 +748,8 @@ def _grouped_findings(doc: Dict[str, Any]) -> List[str]:
                          + "; --all lists every one")
         if c["provenance"]:
             lines.append(f"  where: {c['provenance']}")
+        if c.get("known_bug"):
+            lines.append(f"  known: {c['known_bug']}")
         if c["consequence"]:
             lines.append(f"  then: {c['consequence']}")
         if c["implied"]:
