@@ -73,12 +73,14 @@ def grouped_matches_full(run) -> None:
     assert texts[2] == texts[0]
     # folios' rows from the grouped scan: the same JSON as reading in full.
     full = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=True)
-    rows = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=False,
-                        rows=folio_rows())
-    a, b = io.StringIO(), io.StringIO()
+    a = io.StringIO()
     write_json(folios_doc(full, full.folios), a.write)
-    write_json(folios_doc(rows), b.write)
-    assert a.getvalue() == b.getvalue()
+    for jobs in (1, 3):
+        rows = build_report(open_vmcore(run["elf"], run["vmlinux"]), keep_folios=False,
+                            rows=folio_rows(), jobs=jobs)
+        b = io.StringIO()
+        write_json(folios_doc(rows), b.write)
+        assert a.getvalue() == b.getvalue(), jobs
 
 
 def keys_match_records(prog, report) -> None:

@@ -74,8 +74,9 @@ def _json(doc) -> str:
     return out.getvalue()
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURE.parent.glob("*.kdump")))
-def test_rows_of_grouped_scan_equal_full_reads(fixture):
+def test_rows_of_grouped_scan_equal_full_reads(fixture, jobs):
     """folios (and the pointer form's tails) write a row per folio from the
     grouped scan: a folio counted like a clean one gets that one's row with
     its own addresses and frames. The same JSON, byte for byte, as reading
@@ -83,10 +84,12 @@ def test_rows_of_grouped_scan_equal_full_reads(fixture):
     HVO on and off)."""
     path = str(FIXTURE.parent / fixture)
     full = build_report(open_vmcore(path, None), keep_folios=True)
-    rows = build_report(open_vmcore(path, None), keep_folios=False, rows=folio_rows())
+    rows = build_report(open_vmcore(path, None), keep_folios=False, rows=folio_rows(),
+                        jobs=jobs)
     assert _json(folios_doc(rows)) == _json(folios_doc(full, full.folios))
     if full.model.form == "pointer":
-        aliased = build_report(open_vmcore(path, None), keep_folios=False, rows=aliased_rows())
+        aliased = build_report(open_vmcore(path, None), keep_folios=False, rows=aliased_rows(),
+                               jobs=jobs)
         assert _json(tails_doc(aliased)) == _json(tails_doc(full))
 
 

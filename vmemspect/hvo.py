@@ -671,8 +671,8 @@ def scan_folio_groups(
         (:func:`~vmemspect.checks.folio_group_keyer`); without it no folio
         is grouped.
     :param like: told ``(the first record of its key, its struct page
-        address)`` of each folio counted like another, in list order (and
-        only without workers: theirs are counted inside the list walk).
+        address)`` of each folio counted like another, in list order (with
+        workers too: from inside the list walk).
     :param workers: filled with what the workers did (``started``,
         ``failed``: why they failed, None if they did not; ``cpu_seconds``)
         when ``jobs`` asked for them.
@@ -718,11 +718,17 @@ def scan_folio_groups(
         s = skip.get((h.index, state, nid))
         if s is None:
             on_skip = None
-            if sweep is not None:
-                order, add_like = h.order, sweep.add_like
+            if sweep is not None or like is not None:
+                order, prefix = h.order, (h.index, state, nid)
+                add_like = sweep.add_like if sweep is not None else None
 
                 def on_skip(pos: int, kid: int) -> None:
-                    add_like(pos - lru, order, kid_pairs[kid])
+                    # A folio the walk counts like the clean first of its
+                    # key, in list order: the sweep and ``like`` are told.
+                    if add_like is not None:
+                        add_like(pos - lru, order, kid_pairs[kid])
+                    if like is not None:
+                        like(groups[prefix + keys[kid]][0], pos - lru)
             s = skip[(h.index, state, nid)] = (bytearray(len(keys)), [0] * len(keys), on_skip)
         return s
 

@@ -235,9 +235,8 @@ class Grouped:
 
     def pairs(self, ctx: ScanContext, workers: dict) -> Iterator[Tuple[FolioVmemmap, int, bool]]:
         # A consumer that wants every folio in order (rows) is told of each
-        # one counted like another; workers count theirs inside the walk.
-        jobs = 1 if ctx.on_like is not None else self.jobs
-        return scan_folio_groups(ctx.prog, ctx.clean, ctx.cut, ctx.broken, jobs,
+        # one counted like another, in list order (workers' too).
+        return scan_folio_groups(ctx.prog, ctx.clean, ctx.cut, ctx.broken, self.jobs,
                                  ctx.sweep, ctx.keyer(), workers, ctx.on_like)
 
 
