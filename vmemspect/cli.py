@@ -177,9 +177,10 @@ def report_cmd(as_json, fmt, no_progress, jobs) -> None:
 @click.option("--state", type=click.Choice(["free", "in-use"]), help="Only free or in-use folios.")
 @click.option("--optimized/--not-optimized", default=None, help="Only folios with/without HVO.")
 @_output_options
-def folios_cmd(hstate, nid, state, optimized, as_json, fmt, no_progress) -> None:
+@_jobs_option
+def folios_cmd(hstate, nid, state, optimized, as_json, fmt, no_progress, jobs) -> None:
     """A row per hugetlb folio, with its vmemmap frames and verdict."""
-    c = _ctx(as_json, fmt, no_progress)
+    c = _ctx(as_json, fmt, no_progress, jobs)
     model = kernel_model(c.prog)
     report = c.report(folio_rows(folio_filter(model, None, hstate, nid, state, optimized)))
     folio_filter(model, report.hstates, hstate)  # an hstate this kernel lacks: say so
