@@ -812,6 +812,7 @@ def build_kernel(
     spare_frames: int = 4,
     generation: str = "default",
     hvo_key: Optional[int] = None,
+    hide: Sequence[str] = (),
 ) -> SyntheticKernel:
     """
     Build a synthetic kernel.
@@ -1202,6 +1203,8 @@ def build_kernel(
                                                             START_KERNEL_MAP + 0x1200000)
 
     def find_object(prog_, name, flags, filename):
+        if name in hide:
+            return None
         if flags & FindObjectFlags.CONSTANT and name in constants:
             t, v = constants[name]
             return Object(prog_, t, v)

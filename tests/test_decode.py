@@ -24,7 +24,8 @@ def model(form: str, sizeof_page: int = 64) -> KernelModel:
         info_member="compound_info" if form == "mask" else "compound_head", form=form,
         tails_owner="zone" if form == "mask" else None, tails_len=16 if form == "mask" else 0,
         tail_min_order=7, hugetlb=True, hvo_built=True, hugetlb_unit="folio", hvo_key=False,
-        off_order=64, order_source="test", evidence=(), off_flags=0, off_info=8,
+        off_order=64, order_source="test", evidence=(), defaults=(), section_size_bits=27,
+        off_flags=0, off_info=8,
         off_lru=8, off_mapping=24, off_private=40, off_refcount=52, pg_head=6,
         hpg_vmemmap_optimized=4, nodes_pgoff=54, nodes_mask=1023, zones_pgoff=51, zones_mask=7,
         vmemmap_start=VMEMMAP, pgtable_levels=4)

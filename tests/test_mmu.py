@@ -15,9 +15,9 @@ from vmemspect.mmu import (
     PageTableWalker,
     install_kernel_va,
     page_table_format,
-    parse_vmcoreinfo,
     riscv64_kernel_root,
 )
+from vmemspect.vmcoreinfo import parse_vmcoreinfo
 
 V, R, W, X, A, D, G = 1, 2, 4, 8, 64, 128, 32
 KERNEL_RW = V | R | W | A | D | G       # PAGE_KERNEL

@@ -62,6 +62,46 @@ def test_vmemspect_is_this_checkout():
 # 1. Form detection from the types
 
 
+def test_no_defaults_when_the_kernel_says():
+    """Every fact the synthetic kernel states is taken from it: no default."""
+    m = kernel_model(build_kernel(folios=[]).prog)
+    assert m.defaults == ()
+    assert (m.section_size_bits, m.pg_head, m.hpg_vmemmap_optimized) == (27, 6, 4)
+
+
+def test_facts_fall_back_to_written_defaults(capsys):
+    """A fact the kernel does not state falls back to a default that the
+    evidence line and the JSON name; a fact VMCOREINFO states (PG_head's
+    mask) is taken from there, not defaulted; the model still serves."""
+    k = build_kernel(hide=("HPG_vmemmap_optimized", "HPG_migratable", "PG_head"))
+    m = kernel_model(k.prog)
+    assert m.defaults == (
+        "HPG_vmemmap_optimized = 4 (default: no enumerator)",
+        "HPG_migratable = 1 (default: no enumerator)",
+    )
+    assert m.pg_head == 6 and "PG_head" not in " ".join(m.defaults)
+    assert set(m.defaults) <= set(m.evidence)
+    assert run(["verify"], prog=k.prog) == 0
+    capsys.readouterr()
+    run(["--json"], prog=k.prog)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kernel"]["defaults"] == list(m.defaults)
+
+
+def test_a_wrong_default_is_named_beside_the_verdict(capsys):
+    """The synthetic kernel has 5 zones (3 zone bits); without the
+    enumerator the default of 4 zones (2 bits) misreads every folio's zone:
+    verify reports it, and the report's evidence names the default it
+    rests on."""
+    k = build_kernel(hide=("__MAX_NR_ZONES",))
+    assert run(["verify"], prog=k.prog) == 1
+    capsys.readouterr()
+    run([], prog=k.prog)
+    out = capsys.readouterr().out
+    assert "__MAX_NR_ZONES = 4 (default: no enumerator)" in out
+
+
+
 @pytest.mark.parametrize("kw, form, member, owner, tails_len", [
     (dict(form="mask"), "mask", "compound_info", "zone", 16),
     (dict(form="mask", tails_owner="pglist_data"), "mask", "compound_info", "pglist_data", 16),

@@ -49,6 +49,8 @@ from drgn import (
 )
 
 from .errors import VmemspectError
+from .progcache import cache_set
+from .vmcoreinfo import program_vmcoreinfo, vmcoreinfo_number
 
 __all__ = (
     "BTF_MAGIC",
@@ -685,18 +687,7 @@ class BtfTypes:
         return length
 
     def _vmcoreinfo_length(self, name: str) -> Optional[int]:
-        try:
-            info = self.prog["VMCOREINFO"].string_().decode()
-        except (LookupError, drgn.FaultError, ValueError):
-            return None
-        key = f"LENGTH({name})="
-        for line in info.splitlines():
-            if line.startswith(key):
-                try:
-                    return int(line[len(key):], 0)
-                except ValueError:
-                    return None
-        return None
+        return vmcoreinfo_number(program_vmcoreinfo(self.prog), f"LENGTH({name})")
 
     def _btf_length(self, macro: str) -> Optional[int]:
         prog = self.prog
@@ -796,14 +787,14 @@ def load_btf_types(prog: Program, btf: Btf) -> BtfTypes:
     """
     Serve ``btf``'s types, enumerators and the globals of :data:`GLOBALS` to
     ``prog`` through a type finder and an object finder (after drgn's own),
-    and mark the program's type source: ``prog.cache["vmemspect_types"] =
-    "btf"``. Kallsyms symbols must be loaded for the globals.
+    and mark the program's type source: the ``types`` key of
+    :mod:`vmemspect.progcache` is ``"btf"``. Kallsyms symbols must be loaded for the globals.
     """
     types = BtfTypes(prog, btf)
     prog.register_type_finder("vmemspect-btf", types.find_type, enable_index=-1)
     prog.register_object_finder("vmemspect-btf", types.find_object, enable_index=-1)
-    prog.cache["vmemspect_types"] = "btf"
-    prog.cache["vmemspect_btf"] = types
+    cache_set(prog, "types", "btf")
+    cache_set(prog, "btf", types)
     return types
 
 

@@ -43,10 +43,10 @@ from .render import (
     verify_doc,
     write_json,
 )
-from .mmu import parse_vmcoreinfo
 from .parallel import default_jobs
 from .report import Report, RowSink, build_report, folio_filter, parse_page_ref
 from .target import find_vmcoreinfo, open_live, open_vmcore
+from .vmcoreinfo import parse_vmcoreinfo
 
 #: A bug in vmemspect (the one-line message asks for VMEMSPECT_DEBUG=1).
 EXIT_INTERNAL = 3

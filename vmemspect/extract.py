@@ -43,6 +43,7 @@ from .errors import VmemspectError
 from .hvo import decode_page
 from .kernel import kernel_model
 from .pagetable import MissingMemory
+from .progcache import cache_get
 from .fastscan import fast_scan
 from .render import folios_doc, report_doc, savings_doc, tails_doc, verify_doc
 from .report import build_report
@@ -378,7 +379,7 @@ def _extract(source: Program, vmcoreinfo: bytes, path: str,
 
 def _vmlinux_of(source: Program) -> Optional[str]:
     """The DWARF vmlinux the source's types come from, if any."""
-    if source.cache.get("vmemspect_types") == "btf":
+    if cache_get(source, "types") == "btf":
         return None
     try:
         path = source.main_module().debug_file_path

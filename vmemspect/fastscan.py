@@ -85,11 +85,7 @@ def readonly_vmemmap_pages(prog: Program, shared_pfns: frozenset = frozenset()) 
     """
     model = kernel_model(prog)
     walker = page_table_walker(prog)
-    try:
-        section_bits = prog["SECTION_SIZE_BITS"].value_()
-    except (KeyError, LookupError):
-        section_bits = 27
-    section_pages = 1 << (section_bits - model.page_shift)
+    section_pages = 1 << (model.section_size_bits - model.page_shift)
     region = 512 << model.page_shift  # the vmemmap one PTE table maps
     ro = tables = missing = 0
     # Read-only and present: the present bit without the write bit.

@@ -16,12 +16,13 @@ import re
 import struct
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from drgn import FaultError, Object, Program, ProgramFlags, offsetof
+from drgn import FaultError, Object, Program, offsetof
 from drgn.helpers import ValidationError
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
 from .pagetable import MissingMemory, page_table_walker
+from .progcache import cache_get, cache_set
 
 __all__ = (
     "HugetlbFolio",
@@ -151,9 +152,9 @@ def zones(prog: Program) -> List[Zone]:
     Cached per program, except on a live kernel, whose ``vmemmap_tails[]``
     fill as folios of a new order are optimized.
     """
-    live = bool(prog.flags & ProgramFlags.IS_LIVE)
-    if not live and "vmemspect_zones" in prog.cache:
-        return prog.cache["vmemspect_zones"]
+    result = cache_get(prog, "zones")
+    if result is not None:
+        return result
     model = kernel_model(prog)
     result = []
     for pgdat in for_each_online_pgdat(prog):
@@ -176,8 +177,7 @@ def zones(prog: Program) -> List[Zone]:
             start = zone.zone_start_pfn.value_()
             result.append(Zone(nid, idx, name, start, start + spanned, zone.address_, tails))
     result.sort(key=lambda z: z.start_pfn)
-    if not live:
-        prog.cache["vmemspect_zones"] = result
+    cache_set(prog, "zones", result)
     return result
 
 
@@ -287,18 +287,14 @@ def frame_absence(prog: Program, pfn: int) -> str:
         max_pfn = None
     if max_pfn and pfn >= max_pfn:
         return f"not in the machine (beyond max_pfn {max_pfn:#x})"
-    present = prog.cache.get("vmemspect_present_sections")
+    present = cache_get(prog, "present_sections")
     if present is None:
         try:
             present = frozenset(nr for nr, _ in for_each_present_section(prog))
         except (KeyError, LookupError, FaultError):
             present = frozenset()
-        prog.cache["vmemspect_present_sections"] = present
-    section_shift = 27 - model.page_shift
-    try:
-        section_shift = prog["SECTION_SIZE_BITS"].value_() - model.page_shift
-    except (KeyError, LookupError):
-        pass
+        cache_set(prog, "present_sections", present)
+    section_shift = model.section_size_bits - model.page_shift
     if present and (pfn >> section_shift) not in present:
         return "not in the machine (in no present memory section)"
     return "not in the dump"
@@ -636,8 +632,9 @@ def kernel_freeable_kib(prog: Program) -> Dict[int, int]:
     the memmap counters (before 6.10), where it is the kernel's own figure
     for the savings; cached per program.
     """
-    if "vmemspect_freeable" in prog.cache:
-        return prog.cache["vmemspect_freeable"]
+    out = cache_get(prog, "freeable")
+    if out is not None:
+        return out
     out: Dict[int, int] = {}
     if kernel_model(prog).hvo_built and kernel_memmap_pages(prog) is None:
         try:
@@ -650,6 +647,5 @@ def kernel_freeable_kib(prog: Program) -> Dict[int, int]:
                     out[size_kib] = round(float(m[1]))
         except Exception:  # noqa: BLE001 - the log is a bonus, never an error
             out = {}
-    if not prog.flags & ProgramFlags.IS_LIVE:
-        prog.cache["vmemspect_freeable"] = out
+    cache_set(prog, "freeable", out)
     return out

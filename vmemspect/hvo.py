@@ -17,7 +17,6 @@ read-only, one frame for every folio of that order in the zone.
 """
 
 import array
-import bisect
 import collections
 import dataclasses
 import struct
@@ -680,7 +679,6 @@ def scan_folio_groups(
     model = kernel_model(prog)
     walker = page_table_walker(prog)
     zone_list = zones(prog)
-    shared = frozenset(model.struct_page_pfn(p) for z in zone_list for p in z.tails if p)
     cache: Dict[Tuple[int, int], FrameContents] = {}
     # key -> [first record, folios counted after it, list, key id] if clean, else None.
     groups: Dict[tuple, Optional[list]] = {}

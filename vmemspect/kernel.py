@@ -23,8 +23,9 @@ from drgn import FaultError, Program, ProgramFlags, offsetof, sizeof
 from drgn.helpers.linux.mm import pfn_to_page
 
 from .errors import VmemspectError
-from .mmu import parse_vmcoreinfo, riscv64_kernel_root
-from .target import vmcoreinfo_release
+from .mmu import riscv64_kernel_root
+from .progcache import cache_get, cached
+from .vmcoreinfo import program_vmcoreinfo, vmcoreinfo_number, vmcoreinfo_release
 
 __all__ = (
     "CompoundInfo",
@@ -85,6 +86,12 @@ class KernelModel:
     order_source: str
     #: Lines saying which types and symbols decided the above.
     evidence: Tuple[str, ...]
+    #: The facts no type, symbol or VMCOREINFO line gave, and the default
+    #: each fell back to (also at the end of ``evidence``): a verdict that
+    #: rests on one of these rests on a guess.
+    defaults: Tuple[str, ...]
+    #: SECTION_SIZE_BITS: a memory section is 2^this bytes.
+    section_size_bits: int
     # Offsets inside struct page / struct folio.
     off_flags: int
     off_info: int
@@ -176,15 +183,6 @@ def _member_offset(type_, name: str) -> int:
     return offsetof(type_, name)
 
 
-def _constant(prog: Program, name: str, default: Optional[int] = None) -> int:
-    try:
-        return prog.constant(name).value_()
-    except LookupError:
-        if default is None:
-            raise
-        return default
-
-
 def _optional_constant(prog: Program, name: str) -> Optional[int]:
     try:
         return prog.constant(name).value_()
@@ -192,11 +190,105 @@ def _optional_constant(prog: Program, name: str) -> Optional[int]:
         return None
 
 
-def _vmcoreinfo(prog: Program) -> bytes:
+@dataclasses.dataclass(frozen=True)
+class _Fact:
+    """One probed fact: its value, what said so, and whether that was only
+    a default because nothing in the kernel did."""
+
+    value: int
+    source: str
+    default: bool = False
+
+
+def _page_shift(prog: Program) -> _Fact:
+    """
+    PAGE_SHIFT: drgn's ``PAGE_SHIFT`` (from VMCOREINFO's ``PAGESIZE``,
+    written by every kernel since kexec's VMCOREINFO, 2.6.24), else 12.
+    """
+    if has_object(prog, "PAGE_SHIFT"):
+        return _Fact(prog["PAGE_SHIFT"].value_(), "PAGE_SHIFT")
+    size = vmcoreinfo_number(program_vmcoreinfo(prog), "PAGESIZE")
+    if size and size & (size - 1) == 0:
+        return _Fact(size.bit_length() - 1, "VMCOREINFO PAGESIZE")
+    return _Fact(12, "PAGE_SHIFT = 12 (default: no PAGE_SHIFT or VMCOREINFO PAGESIZE)", True)
+
+
+def _section_size_bits(prog: Program) -> _Fact:
+    """
+    SECTION_SIZE_BITS: drgn's object (from VMCOREINFO's
+    ``NUMBER(SECTION_SIZE_BITS)``, which the kernel writes for makedumpfile),
+    else that line read here, else 27 (x86_64's and riscv64's value).
+    """
+    if has_object(prog, "SECTION_SIZE_BITS"):
+        return _Fact(prog["SECTION_SIZE_BITS"].value_(), "SECTION_SIZE_BITS")
+    bits = vmcoreinfo_number(program_vmcoreinfo(prog), "NUMBER(SECTION_SIZE_BITS)")
+    if bits:
+        return _Fact(bits, "VMCOREINFO NUMBER(SECTION_SIZE_BITS)")
+    return _Fact(27, "SECTION_SIZE_BITS = 27 (default: not in the types or VMCOREINFO)", True)
+
+
+def _max_numnodes(prog: Program) -> _Fact:
+    """
+    MAX_NUMNODES (``1 << CONFIG_NODES_SHIFT``), which sizes the node field
+    of ``page->flags``: the length of ``node_data[]`` (x86_64 and riscv64
+    declare it ``[MAX_NUMNODES]``); 1 when the kernel has no ``node_data``
+    (CONFIG_NUMA=n keeps no node bits); 1 by default when the array's
+    length cannot be told. With BTF types the length is the BTF finder's,
+    which may itself be a default (its ``length_sources``).
+    """
     try:
-        return prog["VMCOREINFO"].string_()
-    except (KeyError, LookupError, FaultError):
-        return b""
+        node_data = prog["node_data"]
+    except (KeyError, LookupError):
+        return _Fact(1, "no node_data[] (CONFIG_NUMA=n): one node")
+    try:
+        length = len(node_data)
+    except (TypeError, LookupError):
+        return _Fact(1, "MAX_NUMNODES = 1 (default: the length of node_data[] is unknown)", True)
+    btf = cache_get(prog, "btf")
+    how = btf.length_sources.get("node_data", "") if btf is not None else ""
+    if how.startswith("default"):
+        return _Fact(length, f"MAX_NUMNODES = {length} ({how} in the BTF types)", True)
+    return _Fact(length, "len(node_data)")
+
+
+def _nr_zones(prog: Program) -> _Fact:
+    """
+    ``__MAX_NR_ZONES``, which sizes the zone field of ``page->flags``
+    (include/linux/page-flags-layout.h): the enumerator, else 4 (DMA,
+    DMA32, NORMAL, MOVABLE: x86_64 without ZONE_DEVICE).
+    """
+    value = _optional_constant(prog, "__MAX_NR_ZONES")
+    if value is not None:
+        return _Fact(value, "__MAX_NR_ZONES")
+    return _Fact(4, "__MAX_NR_ZONES = 4 (default: no enumerator)", True)
+
+
+def _pg_head(prog: Program) -> _Fact:
+    """
+    The PG_head bit of ``page->flags``: the enumerator, else VMCOREINFO's
+    ``NUMBER(PG_head_mask)`` (written for makedumpfile), else 6 (its value
+    in Debian's 6.1 to 7.3).
+    """
+    value = _optional_constant(prog, "PG_head")
+    if value is not None:
+        return _Fact(value, "PG_head")
+    mask = vmcoreinfo_number(program_vmcoreinfo(prog), "NUMBER(PG_head_mask)")
+    if mask and mask & (mask - 1) == 0:
+        return _Fact(mask.bit_length() - 1, "VMCOREINFO NUMBER(PG_head_mask)")
+    return _Fact(6, "PG_head = 6 (default: no enumerator or NUMBER(PG_head_mask))", True)
+
+
+def _hpg_bit(prog: Program, name: str, default: int) -> _Fact:
+    """
+    A bit of ``enum hugetlb_page_flags`` in ``folio->private``
+    (include/linux/hugetlb.h): the enumerator when the types have it,
+    else the default (``HPG_vmemmap_optimized`` 4 and ``HPG_migratable`` 1,
+    their values in Debian's 6.1 to 7.3).
+    """
+    value = _optional_constant(prog, name)
+    if value is not None:
+        return _Fact(value, name)
+    return _Fact(default, f"{name} = {default} (default: no enumerator)", True)
 
 
 def _release(prog: Program) -> str:
@@ -265,7 +357,7 @@ def _pgtable_levels(prog: Program, arch: str) -> Tuple[int, str]:
     """
     if arch == "riscv64":
         try:
-            _, levels, source = riscv64_kernel_root(parse_vmcoreinfo(_vmcoreinfo(prog)))
+            _, levels, source = riscv64_kernel_root(program_vmcoreinfo(prog))
         except ValueError:
             raise VmemspectError(
                 "cannot tell the riscv64 kernel's paging mode: VMCOREINFO has neither "
@@ -278,7 +370,7 @@ def _pgtable_levels(prog: Program, arch: str) -> Tuple[int, str]:
     if has_object(prog, "__pgtable_l5_enabled"):
         levels = 5 if prog["__pgtable_l5_enabled"].value_() else 4
         return levels, f"{levels}-level paging (__pgtable_l5_enabled)"
-    if b"NUMBER(pgtable_l5_enabled)=1\n" in _vmcoreinfo(prog):
+    if vmcoreinfo_number(program_vmcoreinfo(prog), "NUMBER(pgtable_l5_enabled)") == 1:
         return 5, "5-level paging (VMCOREINFO NUMBER(pgtable_l5_enabled)=1)"
     return 4, "4-level paging (no LA57 seen)"
 
@@ -300,7 +392,16 @@ def _detect(prog: Program) -> KernelModel:
             "pass the kernel's DWARF vmlinux with -s/--vmlinux",
         )
     sizeof_page = sizeof(page_type)
-    page_shift = prog["PAGE_SHIFT"].value_() if has_object(prog, "PAGE_SHIFT") else 12
+    facts = {
+        "page_shift": _page_shift(prog),
+        "section_size_bits": _section_size_bits(prog),
+        "max_numnodes": _max_numnodes(prog),
+        "nr_zones": _nr_zones(prog),
+        "pg_head": _pg_head(prog),
+        "hpg_vmemmap_optimized": _hpg_bit(prog, "HPG_vmemmap_optimized", 4),
+        "hpg_migratable": _hpg_bit(prog, "HPG_migratable", 1),
+    }
+    page_shift = facts["page_shift"].value
 
     # Linux 7.1 renamed compound_head to compound_info (commit d50569612c29).
     if page_type.has_member("compound_info"):
@@ -366,12 +467,8 @@ def _detect(prog: Program) -> KernelModel:
         evidence.append("hugetlb_optimize_vmemmap_key present (counts optimized folios)")
 
     # Page flags layout with SPARSEMEM_VMEMMAP: node bits at the top, then zone.
-    try:
-        max_numnodes = len(prog["node_data"])
-    except (KeyError, TypeError, LookupError):
-        max_numnodes = 1
-    nodes_shift = (max_numnodes - 1).bit_length()
-    nr_zones = _constant(prog, "__MAX_NR_ZONES", 4)
+    nodes_shift = (facts["max_numnodes"].value - 1).bit_length()
+    nr_zones = facts["nr_zones"].value
     zones_shift = _ZONE_SHIFT_FOR_COUNT.get(nr_zones, 3)
     nodes_pgoff = 64 - nodes_shift
     zones_pgoff = nodes_pgoff - zones_shift
@@ -386,6 +483,8 @@ def _detect(prog: Program) -> KernelModel:
     if not tails_readonly:
         evidence.append("riscv64 has no PAGE_KERNEL_RO (it falls back to PAGE_KERNEL): "
                         "HVO maps tails writable")
+    defaults = tuple(f.source for f in facts.values() if f.default)
+    evidence.extend(defaults)
 
     return KernelModel(
         release=_release(prog),
@@ -404,14 +503,16 @@ def _detect(prog: Program) -> KernelModel:
         off_order=off_order,
         order_source=order_source,
         evidence=tuple(evidence),
+        defaults=defaults,
+        section_size_bits=facts["section_size_bits"].value,
         off_flags=_member_offset(page_type, "flags"),
         off_info=_member_offset(page_type, info_member) if info_member else 8,
         off_lru=_member_offset(page_type, "lru"),
         off_mapping=_member_offset(page_type, "mapping"),
         off_private=off_private,
         off_refcount=_member_offset(page_type, "_refcount"),
-        pg_head=_constant(prog, "PG_head"),
-        hpg_vmemmap_optimized=_constant(prog, "HPG_vmemmap_optimized", 4),
+        pg_head=facts["pg_head"].value,
+        hpg_vmemmap_optimized=facts["hpg_vmemmap_optimized"].value,
         nodes_pgoff=nodes_pgoff,
         nodes_mask=(1 << nodes_shift) - 1,
         zones_pgoff=zones_pgoff,
@@ -420,7 +521,7 @@ def _detect(prog: Program) -> KernelModel:
         pgtable_levels=levels,
         tails_readonly=tails_readonly,
         hugetlb_test=hugetlb_test,
-        hpg_migratable=_constant(prog, "HPG_migratable", 1),
+        hpg_migratable=facts["hpg_migratable"].value,
         zone_device=_optional_constant(prog, "ZONE_DEVICE"),
     )
 
@@ -494,12 +595,7 @@ def kernel_model(prog: Program) -> KernelModel:
 
     :raises VmemspectError: if the kernel's types are not loaded.
     """
-    try:
-        return prog.cache["vmemspect_model"]
-    except KeyError:
-        model = _detect(prog)
-        prog.cache["vmemspect_model"] = model
-        return model
+    return cached(prog, "model", _detect)
 
 
 def page_flags_nid(model: KernelModel, flags: int) -> int:

@@ -33,6 +33,7 @@ from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
 from .fastscan import DEFAULT_SAMPLE, FastScan, fast_scan
 from .hvo import FolioVmemmap
 from .optimizable import REASONS, hvo_context, is_optimizable, not_optimized_reason
+from .progcache import cache_get
 from .report import Report, build_report
 
 __all__ = (
@@ -116,7 +117,7 @@ def scrape(prog_opener: Callable[[], drgn.Program], fast: bool = False,
         tally = FolioTally(prog)
         report = build_report(prog, progress=tally.add, keep_folios=False)
         result = Scrape("full", started, 0.0, 0.0, None, report=report, folios=tally)
-    result.types = prog.cache.get("vmemspect_types")
+    result.types = cache_get(prog, "types")
     result.duration = time.monotonic() - t0
     result.cpu = time.process_time() - c0
     return result

@@ -31,6 +31,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from drgn import FaultError, Program, ProgramFlags
 
+from .progcache import cache_set
+from .vmcoreinfo import vmcoreinfo_number
+
 __all__ = (
     "KernelVirtualMemory",
     "Leaf",
@@ -39,7 +42,6 @@ __all__ = (
     "PageTableWalker",
     "install_kernel_va",
     "page_table_format",
-    "parse_vmcoreinfo",
     "riscv64_kernel_root",
 )
 
@@ -393,24 +395,6 @@ class PageTableWalker:
 # ---------------------------------------------------------------- riscv64
 
 
-def parse_vmcoreinfo(data: bytes) -> Dict[str, str]:
-    """VMCOREINFO's ``KEY=value`` lines as a dict (``SYMBOL(x)``,
-    ``NUMBER(x)``... are keys as written)."""
-    out = {}
-    for line in data.decode("ascii", "replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def _number(info: Dict[str, str], key: str, base: int = 10) -> Optional[int]:
-    try:
-        return int(info[key], 0 if info[key].startswith("0x") else base)
-    except (KeyError, ValueError):
-        return None
-
-
 def riscv64_kernel_root(info: Dict[str, str]) -> Tuple[int, int, str]:
     """
     The physical address of a riscv64 kernel's top page table, its level
@@ -424,12 +408,12 @@ def riscv64_kernel_root(info: Dict[str, str]) -> Tuple[int, int, str]:
 
     :raises ValueError: if VMCOREINFO says neither.
     """
-    satp = _number(info, "NUMBER(satp)", 16)
+    satp = vmcoreinfo_number(info, "NUMBER(satp)", 16)
     if satp is not None and (satp >> 60) in _SATP_LEVELS:
         return ((satp & ((1 << 44) - 1)) << 12, _SATP_LEVELS[satp >> 60], "NUMBER(satp)")
-    pgd = _number(info, "SYMBOL(swapper_pg_dir)", 16)
-    offset = _number(info, "NUMBER(va_kernel_pa_offset)", 16)
-    va_bits = _number(info, "NUMBER(VA_BITS)")
+    pgd = vmcoreinfo_number(info, "SYMBOL(swapper_pg_dir)", 16)
+    offset = vmcoreinfo_number(info, "NUMBER(va_kernel_pa_offset)", 16)
+    va_bits = vmcoreinfo_number(info, "NUMBER(VA_BITS)")
     if pgd is None or offset is None or va_bits not in _RISCV_MODES:
         raise ValueError("VMCOREINFO has neither NUMBER(satp) nor SYMBOL(swapper_pg_dir), "
                          "NUMBER(va_kernel_pa_offset) and NUMBER(VA_BITS)")
@@ -538,6 +522,6 @@ def install_kernel_va(prog: Program, info: Dict[str, str],
                                  live=bool(prog.flags & ProgramFlags.IS_LIVE))
     start = _kernel_half(levels)
     prog.add_memory_segment(start, (1 << 64) - start, reader, physical=False)
-    prog.cache["vmemspect_va_reader"] = reader
+    cache_set(prog, "va_reader", reader)
     return (f"kernel virtual addresses read through vmemspect's {fmt.name} walker "
             f"(root {root:#x} from {source}): drgn cannot translate riscv64")

@@ -16,11 +16,12 @@ addresses.
 
 import struct
 
-from drgn import FaultError, Program, ProgramFlags
+from drgn import FaultError, Program
 
 from .errors import VmemspectError
 from .kernel import KernelModel, kernel_model
 from .mmu import Leaf, MissingMemory, PageTableFormat, PageTableWalker, page_table_format
+from .progcache import cached
 
 __all__ = (
     "Leaf",
@@ -62,17 +63,10 @@ def _new_walker(prog: Program, model: KernelModel) -> PageTableWalker:
 
 def page_table_walker(prog: Program) -> PageTableWalker:
     """
-    The walker of a program, created once and cached on ``prog.cache``.
+    The walker of a program, created once and cached per program.
 
     A live kernel changes its page tables (HVO splits PMDs and remaps PTEs as
     folios come and go), so there each call returns a fresh walker, whose
     cache lasts one scan.
     """
-    if prog.flags & ProgramFlags.IS_LIVE:
-        return _new_walker(prog, kernel_model(prog))
-    try:
-        return prog.cache["vmemspect_walker"]
-    except KeyError:
-        walker = _new_walker(prog, kernel_model(prog))
-        prog.cache["vmemspect_walker"] = walker
-        return walker
+    return cached(prog, "walker", lambda prog: _new_walker(prog, kernel_model(prog)))

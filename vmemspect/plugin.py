@@ -23,6 +23,7 @@ from drgn.commands import ParsedCommand, custom_command, parse_shell_command
 from .btf import load_kernel_btf
 from .cli import run
 from .errors import VmemspectError
+from .progcache import cache_get, cache_set
 from .target import setup_kernel_va
 
 __all__ = ("drgn_prog_set",)
@@ -49,11 +50,11 @@ def _cmd_vmemspect(prog: Program, name: str, args: Sequence[str], **kwargs: Any)
 def _ensure_types(prog: Program) -> None:
     """drgn started without a vmlinux has no types: serve the kernel's own
     BTF, as ``vmemspect vmcore`` does without -s."""
-    if "vmemspect_types" in prog.cache:
+    if cache_get(prog, "types") is not None:
         return
     try:
         prog.type("struct page")
-        prog.cache["vmemspect_types"] = "dwarf"
+        cache_set(prog, "types", "dwarf")
     except LookupError:
         try:
             load_kernel_btf(prog)

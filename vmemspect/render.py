@@ -83,6 +83,7 @@ def kernel_doc(report: Report) -> Dict[str, Any]:
         "order_source": m.order_source,
         "types": report.types,
         "evidence": list(m.evidence),
+        "defaults": list(m.defaults),
     }
 
 

@@ -22,6 +22,7 @@ from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
 from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
 from .kernel import KernelModel, kernel_model
 from .pagetable import page_table_walker
+from .progcache import cache_get
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
 from .scan import EveryFolio, Grouped, Savings, WorkerReport, kernel_memmap_saved, run_scan
@@ -364,7 +365,7 @@ def _scan(
         cut_lists=r.cut_lists,
         broken_lists=r.broken_lists,
         unknown_frames=r.unknown_frames,
-        types=prog.cache.get("vmemspect_types"),
+        types=cache_get(prog, "types"),
         what_if=what_if.result(h.name for h in r.hstates),
         not_optimized=not_optimized,
         group_tally=groups,

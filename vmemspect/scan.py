@@ -67,7 +67,7 @@ from .hvo import (
     shared_tails,
     vmemmap_savings,
 )
-from .kernel import KernelModel, has_object, kernel_model
+from .kernel import KernelModel, kernel_model
 from .pagetable import page_table_walker
 from .sweep import SweepResult, VmemmapSweep
 
@@ -178,8 +178,7 @@ def kernel_memmap_saved(prog: Program, model: KernelModel) -> Tuple[Optional[int
     counters = kernel_memmap_pages(prog)
     if counters is None:
         return None, None
-    section_pages = 1 << (prog["SECTION_SIZE_BITS"].value_() - model.page_shift) \
-        if has_object(prog, "SECTION_SIZE_BITS") else 1 << (27 - model.page_shift)
+    section_pages = 1 << (model.section_size_bits - model.page_shift)
     per_section = section_pages * model.sizeof_page // model.page_size
     sections = sum(1 for _ in for_each_present_section(prog))
     return sum(counters), sections * per_section

@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from drgn import FaultError, Program
 
 from .hvo import FolioVmemmap, _pte_table_regions
-from .kernel import KernelModel, folio_test_hugetlb, kernel_model, page_flags_zone
+from .kernel import folio_test_hugetlb, kernel_model, page_flags_zone
 from .pagetable import MissingMemory, page_table_walker
 
 __all__ = ("RemappedRange", "SweepResult", "VmemmapSweep")

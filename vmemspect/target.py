@@ -6,7 +6,7 @@ Opening a kernel
 with the kernel's types loaded, or raise :class:`VmemspectError` with one
 line saying what is wrong and what to do. The types come from the kernel's
 DWARF vmlinux when one is given or found, else from the BTF inside the
-kernel itself (:mod:`vmemspect.btf`); ``prog.cache["vmemspect_types"]`` says
+kernel itself (:mod:`vmemspect.btf`); the ``types`` key of :mod:`vmemspect.progcache` says
 which: ``"dwarf"`` or ``"btf"``.
 """
 
@@ -20,7 +20,9 @@ import drgn
 
 from .btf import load_kernel_btf
 from .errors import VmemspectError
-from .mmu import MissingMemory, install_kernel_va, parse_vmcoreinfo
+from .mmu import MissingMemory, install_kernel_va
+from .progcache import cache_get, cache_set
+from .vmcoreinfo import parse_vmcoreinfo, program_vmcoreinfo, vmcoreinfo_release
 
 __all__ = (
     "elf_core_info",
@@ -31,7 +33,6 @@ __all__ = (
     "open_vmcore",
     "read_vmcoreinfo_file",
     "setup_kernel_va",
-    "vmcoreinfo_release",
 )
 
 _X86_64 = drgn.Platform(
@@ -58,15 +59,6 @@ def _drgn_quiet() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def vmcoreinfo_release(prog: drgn.Program) -> Optional[str]:
-    """The kernel release from VMCOREINFO (drgn's ``UTS_RELEASE``), readable
-    without debug info; None if the program has none."""
-    try:
-        return prog["UTS_RELEASE"].string_().decode()
-    except Exception:
-        return None
 
 
 def _release(prog: drgn.Program) -> str:
@@ -99,7 +91,7 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
                 f"pass the vmlinux of {_release(prog)} "
                 f"(Debian: package linux-image-{_release(prog)}-dbg)",
             )
-        prog.cache["vmemspect_types"] = "dwarf"
+        cache_set(prog, "types", "dwarf")
         return
     # drgn warns on stderr about the missing vmlinux; BTF makes up for it.
     try:
@@ -115,7 +107,7 @@ def load_debug_info(prog: drgn.Program, vmlinux: Optional[str]) -> None:
     if missing:
         load_kernel_btf(prog)
     else:
-        prog.cache["vmemspect_types"] = "dwarf"
+        cache_set(prog, "types", "dwarf")
 
 
 _PT_LOAD = 1
@@ -195,7 +187,7 @@ def _mark_filtered(prog: drgn.Program, path: str) -> None:
         prog.add_memory_segment(start, end - start, missing, physical=True)
         if vstart:
             prog.add_memory_segment(vstart, end - start, missing, physical=False)
-    prog.cache["vmemspect_filtered_ranges"] = len(ranges)
+    cache_set(prog, "filtered_ranges", len(ranges))
 
 
 #: Page descriptor flags of the kdump-compressed format (makedumpfile's
@@ -429,12 +421,9 @@ def setup_kernel_va(prog: drgn.Program) -> None:
     """
     if prog.platform is None or prog.platform.arch != drgn.Architecture.RISCV64:
         return
-    if "vmemspect_va" in prog.cache:
+    if cache_get(prog, "va") is not None:
         return
-    try:
-        info = parse_vmcoreinfo(prog["VMCOREINFO"].string_())
-    except (KeyError, LookupError, drgn.FaultError):
-        info = {}
+    info = program_vmcoreinfo(prog)
     try:
         how = install_kernel_va(prog, info, probe=lambda p: _drgn_translates(p, info))
     except ValueError as e:
@@ -443,7 +432,7 @@ def setup_kernel_va(prog: drgn.Program) -> None:
     except MissingMemory as e:
         raise VmemspectError(f"cannot read riscv64 kernel addresses: {e}",
                              "the dump lacks the kernel's top page table: take a complete dump")
-    prog.cache["vmemspect_va"] = how or "drgn's own translation"
+    cache_set(prog, "va", how or "drgn's own translation")
     _serve_vmemmap(prog, info)
 
 
@@ -650,6 +639,6 @@ def open_live(vmlinux: Optional[str] = None) -> drgn.Program:
         if vmlinux is None and _kallsyms_hidden():
             raise _KALLSYMS_HIDDEN from None
         raise
-    if prog.cache.get("vmemspect_types") == "btf" and _kallsyms_hidden():
+    if cache_get(prog, "types") == "btf" and _kallsyms_hidden():
         raise _KALLSYMS_HIDDEN
     return prog
