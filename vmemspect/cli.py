@@ -5,8 +5,8 @@ Command line
 ``vmemspect TARGET [COMMAND] [OPTIONS]``: a target (``live`` or ``vmcore
 DUMP``), then one command (none means the full report). The same commands
 serve drgn's ``%vmemspect`` (:mod:`vmemspect.plugin`). This module only
-parses arguments, calls the layers below and prints; exit statuses are
-those of :mod:`vmemspect.errors`, plus 3 for a bug in vmemspect.
+parses arguments, calls the layers below and prints; exit statuses and
+error lines are those of :mod:`vmemspect.errors`.
 """
 
 import os
@@ -18,14 +18,24 @@ import click
 import drgn
 
 from . import __version__
-from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
+from .errors import (
+    EXIT_FINDINGS,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNUSABLE,
+    MissingMemory,
+    VmemspectError,
+    error_line,
+    exit_status,
+)
 from .extract import extract, extract_doc, render_extract
 from .hugetlb import for_each_hstate_record
 from .hvo import decode_page
 from .kernel import kernel_model
 from .fastscan import DEFAULT_SAMPLE
 from .metrics import write_metrics
-from .pagetable import MissingMemory
+from .progcache import is_live
 from .render import (
     aliased_rows,
     decode_doc,
@@ -47,9 +57,6 @@ from .parallel import default_jobs
 from .report import Report, RowSink, build_report, folio_filter, parse_page_ref
 from .target import find_vmcoreinfo, open_live, open_vmcore
 from .vmcoreinfo import parse_vmcoreinfo
-
-#: A bug in vmemspect (the one-line message asks for VMEMSPECT_DEBUG=1).
-EXIT_INTERNAL = 3
 
 _EPILOG = """\b
 Commands after the target (none: the full report):
@@ -382,27 +389,21 @@ def run(args=None, prog: Optional[drgn.Program] = None) -> int:
     except click.ClickException as e:
         e.show()
         return EXIT_UNUSABLE
-    except click.exceptions.Abort:
-        return 130
-    except VmemspectError as e:
-        click.echo(f"vmemspect: error: {e}", err=True)
-        return EXIT_UNUSABLE
-    except drgn.FaultError as e:
-        # Memory every command needs (kernel data, not one folio's) is missing.
-        click.echo(f"vmemspect: error: the dump lacks memory vmemspect needs ({e}); "
-                   "it is truncated or filtered too far: take a dump that keeps kernel data",
-                   err=True)
-        return EXIT_UNUSABLE
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as e:  # a bug: one line unless asked for the traceback
-        if os.environ.get("VMEMSPECT_DEBUG"):
+    except (Exception, KeyboardInterrupt, click.exceptions.Abort) as e:
+        # Unusable input, memory every command needs (kernel data, not one
+        # folio's) missing, or a bug: one line (a traceback for a bug only
+        # when asked).
+        status, _ = exit_status(e)
+        if status == EXIT_INTERRUPTED:
+            return status
+        if status == EXIT_INTERNAL and os.environ.get("VMEMSPECT_DEBUG"):
             traceback.print_exc()
-        click.echo(f"vmemspect: internal error: {type(e).__name__}: {e} "
-                   "(set VMEMSPECT_DEBUG=1 for a traceback)", err=True)
-        return EXIT_INTERNAL
+        live = is_live(prog) if prog is not None else \
+            (sys.argv[1:] if args is None else list(args))[:1] == ["live"]
+        click.echo(f"vmemspect: {error_line(e, live)}", err=True)
+        return status
 
 
 def _output_params():

@@ -27,11 +27,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from drgn import FaultError, Program
 
+from .errors import MissingMemory
 from .checks import CAUSES, Finding, check_folio, folio_check_context
 from .hugetlb import Hstate, folio_record, zones
 from .hvo import folio_vmemmap
 from .kernel import kernel_model
-from .mmu import MissingMemory
 
 __all__ = (
     "Block",

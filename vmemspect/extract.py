@@ -39,10 +39,9 @@ from drgn import FaultError, Program
 
 from .btf import load_kernel_btf
 from .diskdump import BLOCK_SIZE, DiskdumpInfo, compress_page, write_diskdump
-from .errors import VmemspectError
+from .errors import MissingMemory, VmemspectError
 from .hvo import decode_page
 from .kernel import kernel_model
-from .pagetable import MissingMemory
 from .progcache import cache_get
 from .fastscan import fast_scan
 from .render import folios_doc, report_doc, savings_doc, tails_doc, verify_doc

@@ -18,11 +18,12 @@ from typing import List, Optional
 from drgn import Program
 from drgn.helpers.linux.mmzone import for_each_present_section
 
+from .errors import MissingMemory
 from .checks import Finding, folio_check_context
 from .hugetlb import Hstate, hvo_enabled, zones
 from .hvo import vmemmap_savings
 from .kernel import KernelModel, kernel_model
-from .pagetable import MissingMemory, page_table_walker
+from .pagetable import page_table_walker
 from .scan import Sample, run_scan
 
 __all__ = ("FastScan", "fast_scan", "readonly_vmemmap_pages")

@@ -20,8 +20,9 @@ from drgn import FaultError, Object, Program, offsetof
 from drgn.helpers import ValidationError
 from drgn.helpers.linux.mmzone import for_each_online_pgdat, for_each_present_section
 
+from .errors import MissingMemory
 from .kernel import KernelModel, kernel_model, page_flags_nid, page_flags_zone
-from .pagetable import MissingMemory, page_table_walker
+from .pagetable import page_table_walker
 from .progcache import cache_get, cache_set
 
 __all__ = (

@@ -21,7 +21,6 @@ import dataclasses
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-import click
 import drgn
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import __version__
 from .checks import CHECKS, Finding
-from .errors import EXIT_FINDINGS, EXIT_OK, EXIT_UNUSABLE, VmemspectError
+from .errors import EXIT_FINDINGS, EXIT_OK, exit_status
 from .fastscan import DEFAULT_SAMPLE, FastScan, fast_scan
 from .hvo import FolioVmemmap
 from .optimizable import REASONS, hvo_context, is_optimizable, not_optimized_reason
@@ -46,8 +45,6 @@ __all__ = (
     "write_metrics",
 )
 
-#: Exit status of a bug in vmemspect (as the command line's).
-EXIT_INTERNAL = 3
 #: The metric that carries the last successful scan's time across failures.
 LAST_SUCCESS = "vmemspect_last_success_timestamp_seconds"
 
@@ -311,23 +308,11 @@ def metrics_registry(s: Scrape) -> CollectorRegistry:
     return _registry(families)
 
 
-def failure_of(e: BaseException) -> Tuple[int, str]:
-    """(exit status, reason label) of a run that raised ``e``, as the command
-    line maps exceptions to exit statuses."""
-    if isinstance(e, (VmemspectError, click.ClickException)):
-        return EXIT_UNUSABLE, "unusable_input"
-    if isinstance(e, drgn.FaultError):
-        return EXIT_UNUSABLE, "missing_memory"
-    if isinstance(e, KeyboardInterrupt):
-        return 130, "interrupted"
-    return EXIT_INTERNAL, "internal_error"
-
-
 def failure_registry(e: BaseException, started: float, duration: float, cpu: float,
                      last_success: Optional[float]) -> CollectorRegistry:
     """The metrics of a failed run: success 0 and why, and the time of the
     last success (from the previous file), so the failure shows."""
-    status, reason = failure_of(e)
+    status, reason = exit_status(e)
     return _registry(_status(False, reason, status, started, duration, cpu, last_success))
 
 

@@ -31,13 +31,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from drgn import FaultError, Program, ProgramFlags
 
+from .errors import MissingMemory
 from .progcache import cache_set
 from .vmcoreinfo import vmcoreinfo_number
 
 __all__ = (
     "KernelVirtualMemory",
     "Leaf",
-    "MissingMemory",
     "PageTableFormat",
     "PageTableWalker",
     "install_kernel_va",
@@ -124,15 +124,6 @@ def page_table_format(arch: str, levels: int) -> PageTableFormat:
                                huge_levels=tuple(range(2, levels + 1)), upper_write=False,
                                pfn_shift=10, pfn_mask=(1 << 44) - 1, bit_names=_RISCV_BITS)
     raise ValueError(f"no page-table format for {arch} with {levels} levels")
-
-
-class MissingMemory(Exception):
-    """Memory a walk needs is not in the dump (filtered or truncated)."""
-
-    def __init__(self, what: str, address: int) -> None:
-        self.what = what
-        self.address = address
-        super().__init__(f"{what} at {address:#x} is not in the dump")
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: made per folio, and frozen costs

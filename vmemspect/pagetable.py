@@ -18,14 +18,13 @@ import struct
 
 from drgn import FaultError, Program
 
-from .errors import VmemspectError
+from .errors import MissingMemory, VmemspectError
 from .kernel import KernelModel, kernel_model
-from .mmu import Leaf, MissingMemory, PageTableFormat, PageTableWalker, page_table_format
+from .mmu import Leaf, PageTableFormat, PageTableWalker, page_table_format
 from .progcache import cached
 
 __all__ = (
     "Leaf",
-    "MissingMemory",
     "PageTableFormat",
     "PageTableWalker",
     "kernel_page_table_format",

@@ -37,9 +37,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from drgn import FaultError, Program
 
+from .errors import MissingMemory
 from .hvo import FolioVmemmap, _pte_table_regions
 from .kernel import folio_test_hugetlb, kernel_model, page_flags_zone
-from .pagetable import MissingMemory, page_table_walker
+from .pagetable import page_table_walker
 
 __all__ = ("RemappedRange", "SweepResult", "VmemmapSweep")
 

@@ -19,8 +19,8 @@ from typing import Iterator, List, Optional, Tuple
 import drgn
 
 from .btf import load_kernel_btf
-from .errors import VmemspectError
-from .mmu import MissingMemory, install_kernel_va
+from .errors import MissingMemory, VmemspectError
+from .mmu import install_kernel_va
 from .progcache import cache_get, cache_set
 from .vmcoreinfo import parse_vmcoreinfo, program_vmcoreinfo, vmcoreinfo_release
 
