@@ -30,7 +30,7 @@ from vmemspect import parallel, scan  # noqa: E402
 from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio  # noqa: E402
 from vmemspect.pagetable import page_table_walker  # noqa: E402
 from vmemspect.kernel import kernel_model  # noqa: E402
-from vmemspect.render import verify_doc, write_json  # noqa: E402
+from vmemspect.documents import verify_doc, write_json  # noqa: E402
 from vmemspect.report import build_report  # noqa: E402
 from vmemspect.target import open_vmcore  # noqa: E402
 

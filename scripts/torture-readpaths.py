@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from testbed import torture as T  # noqa: E402
 from vmemspect.report import build_report  # noqa: E402
-from vmemspect.render import verify_doc  # noqa: E402
+from vmemspect.documents import verify_doc  # noqa: E402
 from vmemspect.target import open_vmcore  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main() -> int:
         code = ("import sys, time, drgn\n"
                 "from vmemspect.target import load_debug_info\n"
                 "from vmemspect.report import build_report\n"
-                "from vmemspect.render import verify_doc\n"
+                "from vmemspect.documents import verify_doc\n"
                 "t0 = time.monotonic(); prog = drgn.Program()\n"
                 "prog.set_qemu_qmp(sys.argv[1]); t1 = time.monotonic()\n"
                 "load_debug_info(prog, sys.argv[2] if sys.argv[2] != '-' else None)\n"

@@ -13,7 +13,7 @@ import pytest
 from conftest import FORM, KERNELS, patched, real_run, vmemspect_json
 from vmemspect.checks import folio_check_context, folio_group_keyer, folio_key
 from vmemspect.pagetable import page_table_walker
-from vmemspect.render import folio_rows, folios_doc, report_doc, verify_doc, write_json
+from vmemspect.documents import folio_rows, folios_doc, report_doc, verify_doc, write_json
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 

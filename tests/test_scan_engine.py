@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmemspect import cli, hvo
-from vmemspect.render import (aliased_rows, folio_rows, folios_doc, tails_doc, verify_doc,
+from vmemspect.documents import (aliased_rows, folio_rows, folios_doc, tails_doc, verify_doc,
                               write_json)
 from vmemspect.kernel import kernel_model
 from vmemspect.report import build_report

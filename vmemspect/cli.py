@@ -36,22 +36,25 @@ from .kernel import kernel_model
 from .fastscan import DEFAULT_SAMPLE
 from .metrics import write_metrics
 from .progcache import is_live
-from .render import (
+from .commands import COMMANDS, command_names
+from .documents import (
     aliased_rows,
     decode_doc,
     folio_rows,
     folios_doc,
+    report_doc,
+    savings_doc,
+    tails_doc,
+    verify_doc,
+    write_json,
+)
+from .tables import (
     render_decode,
     render_folios,
     render_report,
     render_savings,
     render_tails,
     render_verify,
-    report_doc,
-    savings_doc,
-    tails_doc,
-    verify_doc,
-    write_json,
 )
 from .parallel import default_jobs
 from .report import Report, RowSink, build_report, folio_filter, parse_page_ref
@@ -60,14 +63,7 @@ from .vmcoreinfo import parse_vmcoreinfo
 
 _EPILOG = """\b
 Commands after the target (none: the full report):
-  folios   a row per hugetlb folio (filters: --hstate, --node, --state, --optimized)
-  tails    shared tail frames (7.1+) or each folio's aliased frame (before 7.1)
-  decode   decode one struct page's compound_info/compound_head
-  verify   check every HVO invariant; exit 1 if any does not hold
-  extract  write a small vmcore of only what vmemspect reads (OUT)
-  savings  vmemmap saved, and what each HVO scheme would take (what-if)
-  metrics  Prometheus metrics (--textfile PATH for node_exporter, --fast)
-\b
+""" + "".join(f"  {c.name:<8} {c.summary}\n" for c in COMMANDS if c.name != "report") + """\b
 Examples:
   vmemspect vmcore /var/crash/dump.img -s vmlinux
   vmemspect vmcore dump.img verify --json
@@ -276,8 +272,17 @@ def metrics_cmd(textfile, fast, sample) -> None:
         sys.exit(EXIT_FINDINGS)
 
 
-COMMANDS = (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd, extract_cmd, savings_cmd,
-            metrics_cmd)
+#: The click command of each command of :data:`vmemspect.commands.COMMANDS`.
+def _click_commands() -> tuple:
+    by_name = {c.name: c for c in (report_cmd, folios_cmd, tails_cmd, decode_cmd, verify_cmd,
+                                   extract_cmd, savings_cmd, metrics_cmd)}
+    if set(by_name) != set(command_names()):  # a bug, seen at import
+        raise RuntimeError(f"the command line's commands {sorted(by_name)} are not "
+                           f"vmemspect.commands' {sorted(command_names())}")
+    return tuple(by_name[name] for name in command_names())
+
+
+CLICK_COMMANDS = _click_commands()
 
 
 class _TargetGroup(click.Group):
@@ -304,7 +309,7 @@ def _target_group(name: str, help: str) -> Callable:
     def decorate(f: Callable) -> click.Group:
         group = click.group(name, cls=_TargetGroup, invoke_without_command=True, help=help,
                             epilog=_EPILOG)(_output_options(f))
-        for cmd in COMMANDS:
+        for cmd in CLICK_COMMANDS:
             group.add_command(cmd)
         return group
     return decorate
@@ -376,7 +381,7 @@ def run(args=None, prog: Optional[drgn.Program] = None) -> int:
                                 callback=click.pass_context(
                                     lambda ctx, **kw: _start(ctx, lambda: prog, **kw)),
                                 params=_output_params())
-            for cmd in COMMANDS:
+            for cmd in CLICK_COMMANDS:
                 group.add_command(cmd)
             group.main(args=args, prog_name="%vmemspect", standalone_mode=False)
         else:

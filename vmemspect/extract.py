@@ -38,14 +38,11 @@ import drgn
 from drgn import FaultError, Program
 
 from .btf import load_kernel_btf
+from .commands import COMMANDS, Replay
 from .diskdump import BLOCK_SIZE, DiskdumpInfo, compress_page, write_diskdump
-from .errors import MissingMemory, VmemspectError
-from .hvo import decode_page
+from .errors import VmemspectError
 from .kernel import kernel_model
 from .progcache import cache_get
-from .fastscan import fast_scan
-from .render import folios_doc, report_doc, savings_doc, tails_doc, verify_doc
-from .report import build_report
 from .target import load_debug_info
 
 __all__ = (
@@ -185,31 +182,13 @@ def _vmcoreinfo_number(vmcoreinfo: bytes, key: str) -> Optional[str]:
 
 
 def _run_commands(prog: Program) -> int:
-    """Do every read vmemspect's commands do: report, folios, tails, verify,
-    savings, metrics (its --fast scan too), and decode of one head, tail and
-    (pointer form) fake head per hstate, node and zone. Returns the number
-    of folios."""
-    report = build_report(prog)
-    report_doc(report)
-    folios_doc(report, list(report.folios))
-    tails_doc(report)
-    savings_doc(report)
-    verify_doc(build_report(prog, keep_folios=False))
-    fast_scan(prog)
-    model = report.model
-    seen = set()
-    for fv in report.folios:
-        f = fv.folio
-        key = (f.hstate, f.nid, f.zone_idx)
-        if key in seen:
-            continue
-        seen.add(key)
-        for pfn in (f.pfn, f.pfn + 1, f.pfn + model.pages_per_vmemmap_page):
-            try:
-                decode_page(prog, model.page_address(pfn))
-            except (MissingMemory, FaultError):
-                pass
-    return report.scanned
+    """Do every read vmemspect's commands do (:data:`vmemspect.commands.COMMANDS`,
+    each one's replay). Returns the number of folios."""
+    replay = Replay(prog)
+    for command in COMMANDS:
+        if command.replay is not None:
+            command.replay(replay)
+    return replay.report.scanned
 
 
 def _loaded_modules(prog: Program) -> None:

@@ -22,6 +22,7 @@ from drgn.commands import ParsedCommand, custom_command, parse_shell_command
 
 from .btf import load_kernel_btf
 from .cli import run
+from .commands import command_names
 from .errors import VmemspectError
 from .progcache import cache_get, cache_set
 from .target import setup_kernel_va
@@ -36,7 +37,7 @@ def _parse(source: str) -> ParsedCommand[Sequence[str]]:
 @custom_command(
     description="show and verify HugeTLB Vmemmap Optimization (HVO)",
     usage="**vmemspect** [*COMMAND*] [*OPTIONS*]",
-    long_description="Runs a vmemspect command (report, folios, tails, decode, verify) "
+    long_description=f"Runs a vmemspect command ({', '.join(command_names())}) "
     "on the current program, with the options of the vmemspect command line. "
     "'%vmemspect --help' lists them.",
     parse=_parse,

@@ -117,7 +117,7 @@ class Spool:
     Records written one at a time to an unnamed temporary file (one JSON
     line each) and read back in order, through ``finish`` if given:
     ``len()`` and iteration whose memory does not grow with the records
-    (``render.write_json`` writes it as a JSON list). Records are JSON
+    (``documents.write_json`` writes it as a JSON list). Records are JSON
     values (tuples come back as lists).
     """
 
@@ -184,7 +184,7 @@ class RowSink:
     #: (same key: checks.folio_key); without it the scan reads every folio.
     like: Optional[Callable[..., Any]] = None
     #: ``template(row, model)``: a function of ``(page, head pfn, head PTE)``
-    #: giving ``like``'s row as its JSON line, faster (render._row_template).
+    #: giving ``like``'s row as its JSON line, faster (documents._row_template).
     template: Optional[Callable[..., Any]] = None
 
 

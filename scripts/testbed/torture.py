@@ -484,7 +484,7 @@ class TortureGuest:
         """Pause, verify in-process, resume.  Returns {ok, findings (the
         verify document's), checks (their names), seconds, error}."""
         from vmemspect.report import build_report
-        from vmemspect.render import verify_doc
+        from vmemspect.documents import verify_doc
         t0 = time.monotonic()
         self.qmp.cmd("stop")
         try:
