@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmemspect import parallel, scan  # noqa: E402
-from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio  # noqa: E402
+from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio_record  # noqa: E402
 from vmemspect.pagetable import page_table_walker  # noqa: E402
 from vmemspect.kernel import kernel_model  # noqa: E402
 from vmemspect.documents import verify_doc, write_json  # noqa: E402
@@ -64,7 +64,7 @@ def table_floor(prog) -> tuple:
     model = kernel_model(prog)
     walker = page_table_walker(prog)
     tables = set()
-    for folio in for_each_hugetlb_folio(prog):
+    for folio in for_each_hugetlb_folio_record(prog):
         npages = model.vmemmap_pages(folio.order)
         for va in range(folio.page & ~(512 * model.page_size - 1),
                         folio.page + npages * model.page_size, 512 * model.page_size):

@@ -39,13 +39,20 @@ def test_percent_command_matches_cli(series, vmlinux):
 
 def test_helpers_in_drgn():
     run = real_run("7.2", "numa")
-    code = ("from vmemspect.helpers import *\n"
+    # drgn-shaped: a struct hstate * from drgn's own helper in, struct
+    # folio * out; the records beside them.
+    code = ("from drgn.helpers.linux.hugetlb import for_each_hstate\n"
+            "from vmemspect.helpers import *\n"
             "k = hvo_kernel()\n"
-            "f = next(hugetlb_folios(hstate='hugepages-2048kB'))\n"
+            "h = next(h for h in for_each_hstate() if h.name.string_() == b'hugepages-2048kB')\n"
+            "f = next(for_each_hugetlb_folio(h))\n"
+            "assert f.type_.type_name() == 'struct folio *'\n"
+            "r = next(hugetlb_folio_records(hstate='hugepages-2048kB'))\n"
+            "assert r.object(prog) == f\n"
             "fv = folio_hvo(f)\n"
-            "d = hvo_decode(f.page + 64)\n"
-            "print(k.form, f.pfn, fv.tails[0].pages, d.info.head == f.page, len(hvo_shared_tails()),"
-            " hvo_verify())\n")
+            "d = hvo_decode(f.value_() + 64)\n"
+            "print(k.form, fv.folio.pfn, fv.tails[0].pages, d.info.head == f.value_(),"
+            " len(hvo_shared_tails()), hvo_verify())\n")
     p = drgn(run, code, True)
     assert p.returncode == 0, p.stderr
     form, pfn, pages, same_head, ntails, findings = p.stdout.split(" ", 5)

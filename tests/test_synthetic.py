@@ -13,11 +13,13 @@ import os
 
 import drgn
 import pytest
-from drgn.helpers.linux.mm import compound_head
+from drgn.helpers.linux.hugetlb import for_each_hstate
+from drgn import cast
+from drgn.helpers.linux.mm import compound_head, page_to_pfn
 
 import vmemspect
 from vmemspect.cli import run
-from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio, hvo_enabled
+from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio_record, hvo_enabled
 from vmemspect.hvo import decode_page
 from vmemspect.kernel import kernel_model
 from vmemspect.pagetable import _new_walker, page_table_walker
@@ -265,7 +267,7 @@ def built_rows(k):
 @pytest.mark.parametrize("form", ["mask", "pointer"])
 def test_folio_enumeration(form):
     k = build_kernel(form=form)
-    folios = list(for_each_hugetlb_folio(k.prog))
+    folios = list(for_each_hugetlb_folio_record(k.prog))
     assert len(folios) == 9
     assert {(f.pfn, f.hstate, f.order, f.nid, f.zone_idx, f.zone_name, f.state, f.optimized)
             for f in folios} == built_rows(k)
@@ -845,7 +847,7 @@ def test_generation_6_1_order_in_folio_order():
     m = kernel_model(k.prog)
     assert m.off_order == 64 + 17 and m.hugetlb_unit == "page" and m.hvo_key is True
     assert "struct folio has _folio_order (order in its own byte of the first tail)" in m.evidence
-    folios = list(for_each_hugetlb_folio(k.prog))
+    folios = list(for_each_hugetlb_folio_record(k.prog))
     assert sorted((f.pfn, f.folio_order) for f in folios) == sorted(
         (f.pfn, f.order) for f in folios)
     r = build_report(k.prog)
@@ -1016,7 +1018,7 @@ def test_report_says_which_kernel_counter(capsys):
 
 def _free_list_2m_node0(k):
     """The 2 MiB free list of node 0 as the kernel links it (pfns in order)."""
-    return [f.pfn for f in for_each_hugetlb_folio(k.prog)
+    return [f.pfn for f in for_each_hugetlb_folio_record(k.prog)
             if f.order == 9 and f.state == "free" and f.list_nid == 0]
 
 
@@ -1116,13 +1118,13 @@ def test_head_pte_onto_a_frame_the_machine_lacks_is_a_finding():
         in f.found
 
 
-def test_hugetlb_folios_helper_raises_at_a_corrupt_list():
-    """helpers.hugetlb_folios() does not stop silently at a corrupt list: it
+def test_hugetlb_folio_records_helper_raises_at_a_corrupt_list():
+    """helpers.hugetlb_folio_records() does not stop silently at a corrupt list: it
     gives the folios before the break, then raises drgn's ValidationError
     naming the list and the folio (hvo_verify() reports it instead)."""
     from drgn.helpers import ValidationError
 
-    from vmemspect.helpers import hugetlb_folios, hvo_verify
+    from vmemspect.helpers import for_each_hugetlb_folio, hugetlb_folio_records, hvo_verify
 
     k = build_kernel(form="mask")
     order = _free_list_2m_node0(k)
@@ -1132,10 +1134,33 @@ def test_hugetlb_folios_helper_raises_at_a_corrupt_list():
     got = []
     with pytest.raises(ValidationError, match=rf"hugepages-2048kB free list of node 0 is "
                                               rf"corrupt: the lru.next of folio pfn {last:#x}"):
-        for f in hugetlb_folios(k.prog):
+        for f in hugetlb_folio_records(k.prog):
             got.append(f.pfn)
     assert got[:len(order)] == order
+    # The drgn-shaped helper raises the same, after the same folios.
+    hstate = next(h for h in for_each_hstate(k.prog) if h.name.string_() == b"hugepages-2048kB")
+    objs = []
+    with pytest.raises(ValidationError, match="hugepages-2048kB free list of node 0 is corrupt"):
+        for f in for_each_hugetlb_folio(hstate):
+            objs.append(f)
+    assert [page_to_pfn(cast("struct page *", f)).value_() for f in objs[:len(order)]] == order
     assert [f.check for f in hvo_verify(k.prog) if f.check == "hstate-list"] == ["hstate-list"]
+
+
+def test_for_each_hugetlb_folio_is_drgn_shaped():
+    """It takes drgn's struct hstate * and yields struct folio *, the same
+    folios as the records, in list order; folio_hvo takes one of them."""
+    from vmemspect.helpers import folio_hvo, for_each_hugetlb_folio, hugetlb_folio_records
+
+    k = build_kernel(form="mask")
+    objs = [f for h in for_each_hstate(k.prog) for f in for_each_hugetlb_folio(h)]
+    assert objs and all(f.type_.type_name() == "struct folio *" for f in objs)
+    assert [f.value_() for f in objs] == [r.page for r in hugetlb_folio_records(k.prog)]
+    expected = set(k.folios)
+    assert {page_to_pfn(cast("struct page *", f)).value_() for f in objs} == expected
+    assert folio_hvo(objs[0]).folio.page == objs[0].value_()
+    with pytest.raises(ValueError, match="heads no folio"):
+        folio_hvo(objs[0] + 1)
 
 
 def test_fast_scan_keeps_list_breaks():

@@ -534,7 +534,9 @@ def check_hstate_lists(hstates: Sequence[Hstate], breaks: Sequence[ListBreak]) -
 def check_hstate_counts(
     hstates: Sequence[Hstate], found: Dict[Tuple[str, int], List[int]], incomplete=frozenset()
 ) -> List[Finding]:
-    """:func:`check_hstates` on counts gathered during a scan."""
+    """The hstates' own counters per node (``nr_huge_pages_node``,
+    ``free_huge_pages_node``) against the folios a scan counted on their
+    lists of that node."""
     out = []
     for h in hstates:
         if h.name in incomplete:

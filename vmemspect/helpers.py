@@ -4,31 +4,44 @@ Helpers for drgn's interactive mode
 
 ``from vmemspect.helpers import *`` in a drgn session gives these. Each
 takes the program first and defaults to drgn's default program, like drgn's
-own helpers::
+own helpers. Two kinds, and the names say which:
 
-    >>> hvo_kernel()
-    KernelModel(release='7.2.13+deb14-cloud-amd64', ..., form='mask', ...)
-    >>> f = next(hugetlb_folios())
-    >>> f.object(prog)
+- helpers over kernel objects take and return :class:`drgn.Object`, as
+  drgn's do: :func:`for_each_hugetlb_folio` takes a ``struct hstate *``
+  (from drgn's ``for_each_hstate()``) and yields ``struct folio *``;
+  :func:`folio_hvo`, :func:`hvo_decode` and :func:`vmemmap_leaf` take a
+  ``struct folio *``/``struct page *`` (or an address);
+- helpers named ``*_records`` and the ``hvo_*`` views return vmemspect's
+  records (dataclasses the command line renders): what vmemspect found,
+  which no kernel object holds::
+
+    >>> from drgn.helpers.linux.hugetlb import for_each_hstate
+    >>> h = next(for_each_hstate())
+    >>> f = next(for_each_hugetlb_folio(h))
+    >>> f
     *(struct folio *)0xfffff2c5c4b50000 = {...}
     >>> folio_hvo(f).tails
     (TailFrame(pfn=5026, pages=7, writable=0, levels=('pte',)),)
-    >>> vmemmap_leaf(pfn_to_page(0x100000).value_())
-    Leaf(va=..., level=2, entry=..., pfn=..., writable=True, table=...)
+    >>> vmemmap_leaf(f)
+    Leaf(va=..., level=1, entry=..., pfn=..., writable=True, table=...)
+    >>> next(hugetlb_folio_records()).optimized
+    True
     >>> hvo_verify()
     []
 
-Records are plain dataclasses; ``.object(prog)`` on a folio record gives
-the ``struct folio *``.
+A corrupt hstate list raises :class:`drgn.helpers.ValidationError` and
+memory the dump lacks :class:`drgn.FaultError` (vmemspect's
+:class:`~vmemspect.errors.MissingMemory`), so ``except`` clauses written for
+drgn's helpers hold.
 """
 
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Union
 
 from drgn import Object, Program
 from drgn.helpers.common.prog import takes_program_or_default
 
 from .checks import Finding
-from .hugetlb import HugetlbFolio, for_each_hstate_record, for_each_hugetlb_folio
+from .hugetlb import HugetlbFolio, for_each_hstate_record, for_each_hugetlb_folio_record
 from .hvo import FolioVmemmap, PageDecode, SharedTail, decode_page, folio_vmemmap, scan_folios
 from .hvo import shared_tails as _shared_tails
 from .kernel import KernelModel, decode_compound_info, kernel_model
@@ -38,7 +51,8 @@ from .report import Report, build_report
 __all__ = (
     "decode_compound_info",
     "folio_hvo",
-    "hugetlb_folios",
+    "for_each_hugetlb_folio",
+    "hugetlb_folio_records",
     "hvo_decode",
     "hvo_kernel",
     "hvo_report",
@@ -58,11 +72,37 @@ def hvo_kernel(prog: Program) -> KernelModel:
     return kernel_model(prog)
 
 
+def for_each_hugetlb_folio(hstate: Object) -> Iterator[Object]:
+    """
+    Iterate over every hugetlb folio of an hstate: its free lists, node by
+    node, then its active list (``hugepage_activelist``).
+
+    Same on every kernel since 5.16: the lists link folios (6.6+) or head
+    pages (before, e.g. 6.1) through ``->lru`` at the same offset; either
+    way this yields ``struct folio *``.
+
+    :param hstate: ``struct hstate *`` (drgn's ``for_each_hstate()``).
+    :return: Iterator of ``struct folio *`` objects.
+    :raises drgn.helpers.ValidationError: at a corrupt list (a loop, a link
+        to unmapped memory, an entry whose lru.prev does not point back),
+        after the folios before it.
+    """
+    prog = hstate.prog_
+    address = hstate.value_()
+    for h in for_each_hstate_record(prog):
+        if h.address == address:
+            for folio in for_each_hugetlb_folio_record(prog, h):
+                yield folio.object(prog)
+            return
+    raise ValueError(f"{address:#x} is not a struct hstate of hstates[]")
+
+
 @takes_program_or_default
-def hugetlb_folios(prog: Program, hstate: Optional[str] = None) -> Iterator[HugetlbFolio]:
+def hugetlb_folio_records(prog: Program, hstate: Optional[str] = None) -> Iterator[HugetlbFolio]:
     """
     Every hugetlb folio on the hstates' free and active lists, as records
-    (pfn, struct page address, hstate, node, zone, free/active, HVO flag).
+    (pfn, struct page address, hstate, node, zone, free/active, HVO flag);
+    ``.object(prog)`` of one is its ``struct folio *``.
 
     :param hstate: only the hstate of this name ("hugepages-2048kB").
     :raises drgn.helpers.ValidationError: at a corrupt list (a loop, a link
@@ -71,17 +111,28 @@ def hugetlb_folios(prog: Program, hstate: Optional[str] = None) -> Iterator[Huge
     """
     for h in for_each_hstate_record(prog):
         if hstate is None or h.name == hstate:
-            yield from for_each_hugetlb_folio(prog, h)
+            yield from for_each_hugetlb_folio_record(prog, h)
 
 
-def folio_hvo(folio: HugetlbFolio, prog: Optional[Program] = None) -> FolioVmemmap:
+def folio_hvo(folio: Union[Object, HugetlbFolio], prog: Optional[Program] = None) -> FolioVmemmap:
     """
     How a folio's vmemmap is mapped: head frame with its leaf (level, RW,
     raw entry), tail frames with counts, fake heads (pointer form), contents.
 
-    :param folio: a record from :func:`hugetlb_folios`.
+    :param folio: ``struct folio *`` or ``struct page *`` of a hugetlb
+        folio's head (or a record of :func:`hugetlb_folio_records`).
+    :raises ValueError: if it heads no folio on the hstate lists.
     """
-    if prog is None:
+    if isinstance(folio, Object):
+        prog = folio.prog_
+        page = folio.value_()
+        for record in hugetlb_folio_records(prog):
+            if record.page == page:
+                folio = record
+                break
+        else:
+            raise ValueError(f"{page:#x} heads no folio on the hstate lists")
+    elif prog is None:
         from drgn import get_default_prog
 
         prog = get_default_prog()

@@ -31,7 +31,7 @@ __all__ = (
     "ListBreak",
     "Zone",
     "for_each_hstate_record",
-    "for_each_hugetlb_folio",
+    "for_each_hugetlb_folio_record",
     "for_each_hugetlb_entry",
     "for_each_hugetlb_folio_page",
     "folio_record",
@@ -460,7 +460,7 @@ def folio_record(
     )
 
 
-def for_each_hugetlb_folio(
+def for_each_hugetlb_folio_record(
     prog: Program,
     hstate: Optional[Hstate] = None,
     cut: Optional[List[Tuple[str, str]]] = None,
@@ -500,7 +500,7 @@ def for_each_hugetlb_folio_page(
     broken: Optional[List[ListBreak]] = None,
 ) -> Iterator[Tuple[HugetlbFolio, bytes]]:
     """
-    :func:`for_each_hugetlb_folio`, each folio with the bytes of the vmemmap
+    :func:`for_each_hugetlb_folio_record`, each folio with the bytes of the vmemmap
     page that holds its head struct page (the scan checks that page's other
     struct pages without reading it again). The bytes are not kept.
     """
@@ -527,7 +527,7 @@ def for_each_hugetlb_entry(
     holding it)`` for every entry, no record made (:func:`folio_record`
     makes one), so that a scan can skip the record of a folio it has seen
     the like of. Same lists, order, ``cut`` and ``broken`` as
-    :func:`for_each_hugetlb_folio`.
+    :func:`for_each_hugetlb_folio_record`.
 
     :param known: per hstate order, entries read already (``_walk_list``):
         those come with their tuple in place of the bytes.

@@ -445,7 +445,7 @@ def scan_folios(
     one page-table walker and one cache of shared frames for the whole scan.
 
     :param progress: called with each folio's record, for progress bars.
-    :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio`.
+    :param cut, broken: as for :func:`~vmemspect.hugetlb.for_each_hugetlb_folio_record`.
     :param sweep: a :class:`~vmemspect.sweep.VmemmapSweep` told of every
         folio read.
     """

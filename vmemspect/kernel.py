@@ -39,8 +39,10 @@ __all__ = (
     "page_flags_zone",
 )
 
-# The poison a tail page's ->mapping holds (TAIL_MAPPING, POISON_POINTER_DELTA
-# 0xdead000000000000 on x86_64 plus 0x400).
+# TAIL_MAPPING (include/linux/poison.h: 0x400 + POISON_POINTER_DELTA, which is
+# CONFIG_ILLEGAL_POINTER_VALUE, 0xdead000000000000 on x86_64 and riscv64):
+# what prep_compound_tail() writes in a tail struct page's ->mapping, so
+# what every struct page of a mask-form shared tail frame holds there.
 TAIL_MAPPING = 0xDEAD000000000400
 
 # Zone names by index, for kernels whose zone->name cannot be read.

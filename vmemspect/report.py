@@ -202,6 +202,8 @@ class Report:
     tails: List[SharedTail]
     findings: List[Finding]
     savings: Savings
+    #: The group counts, gathered during the scan.
+    group_tally: GroupTally
     #: (hstate, reason) for each hstate list cut short by missing memory.
     cut_lists: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     #: (pfn, what it is, why) of each frame a mapping names whose contents
@@ -220,13 +222,8 @@ class Report:
     #: Folio pfn -> why it is not optimized (vmemspect.optimizable.REASONS),
     #: for the folios kept.
     not_optimized: Dict[int, str] = dataclasses.field(default_factory=dict)
-    #: The group counts, gathered during the scan.
-    group_tally: Optional[GroupTally] = None
     #: Rows the scan wrote per folio (RowSink), in list order.
     rows: Optional[Spool] = None
-    #: Pointer form: folios whose vmemmap is remapped (their frames alias
-    #: the head's) and their fake heads, counted.
-    aliased_fake_heads: int = 0
     #: The whole-vmemmap sweep: remapped ranges of no listed folio.
     sweep: Optional[SweepResult] = None
     #: What --jobs workers did (None: none were asked for).
@@ -236,7 +233,7 @@ class Report:
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then node and zone order."""
-        return self.group_tally.groups(self.hstates) if self.group_tally is not None else []
+        return self.group_tally.groups(self.hstates)
 
 
 def _finding_key(f: Finding) -> Tuple[str, Optional[int], Optional[int], str]:
@@ -370,7 +367,6 @@ def _scan(
         not_optimized=not_optimized,
         group_tally=groups,
         rows=None if rows is None else rows.spool,
-        aliased_fake_heads=r.fake_heads,
         sweep=r.sweep,
         workers=r.workers,
     )

@@ -282,8 +282,6 @@ class ScanResult:
     unknown_frames: List[Tuple[int, str, str]]
     sweep: SweepResult
     workers: Optional[WorkerReport]
-    #: Pointer form: fake heads of the remapped folios.
-    fake_heads: int = 0
 
 
 def count_isolated(found: Dict[Tuple[str, int], List[int]], swept: SweepResult,
@@ -350,7 +348,7 @@ def run_scan(
     findings: List[Finding] = []
     unknown: List[FolioVmemmap] = []
     unknown_frames: Dict[int, Tuple[int, str, str]] = {}
-    scanned = saved = possible_pages = flagged_pages = remapped = flagged = fake = 0
+    scanned = saved = possible_pages = flagged_pages = remapped = flagged = 0
     workers: dict = {}
     for fv, n, inline in strategy.pairs(ctx, workers):
         for pfn, why in fv.unreadable:
@@ -369,7 +367,6 @@ def run_scan(
         if fv.remapped:
             saved += per_folio * n
             remapped += n
-            fake += fv.fake_heads * n
         if fv.folio.optimized:
             flagged_pages += per_folio * n
             flagged += n
@@ -429,7 +426,7 @@ def run_scan(
         model=model, hstates=hstates, zones=ctx.zones, complete=strategy.complete,
         scanned=scanned, unknown=unknown, findings=findings, tails=tails, savings=savings,
         cut_lists=cut, broken_lists=broken, unknown_frames=list(unknown_frames.values()),
-        sweep=swept, fake_heads=fake,
+        sweep=swept,
         workers=WorkerReport(workers["requested"], workers["started"], workers["failed"],
                              tuple(workers["cpu_seconds"]), workers.get("why_none"))
         if workers else None)
