@@ -7,6 +7,7 @@ usage::
 
     python3 scripts/bench-metrics.py [--kernel 7.2|6.12] [--mem 64G]
                                      [--hugepages 30000] [--repeat 3] [--json]
+                                     [--run DIR]
 
 The test bed (scenario scale-2m: guest RAM in a reserve=off backend,
 init_on_alloc=0) boots the guest with ``hugepagesz=2M hugepages=N`` and HVO
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hugepages", type=int, default=30000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--run", metavar="DIR", type=Path,
+                    help="measure the dump of an existing test-bed run (its run.json), e.g. "
+                         "bench-scale.py's 120,000-folio guest, instead of booting one")
     a = ap.parse_args(argv)
-    run = get_dump(a.kernel, a.mem, a.hugepages)
+    run = json.loads((a.run / "run.json").read_text()) if a.run else \
+        get_dump(a.kernel, a.mem, a.hugepages)
     dump, vmlinux = run["kdump"], run["vmlinux"]
     folios = run["truth"]["hstates"]["2048"]["global"]["nr_hugepages"]
     py = sys.executable
