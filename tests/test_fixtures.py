@@ -20,6 +20,7 @@ import pytest
 from vmemspect import cli
 from vmemspect.diskdump import read_page_list
 from vmemspect.extract import PageSnapshot, page_classes
+from vmemspect.kernel import kernel_model
 from vmemspect.pagetable import page_table_walker
 from vmemspect.target import open_vmcore
 
@@ -73,6 +74,8 @@ def test_kernel(fixture):
     k = report["kernel"]
     assert k["types"] == "btf"
     assert prog.cache["vmemspect_types"] == "btf"
+    # Every fact the model needs came from the kernel: no default.
+    assert kernel_model(prog).defaults == () and k["defaults"] == []
     assert k["release"] == meta["truth"]["uname"] == meta["release"]
     assert k["form"] == meta["form"]
     assert k["hvo_enabled"] == bool(meta["truth"]["hugetlb_optimize_vmemmap"])

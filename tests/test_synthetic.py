@@ -90,6 +90,24 @@ def test_facts_fall_back_to_written_defaults(capsys):
     assert doc["kernel"]["defaults"] == list(m.defaults)
 
 
+def test_btf_length_defaults_are_named():
+    """An array length the BTF finder had to default (nothing in the kernel
+    gave it) is named among the model's defaults."""
+    from vmemspect.progcache import cache_set
+
+    class FakeBtf:
+        length_sources = {"hstates": "default HUGE_MAX_HSTATE"}
+
+        def defaulted_lengths(self):
+            return {"hstates": (2, "default HUGE_MAX_HSTATE")}
+
+    k = build_kernel(folios=[])
+    cache_set(k.prog, "btf", FakeBtf())
+    m = kernel_model(k.prog)
+    assert m.defaults == ("len(hstates) = 2 (default HUGE_MAX_HSTATE: nothing in the kernel "
+                          "gave it)",)
+
+
 def test_a_wrong_default_is_named_beside_the_verdict(capsys):
     """The synthetic kernel has 5 zones (3 zone bits); without the
     enumerator the default of 4 zones (2 bits) misreads every folio's zone:

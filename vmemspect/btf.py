@@ -686,6 +686,12 @@ class BtfTypes:
         self.length_sources[name] = how
         return length
 
+    def defaulted_lengths(self) -> Dict[str, Tuple[int, str]]:
+        """The arrays whose length nothing in the kernel gave, so far: name
+        -> (the default length taken, which default)."""
+        return {name: (self._lengths[name], how) for name, how in self.length_sources.items()
+                if how.startswith("default")}
+
     def _vmcoreinfo_length(self, name: str) -> Optional[int]:
         return vmcoreinfo_number(program_vmcoreinfo(self.prog), f"LENGTH({name})")
 

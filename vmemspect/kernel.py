@@ -236,21 +236,30 @@ def _max_numnodes(prog: Program) -> _Fact:
     declare it ``[MAX_NUMNODES]``); 1 when the kernel has no ``node_data``
     (CONFIG_NUMA=n keeps no node bits); 1 by default when the array's
     length cannot be told. With BTF types the length is the BTF finder's,
-    which may itself be a default (its ``length_sources``).
+    whose own defaults :func:`_btf_defaults` names.
     """
     try:
         node_data = prog["node_data"]
     except (KeyError, LookupError):
         return _Fact(1, "no node_data[] (CONFIG_NUMA=n): one node")
     try:
-        length = len(node_data)
+        return _Fact(len(node_data), "len(node_data)")
     except (TypeError, LookupError):
         return _Fact(1, "MAX_NUMNODES = 1 (default: the length of node_data[] is unknown)", True)
+
+
+def _btf_defaults(prog: Program) -> Tuple[str, ...]:
+    """
+    With types from the kernel's BTF (:mod:`vmemspect.btf`), the global
+    arrays whose length neither VMCOREINFO, BTF nor kallsyms gave, so that
+    the BTF finder took its default (``hstates[HUGE_MAX_HSTATE]``,
+    ``node_data[MAX_NUMNODES]``...): one line each.
+    """
     btf = cache_get(prog, "btf")
-    how = btf.length_sources.get("node_data", "") if btf is not None else ""
-    if how.startswith("default"):
-        return _Fact(length, f"MAX_NUMNODES = {length} ({how} in the BTF types)", True)
-    return _Fact(length, "len(node_data)")
+    if btf is None:
+        return ()
+    return tuple(f"len({name}) = {length} ({how}: nothing in the kernel gave it)"
+                 for name, (length, how) in sorted(btf.defaulted_lengths().items()))
 
 
 def _nr_zones(prog: Program) -> _Fact:
@@ -485,7 +494,7 @@ def _detect(prog: Program) -> KernelModel:
     if not tails_readonly:
         evidence.append("riscv64 has no PAGE_KERNEL_RO (it falls back to PAGE_KERNEL): "
                         "HVO maps tails writable")
-    defaults = tuple(f.source for f in facts.values() if f.default)
+    defaults = tuple(f.source for f in facts.values() if f.default) + _btf_defaults(prog)
     evidence.extend(defaults)
 
     return KernelModel(
