@@ -176,7 +176,7 @@ def _resolve_type(prog, name):
 #: Calls whose first argument is an object name / a type name (on a
 #: program), and vmemspect's own wrappers whose second one is.
 _OBJECT_METHODS = {"object", "constant", "variable"}
-_OBJECT_FUNCTIONS = {"has_object", "_constant"}
+_OBJECT_FUNCTIONS = {"has_object", "_constant", "_optional_constant", "_hpg_bit"}
 _TYPE_FUNCTIONS = {"_has_type"}
 
 
