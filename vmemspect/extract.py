@@ -24,8 +24,14 @@ compressed: the extract holds what the traced commands saw, also on a live
 kernel. Pages the source lacks are left out and read as missing in the
 extract too (a :class:`drgn.FaultError`); corruption is copied as it is.
 
-Seen to work on Debian 6.1.192, 6.12.117 and 7.2.13 (x86_64) dumps of the
-test bed (:mod:`vmemspect.diskdump` writes the file).
+Page tables are read in the kernel's own format (x86_64 4/5-level, riscv64
+Sv39/48/57) by :mod:`vmemspect.mmu`: extract decodes no entry itself. On
+riscv64, where drgn cannot translate kernel addresses, the traced programs
+read them through vmemspect's walker, as an opened dump does.
+
+Seen to work on Debian 6.1.192, 6.12.117 and 7.2.13 (x86_64) and 6.12.117
+and 7.2.13 (riscv64) dumps of the test bed (:mod:`vmemspect.diskdump`
+writes the file).
 """
 
 import collections
@@ -42,8 +48,10 @@ from .commands import COMMANDS, Replay
 from .diskdump import BLOCK_SIZE, DiskdumpInfo, compress_page, write_diskdump
 from .errors import VmemspectError
 from .kernel import kernel_model
+from .mmu import kernel_root, kernel_tables
 from .progcache import cache_get
-from .target import load_debug_info
+from .target import load_debug_info, setup_kernel_va
+from .vmcoreinfo import parse_vmcoreinfo
 
 __all__ = (
     "ExtractResult",
@@ -55,11 +63,7 @@ __all__ = (
 )
 
 PAGE = BLOCK_SIZE
-_PRESENT = 1 << 0
-_PSE = 1 << 7
-_ADDR = 0x000FFFFFFFFFF000
-#: Start of the x86_64 kernel image mapping (__START_KERNEL_map).
-_START_KERNEL_MAP = 0xFFFFFFFF80000000
+PAGE_SHIFT = 12
 
 
 class PageSnapshot:
@@ -132,10 +136,15 @@ class PageSnapshot:
 
     def program(self) -> Program:
         """A new kernel program whose memory is this snapshot (drgn walks
-        the page tables in it for virtual addresses)."""
+        the page tables in it for virtual addresses; on riscv64, which
+        drgn cannot walk, vmemspect's walker does, as when a dump is
+        opened: :func:`vmemspect.target.setup_kernel_va`). The memory comes
+        first: drgn's plugin hook (:func:`vmemspect.plugin.drgn_prog_set`)
+        reads the top page table as soon as the kernel is set."""
         prog = Program(self.source.platform)
-        prog.set_linux_kernel_custom(self.vmcoreinfo, False)
         prog.add_memory_segment(0, (1 << 64) - 1, self.read, True)
+        prog.set_linux_kernel_custom(self.vmcoreinfo, False)
+        setup_kernel_va(prog)
         return prog
 
     def stored_bytes(self) -> int:
@@ -173,12 +182,13 @@ class ExtractResult:
     seconds: float
 
 
-def _vmcoreinfo_number(vmcoreinfo: bytes, key: str) -> Optional[str]:
-    prefix = key.encode() + b"="
-    for line in vmcoreinfo.splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix):].decode(errors="replace").strip("\0")
-    return None
+#: The architectures extract writes dumps of, by drgn's name for them.
+_ARCHES = {drgn.Architecture.X86_64: "x86_64", drgn.Architecture.RISCV64: "riscv64"}
+
+
+def _arch_of(prog: Program) -> str:
+    """"x86_64" or "riscv64" (else "")."""
+    return _ARCHES.get(prog.platform.arch, "") if prog.platform is not None else ""
 
 
 def _run_commands(prog: Program) -> int:
@@ -201,9 +211,9 @@ def _loaded_modules(prog: Program) -> None:
         pass
 
 
-def _utsname(source: Program, vmcoreinfo: bytes) -> Tuple[str, str, str, str, str, str]:
-    release = _vmcoreinfo_number(vmcoreinfo, "OSRELEASE") or "unknown"
-    fields = ["Linux", "", release, "unknown", "x86_64", ""]
+def _utsname(source: Program, info: Dict[str, str]) -> Tuple[str, str, str, str, str, str]:
+    release = info.get("OSRELEASE") or "unknown"
+    fields = ["Linux", "", release, "unknown", _arch_of(source), ""]
     try:
         name = source["init_uts_ns"].name
         for i, member in enumerate(("sysname", "nodename", "release", "version", "machine",
@@ -216,48 +226,37 @@ def _utsname(source: Program, vmcoreinfo: bytes) -> Tuple[str, str, str, str, st
     return tuple(fields)  # type: ignore[return-value]
 
 
-def page_classes(snapshot: PageSnapshot, vmemmap: Tuple[int, int]) -> Dict[int, str]:
+def page_classes(snapshot: PageSnapshot, vmemmap: Tuple[int, int],
+                 arch: Optional[str] = None) -> Dict[int, str]:
     """
     What each page of ``snapshot`` is: "page_table" (a table reached from
     the kernel's top-level page table through tables the snapshot holds),
     "vmemmap" (a frame that a leaf under the vmemmap range ``[start, end)``
     maps), else "kernel" (kernel data: the image, node data, sections...).
+
+    The tables are read by :func:`vmemspect.mmu.kernel_tables` in the
+    format of ``arch`` ("x86_64", "riscv64"; by default the source's), from
+    the top table VMCOREINFO names (:func:`vmemspect.mmu.kernel_root`);
+    only pages the snapshot holds are read, so classifying adds none.
     """
-    vi = snapshot.vmcoreinfo
-    levels = 5 if _vmcoreinfo_number(vi, "NUMBER(pgtable_l5_enabled)") == "1" else 4
-    top = int(_vmcoreinfo_number(vi, "SYMBOL(init_top_pgt)") or "0", 16)
-    phys_base = int(_vmcoreinfo_number(vi, "NUMBER(phys_base)") or "0", 0)
-    classes: Dict[int, str] = {}
     held = snapshot.pages
-    if not top:
+    try:
+        fmt, root, _ = kernel_root(arch or _arch_of(snapshot.source),
+                                   parse_vmcoreinfo(snapshot.vmcoreinfo))
+    except ValueError:
         return {pfn: "kernel" for pfn in held}
-    root = (top - _START_KERNEL_MAP + phys_base) // PAGE
-    stack = [(root, levels, 0)]
-    while stack:
-        pfn, level, base = stack.pop()
-        if pfn not in held or classes.get(pfn) == "page_table":
+    classes: Dict[int, str] = {}
+    start, end = vmemmap
+    for level, pfn, va, shift in kernel_tables(
+            fmt, root, lambda pfn: snapshot.page(pfn) if pfn in held else None):
+        if not level:
+            classes[pfn] = "page_table"
             continue
-        classes[pfn] = "page_table"
-        table = snapshot.page(pfn)
-        shift = 12 + 9 * (level - 1)
-        first = 256 if level == levels else 0  # the kernel half
-        for i in range(first, 512):
-            entry = int.from_bytes(table[i * 8:i * 8 + 8], "little")
-            if not entry & _PRESENT:
-                continue
-            va = base | (i << shift)
-            if level == levels and i >= 256:  # sign-extend the kernel half
-                va |= ~((1 << (shift + 9)) - 1) & ((1 << 64) - 1)
-            leaf = level == 1 or (level in (2, 3) and entry & _PSE)
-            if not leaf:
-                stack.append(((entry & _ADDR) // PAGE, level - 1, va))
-                continue
-            if va + (1 << shift) <= vmemmap[0] or va >= vmemmap[1]:
-                continue
-            frame = (entry & _ADDR & ~((1 << shift) - 1)) // PAGE
-            for k in range(1 << (shift - 12)):
-                if frame + k in held and vmemmap[0] <= va + k * PAGE < vmemmap[1]:
-                    classes.setdefault(frame + k, "vmemmap")
+        if va + (1 << shift) <= start or va >= end:
+            continue
+        for k in range(1 << (shift - PAGE_SHIFT)):
+            if pfn + k in held and start <= va + k * PAGE < end:
+                classes.setdefault(pfn + k, "vmemmap")
     for pfn in held:
         classes.setdefault(pfn, "kernel")
     return classes
@@ -283,8 +282,9 @@ def extract(
     except (KeyError, LookupError):
         raise VmemspectError("the program has no VMCOREINFO, which an extract must carry",
                              "extract from a kernel dump or the running kernel")
-    if source.platform is None or source.platform.arch != drgn.Architecture.X86_64:
-        raise VmemspectError("extract writes x86_64 dumps only", "give an x86_64 kernel")
+    if not _arch_of(source):
+        raise VmemspectError("extract writes x86_64 and riscv64 dumps only",
+                             "give an x86_64 or riscv64 kernel")
     tmp = _open_output(path)
     try:
         result = _extract(source, vmcoreinfo, tmp, progress)
@@ -335,8 +335,9 @@ def _extract(source: Program, vmcoreinfo: bytes, path: str,
     max_mapnr = max(max_pfn, max(snapshot.pages, default=0) + 1)
     classes = page_classes(snapshot, (model.vmemmap_start,
                                       model.vmemmap_start + max_mapnr * model.sizeof_page))
-    phys_base = int(_vmcoreinfo_number(vmcoreinfo, "NUMBER(phys_base)") or "0", 0)
-    info = DiskdumpInfo(max_mapnr=max_mapnr, utsname=_utsname(source, vmcoreinfo),
+    keys = parse_vmcoreinfo(vmcoreinfo)
+    phys_base = int(keys.get("NUMBER(phys_base)") or "0", 0)
+    info = DiskdumpInfo(max_mapnr=max_mapnr, utsname=_utsname(source, keys),
                         phys_base=phys_base, nr_cpus=_nr_cpus(source))
     say("writing")
     layout = write_diskdump(path, snapshot.pages, vmcoreinfo, info)

@@ -27,7 +27,7 @@ import array
 import collections
 import dataclasses
 import struct
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program, ProgramFlags
 
@@ -41,8 +41,11 @@ __all__ = (
     "PageTableFormat",
     "PageTableWalker",
     "install_kernel_va",
+    "kernel_root",
+    "kernel_tables",
     "page_table_format",
     "riscv64_kernel_root",
+    "x86_64_kernel_root",
 )
 
 _UNPACK = struct.Struct("<512Q").unpack
@@ -86,6 +89,14 @@ class PageTableFormat:
     def is_leaf(self, entry: int, level: int) -> bool:
         """A present ``entry`` at ``level`` maps memory (else it names a table)."""
         return level == 1 or (level in self.huge_levels and bool(entry & self.leaf_bits))
+
+    @property
+    def pte_needs(self) -> int:
+        """What a last-level entry needs besides the present bit to map a
+        page: nothing more on x86_64; R, W or X on riscv64, where a valid
+        PTE with none of them would point to a next level, which the last
+        level cannot (the hardware raises a page fault)."""
+        return self.leaf_bits if self.arch == "riscv64" else self.present
 
     def entry_pfn(self, entry: int) -> int:
         """The frame an entry names (the first frame of a huge leaf, or the
@@ -180,11 +191,7 @@ class PageTableWalker:
         # The hot loops below read these as locals.
         self.present = fmt.present
         self.write = fmt.write
-        # What a last-level entry needs besides the present bit to map a
-        # page: nothing more on x86_64; R, W or X on riscv64, where a valid
-        # PTE with none of them would point to a next level, which the last
-        # level cannot (the hardware raises a page fault).
-        self._pte_needs = fmt.leaf_bits if fmt.arch == "riscv64" else fmt.present
+        self._pte_needs = fmt.pte_needs
         self._pfn_shift = fmt.pfn_shift
         self._pfn_mask = fmt.pfn_mask
         #: Per last-level table read (physical address), the pairs of
@@ -383,6 +390,52 @@ class PageTableWalker:
         return None
 
 
+def kernel_tables(
+    fmt: PageTableFormat, root: int, table: Callable[[int], Optional[bytes]],
+) -> Iterator[Tuple[int, int, int, int]]:
+    """
+    Every table and every leaf of the kernel half of the page tables whose
+    top table is at physical address ``root``, for a reader that holds only
+    some of the tables: ``table(pfn)`` gives a table's 4096 bytes, or None
+    to leave it (and what it maps) out. Each table is visited once.
+
+    Yields ``(level, pfn, va, shift)``: for a table, ``level`` 0 and its
+    ``pfn`` (``va`` and ``shift`` 0); for a leaf, the level it sits at
+    (1 = PTE), the first frame it maps, the (sign-extended) virtual address
+    it maps and the shift of its span (12 for 4 KiB). The kernel half is
+    the upper half of the top table (entries 256-511) on x86_64 and
+    riscv64 alike; a valid riscv64 PTE without R, W or X maps nothing and
+    is skipped.
+    """
+    levels, page_shift = fmt.levels, fmt.page_shift
+    present, needs = fmt.present, fmt.pte_needs
+    seen = set()
+    stack = [(root >> page_shift, levels, 0)]
+    while stack:
+        pfn, level, base = stack.pop()
+        if pfn in seen:
+            continue
+        data = table(pfn)
+        if data is None:
+            continue
+        seen.add(pfn)
+        yield 0, pfn, 0, 0
+        entries = _UNPACK(data)
+        shift = page_shift + 9 * (level - 1)
+        first = 256 if level == levels else 0  # the kernel half
+        for i in range(first, 512):
+            entry = entries[i]
+            if not entry & present:
+                continue
+            va = base | (i << shift)
+            if level == levels:  # sign-extend the kernel half
+                va |= ~((1 << (shift + 9)) - 1) & ((1 << 64) - 1)
+            if not fmt.is_leaf(entry, level):
+                stack.append((fmt.entry_pfn(entry), level - 1, va))
+            elif level > 1 or entry & needs:
+                yield level, fmt.entry_pfn(entry) & ~((1 << (shift - page_shift)) - 1), va, shift
+
+
 # ---------------------------------------------------------------- riscv64
 
 
@@ -410,6 +463,49 @@ def riscv64_kernel_root(info: Dict[str, str]) -> Tuple[int, int, str]:
                          "NUMBER(va_kernel_pa_offset) and NUMBER(VA_BITS)")
     return ((pgd - offset) & ((1 << 64) - 1), (va_bits - 12) // 9,
             "SYMBOL(swapper_pg_dir) - NUMBER(va_kernel_pa_offset), NUMBER(VA_BITS)")
+
+
+#: Start of the x86_64 kernel image mapping (``__START_KERNEL_map``).
+_START_KERNEL_MAP = 0xFFFFFFFF80000000
+
+
+def x86_64_kernel_root(info: Dict[str, str]) -> Tuple[int, int, str]:
+    """
+    The physical address of an x86_64 kernel's top page table, its level
+    count and where both came from, from VMCOREINFO alone:
+    ``SYMBOL(init_top_pgt)`` sits in the kernel image, mapped at
+    ``__START_KERNEL_map`` + ``NUMBER(phys_base)``; 5 levels when
+    ``NUMBER(pgtable_l5_enabled)`` is 1 (else, or without it, 4).
+
+    :raises ValueError: if VMCOREINFO lacks ``SYMBOL(init_top_pgt)``.
+    """
+    top = vmcoreinfo_number(info, "SYMBOL(init_top_pgt)", 16)
+    if not top:
+        raise ValueError("VMCOREINFO has no SYMBOL(init_top_pgt)")
+    phys_base = vmcoreinfo_number(info, "NUMBER(phys_base)", 0) or 0
+    levels = 5 if info.get("NUMBER(pgtable_l5_enabled)") == "1" else 4
+    return ((top - _START_KERNEL_MAP + phys_base) & ((1 << 64) - 1), levels,
+            "SYMBOL(init_top_pgt) - __START_KERNEL_map + NUMBER(phys_base), "
+            "NUMBER(pgtable_l5_enabled)")
+
+
+def kernel_root(arch: str, info: Dict[str, str]) -> Tuple[PageTableFormat, int, str]:
+    """
+    The format and the physical address of the top table of a kernel's
+    page tables, from VMCOREINFO alone (no types, no virtual reads), and
+    where they came from: :func:`x86_64_kernel_root`,
+    :func:`riscv64_kernel_root`.
+
+    :raises ValueError: for another architecture, or if VMCOREINFO does
+        not say.
+    """
+    if arch == "x86_64":
+        root, levels, source = x86_64_kernel_root(info)
+    elif arch == "riscv64":
+        root, levels, source = riscv64_kernel_root(info)
+    else:
+        raise ValueError(f"no kernel page tables known for {arch}")
+    return page_table_format(arch, levels), root, source
 
 
 class KernelVirtualMemory:
