@@ -64,7 +64,7 @@ def dumps(runs: Path | None) -> list[tuple[str, list[str]]]:
             continue
         run = json.loads((d / "run.json").read_text())
         core = d / "vmcore.kdump" if (d / "vmcore.kdump").exists() else d / "vmcore.elf"
-        args = [str(core), "-s", run["vmlinux"]]
+        args = [str(core)] + (["-s", run["vmlinux"]] if run.get("vmlinux") else [])
         if (d / "vmcoreinfo.txt").exists():
             args += ["--vmcoreinfo", str(d / "vmcoreinfo.txt")]
         out.append((name, args))
