@@ -45,6 +45,7 @@ from .checks import (
     folio_group_keyer,
 )
 from .errors import VmemspectError
+from .progcache import is_live
 from .hugetlb import (
     Hstate,
     ListBreak,
@@ -307,6 +308,10 @@ def scan_context(prog: Program) -> ScanContext:
         hstates = list(for_each_hstate_record(prog))
         zone_list = zones(prog)
     except FaultError as e:
+        if is_live(prog):
+            raise VmemspectError(f"cannot read the running kernel's hstates or zones ({e})",
+                                 "/proc/kcore refused the read: run as root, on a kernel "
+                                 "without lockdown=confidentiality")
         raise VmemspectError(
             f"the dump lacks the hstates or zones ({e})",
             "it is truncated or filtered too far; take a dump that keeps kernel data",
