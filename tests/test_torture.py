@@ -21,6 +21,7 @@ finding may be reported there.
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,46 @@ def test_torture_own_kernel_files():
     assert s["confirmation"]["plain_drgn"]["flagged_not_remapped"] == DEMOTED
 
 
+def test_run_own_kernel_files():
+    """A scenario run (scripts/testbed run) of a developer's own build,
+    given as plain files through the command line (--kernel-image,
+    --vmlinux, --modules): Debian's 6.12 as if built locally, in hvo-2m.
+    The guest boots that image, vmemspect reads the dump with that vmlinux
+    (DWARF), and what it finds equals what the guest said about itself."""
+    import subprocess
+    import sys
+    from conftest import ROOT, vmemspect_json
+    kdir = testbed.fetch_kernel("6.12", dbg=True)
+    out = run_dir() / "own-6.12-hvo-2m"
+    shutil.rmtree(out, ignore_errors=True)
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "testbed"), "run", "--scenario",
+                        "hvo-2m", "--kernel-image", str(kdir / "vmlinuz"), "--vmlinux",
+                        str(kdir / "vmlinux"), "--modules", str(kdir), "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    assert "Traceback" not in p.stderr
+    run = json.loads((out / "run.json").read_text())
+    truth = run["truth"]
+    assert run["series"] == "own" and run["kernel"]["id"] == "own"
+    assert run["release"] == truth["uname"] == (kdir / "release").read_text().strip()
+    # booted the image given, read with the vmlinux given
+    assert "own-kernels" in run["vmlinuz"]
+    assert Path(run["vmlinuz"]).resolve() == (kdir / "vmlinuz").resolve()
+    assert run["vmlinux"] and Path(run["vmlinux"]).resolve() == (kdir / "vmlinux").resolve()
+    doc = vmemspect_json(run)
+    assert doc["kernel"]["release"] == truth["uname"]
+    assert doc["kernel"]["types"] == "dwarf" and doc["kernel"]["form"] == "pointer"
+    folios = vmemspect_json(run, "folios")["folios"]
+    assert sorted(f["pfn"] for f in folios) == sorted(f["pfn"] for f in truth["hugetlb_folios"])
+    assert len(folios) == 64
+    v = vmemspect_json(run, "verify")
+    assert v["ok"] and v["checked_folios"] == 64, v
+    # a --vmlinux without --kernel-image is refused with a message, no traceback
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "testbed"), "run", "--vmlinux",
+                        str(kdir / "vmlinux")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--kernel-image" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_ddmin_and_signature():
     """The minimizer's parts, without a guest: ddmin reaches a 1-minimal
     subsequence; a signature names the checks, the alarm kind and where a
@@ -154,3 +195,92 @@ def test_ddmin_and_signature():
     for _ in range(500):
         op = torture.draw(rng, 2)
         assert op["op"] == "dimm" or torture.sh_line(op).startswith("op_")
+
+
+def _fake_kernel(need: set, every: int = 1, sig: tuple = ("flag-vs-mapping",)):
+    """A fake replay (no guest): a sequence holding every operation of
+    ``need`` gives the finding ``sig`` on every ``every``-th boot of that
+    exact sequence (1: always); any other sequence gives nothing, or once
+    in a while another check's finding."""
+    boots: dict = {}
+
+    def replay_fn(sub, d):
+        key = json.dumps(sub)
+        boots[key] = boots.get(key, 0) + 1
+        if need <= {o["args"][0] for o in sub}:
+            return sig if boots[key] % every == 0 else ()
+        return ("tail-frame",) if len(sub) == 7 else ()
+    return replay_fn, boots
+
+
+def test_minimize_deterministic(tmp_path):
+    """A finding that comes on every boot: one replay per candidate subset,
+    the minimized sequence replayed 3 times in all (rate 3 of 3)."""
+    ops = [{"op": "x", "args": [i]} for i in range(20)]
+    fn, boots = _fake_kernel({3, 11, 17})
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                         max_tries=200, replay_fn=fn)
+    assert m["reproduced"] and [o["args"][0] for o in m["ops"]] == [3, 11, 17]
+    assert m["rate_full"] == {"hits": 3, "replays": 3}
+    assert m["replays_per_subset"] == 1
+    assert m["rate"] == {"hits": 3, "replays": 3}
+    # every subset but the whole and the minimized one booted once
+    assert sorted(set(boots.values())) == [1, 3]
+    # another check's finding is not the same finding
+    assert all(t["reproduces"] == ("flag-vs-mapping" in t["signature"]) for t in m["tries"])
+
+
+def test_minimize_flaky(tmp_path):
+    """A finding that comes on one boot in 2 (as the 6.12 compaction oops,
+    4 of 5): each candidate subset is replayed up to K times and kept if
+    any replay reproduces it; the minimizer still reaches the 3 operations
+    (with one replay per subset, as before, it would stop at the first
+    unlucky boot), and the reproduction rate is recorded in the result and
+    in reproducer.sh."""
+    ops = [{"op": "x", "args": [i]} for i in range(20)]
+    fn, boots = _fake_kernel({3, 11, 17}, every=2)
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                         max_tries=400, replays=4, replay_fn=fn)
+    assert m["reproduced"], m["tries"][:6]
+    assert [o["args"][0] for o in m["ops"]] == [3, 11, 17]
+    assert m["rate_full"] == {"hits": 2, "replays": 4}
+    assert m["replays_per_subset"] == 4          # 90 % for rate 1/2: 4 boots
+    assert m["rate"] == {"hits": 2, "replays": 4}
+    # subsets that reproduced needed their second boot
+    assert any(t["reproduces"] for t in m["tries"][4:])
+    assert not m["budget_exhausted"]
+    # ... with one replay per subset the same fake kernel is not minimized
+    fn1, _ = _fake_kernel({3, 11, 17}, every=2)
+    m1 = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                          max_tries=400, replays=1, replay_fn=fn1)
+    assert not m1["reproduced"]
+    real_ops = [{"op": "pool_1g", "args": [1048576, "all", 1]}, {"op": "demote", "args": [1]}]
+    text = torture.reproducer(real_ops, torture.GuestConfig(kernel="6.12"), "6.12.117+deb13",
+                              "VIOLATED", m["rate"])
+    assert "# Reproduced in 2 of 4 fresh boots" in text and "does not come every time" in text
+    assert "\nop_pool 1048576 all 1\nop_demote 1\n" in text
+    assert "fresh boots" not in torture.reproducer(real_ops, torture.GuestConfig(kernel="6.12"),
+                                                   "6.12.117+deb13", "VIOLATED")
+
+
+def test_minimize_never_and_budget(tmp_path):
+    """A finding no replay gives: not reproduced, after K boots of the whole
+    sequence; a budget too small stops with what was reached."""
+    ops = [{"op": "x", "args": [i]} for i in range(8)]
+    fn, boots = _fake_kernel({99})
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                         replays=3, replay_fn=fn)
+    assert not m["reproduced"] and m["rate_full"] == {"hits": 0, "replays": 3}
+    assert sum(boots.values()) == 3
+    fn, boots = _fake_kernel({1, 6})
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                         max_tries=5, replay_fn=fn)
+    assert m["reproduced"] and m["budget_exhausted"] and sum(boots.values()) == 5
+    assert {1, 6} <= {o["args"][0] for o in m["ops"]}
+
+
+def test_replays_per_subset():
+    assert torture.replays_per_subset(3, 3, 5) == 1
+    assert torture.replays_per_subset(4, 5, 5) == 2      # 0.8: 1 - 0.2**2 = 96 %
+    assert torture.replays_per_subset(1, 3, 5) == 5      # 1/3 needs 6: capped
+    assert torture.replays_per_subset(0, 3, 4) == 4
