@@ -543,6 +543,9 @@ OPS: dict[str, int] = {
     "unhold": 2, "move": 3, "mbind": 2, "offline": 2, "online": 2, "soft_offline": 2,
     "madv_soft": 2, "madv_hwpoison": 1, "pressure": 1, "unpressure": 1, "compact": 2,
     "dimm": 1, "pool_max": 1,
+    # never drawn (weight 0: every seed draws what it drew before); run it
+    # from an operation log (--replay): docs/torture.md, "vmemmap restore"
+    "squeeze": 0, "unsqueeze": 0,
 }
 SIZES = (2048, 1048576)
 
@@ -590,6 +593,10 @@ def draw(rng: random.Random, nodes: int, exclude: tuple = ()) -> dict:
         a = [rng.randrange(1000), rng.choice([0, 0, 1, 511])]
     elif name in ("madv_soft", "madv_hwpoison"):
         a = [size, k, rng.randrange(4) if size == 2048 else 0]
+    elif name == "squeeze":
+        a = [1048576, 12]
+    elif name == "unsqueeze":
+        a = [1048576]
     elif name == "pressure":
         # (a hog touches its memory: under TCG about 160 MB/s, hence the cap;
         # pool_max is the cheap way to fill memory)
@@ -607,7 +614,8 @@ def sh_line(op: dict) -> str | None:
              "unhold": "op_unhold", "move": "op_move", "mbind": "op_mbind",
              "offline": "op_offline", "online": "op_online",
              "soft_offline": "op_soft_offline", "pressure": "op_pressure",
-             "unpressure": "op_unpressure", "compact": "op_compact"}
+             "unpressure": "op_unpressure", "compact": "op_compact",
+             "squeeze": "op_squeeze", "unsqueeze": "op_unsqueeze"}
     if n == "madv_soft":
         return " ".join(["op_madv", *a, "soft"])
     if n == "madv_hwpoison":
@@ -704,7 +712,10 @@ def run_ops(g: TortureGuest, ops: list[dict], log, check_every: bool = True,
                "out": out.strip()[-2000:], "state": parse_state(state),
                "op_s": res["seconds"], "kmsg_alarms": alarms(res["kmsg"])}
         if res["kmsg"].strip():
-            rec["kmsg"] = res["kmsg"].strip().splitlines()[-40:]
+            km = res["kmsg"].strip().splitlines()
+            # the head names what happened (an allocation failure, an OOM
+            # kill's trigger), the tail how it ended
+            rec["kmsg"] = km if len(km) <= 70 else km[:30] + ["..."] + km[-40:]
         if check_every or i == len(ops) - 1:
             c = g.check()
             if not c["ok"] and settle:
