@@ -331,3 +331,26 @@ def test_replays_per_subset():
     assert torture.replays_per_subset(4, 5, 5) == 2      # 0.8: 1 - 0.2**2 = 96 %
     assert torture.replays_per_subset(1, 3, 5) == 5      # 1/3 needs 6: capped
     assert torture.replays_per_subset(0, 3, 4) == 4
+
+
+def test_alarms_and_a_dead_guest(tmp_path):
+    """A user process's trap is not a kernel alarm (6.12.95 under TCG:
+    "traps: busybox[..] general protection fault ip:..."), the kernel's own
+    general protection fault is; a crash that ended QEMU (panic) is still
+    a finding confirmed by the kernel, with no dump to keep."""
+    user = ("[ 9.1] traps: busybox[321] general protection fault ip:40235d sp:7fff7305fa48 "
+            "error:0 in busybox[235d,401000+184000]")
+    kern = "[ 9.2] Oops: general protection fault, probably for non-canonical address 0xdead0: 0000"
+    assert torture.alarms(user) == []
+    assert torture.alarms(user + "\n" + kern) == [kern.split("] ", 1)[1]]
+
+    class DeadGuest:
+        crashed = "Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI\nKernel panic - not syncing"
+        vmlinux = None
+
+        def dump(self, path):
+            raise testbed.TestbedError("QMP: the guest is gone")
+    finding = {"state": {}, "kmsg_alarms": ["Oops: double fault: 0000 [#1] PREEMPT SMP NOPTI"]}
+    c = torture.confirm(DeadGuest(), tmp_path, finding, {})
+    assert c["confirmed"] and c["dump_error"].startswith("QMP")
+    assert c["confirmed_by"][0].startswith("the kernel itself: Oops: double fault")

@@ -63,7 +63,11 @@ KERNEL_ALARM = re.compile(r"(WARNING:.*|BUG:.*|Oops.*|Bad page state.*|kernel BU
                           r"general protection fault.*|Kernel panic.*)")
 # not alarms: what MADV_HWPOISON / soft offline say when they work
 BENIGN = re.compile(r"Memory failure: .*(Recovered|recovery action)|Injecting memory failure|"
-                    r"soft offline: .*: (hugepage migration succeeded|page migration)")
+                    r"soft offline: .*: (hugepage migration succeeded|page migration)|"
+                    # a user process's trap, not the kernel's (seen on
+                    # 6.12.95 under TCG: "traps: busybox[...] general
+                    # protection fault ip:40235d sp:... in busybox[...]")
+                    r"general protection fault ip:[0-9a-f]+ sp:")
 
 
 class GuestCrash(TestbedError):
@@ -966,12 +970,8 @@ def memmap_total(st: dict) -> int | None:
     return st["nr_memmap_pages"] + st["nr_memmap_boot_pages"]
 
 
-def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
-            recs: list[dict] | None = None) -> dict:
-    """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
-    aftermath: release everything, and see what the kernel says."""
-    c: dict = {}
-    dump = g.dump(out_dir / "vmcore.kdump")
+def _check_dump(g: TortureGuest, c: dict, out_dir: Path, dump: Path) -> None:
+    """vmemspect's CLI and plain drgn on the dump kept of a finding's state."""
     c["dump"] = str(dump)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
@@ -994,6 +994,23 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
                                                or pd.get("remapped_not_flagged"))
         except ValueError:
             c["plain_drgn"] = {"error": (p.stderr or p.stdout)[-1500:]}
+
+
+def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
+            recs: list[dict] | None = None) -> dict:
+    """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
+    aftermath: release everything, and see what the kernel says."""
+    c: dict = {}
+    try:
+        dump = g.dump(out_dir / "vmcore.kdump")
+    except (TestbedError, OSError) as e:
+        if not g.crashed:
+            raise
+        # a panic ends QEMU (panic=-1, -no-reboot): no dump to keep
+        dump = None
+        c["dump_error"] = str(e).splitlines()[0]
+    if dump is not None:
+        _check_dump(g, c, out_dir, dump)
     st = finding.get("state", {})
     c["counters_at_finding"] = {k: st.get(k) for k in ("nr_memmap_pages", "nr_memmap_boot_pages")}
     if g.crashed:
