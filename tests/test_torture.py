@@ -354,3 +354,9 @@ def test_alarms_and_a_dead_guest(tmp_path):
     c = torture.confirm(DeadGuest(), tmp_path, finding, {})
     assert c["confirmed"] and c["dump_error"].startswith("QMP")
     assert c["confirmed_by"][0].startswith("the kernel itself: Oops: double fault")
+    assert "emulator_artifact" not in c
+    # the same crash with the register dump 6.12.95 gave under TCG
+    DeadGuest.crashed += "\n[ 11.3] RSP: 0000:ffa000000226fce0 EFLAGS: 7e3f7fc2\n"
+    c = torture.confirm(DeadGuest(), tmp_path, finding, {})
+    assert "7e3f7fc2" in c["emulator_artifact"]
+    assert torture.impossible_eflags("RSP: 002b:00007ffe26f2c370 EFLAGS: 00000202") is None

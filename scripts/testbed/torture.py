@@ -660,6 +660,16 @@ def parse_state(out: str) -> dict:
     return s
 
 
+def impossible_eflags(text: str) -> str | None:
+    """The first EFLAGS value of a kernel register dump with reserved bits
+    (22-31) set: no CPU does that; seen on 6.12.95 under TCG (double
+    faults, NULL dereferences in the maple tree), never on real x86."""
+    for m in re.finditer(r"EFLAGS: ([0-9a-f]{8,16})", text):
+        if int(m.group(1), 16) >> 22:
+            return m.group(1)
+    return None
+
+
 def alarms(kmsg: str) -> list[str]:
     return [m.group(0) for m in KERNEL_ALARM.finditer(kmsg) if not BENIGN.search(m.group(0))]
 
@@ -1017,6 +1027,11 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
         # no aftermath: the kernel already reacted (oops); the crash is
         # confirmed by the kernel itself
         c["crash"] = g.crashed.splitlines()[:60]
+        bad = impossible_eflags(g.crashed)
+        if bad:
+            c["emulator_artifact"] = (f"EFLAGS {bad} in the kernel's register dump has reserved "
+                                      "bits (22-31) set, which no x86 CPU does: QEMU's TCG "
+                                      "corrupted the guest's flags, not an HVO state")
         c["confirmed_by"] = ["the kernel itself: " + (finding.get("kmsg_alarms") or ["oops"])[0][:160]]
         c["confirmed"] = True
         return c
