@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if brief.get("finding"):
             brief["finding"] = {k: v for k, v in brief["finding"].items() if k != "findings"}
             brief["confirmed_by"] = s["confirmation"]["confirmed_by"]
+            if s["confirmation"].get("emulator_artifact"):
+                brief["emulator_artifact"] = s["confirmation"]["emulator_artifact"]
         print(json.dumps(brief, indent=1), file=sys.stderr)
         print(Path(s["out_dir"]) / "summary.json")
         return 3 if s.get("finding") else 0
