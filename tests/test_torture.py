@@ -236,6 +236,9 @@ def test_ddmin_and_signature():
     crash = {"kmsg_alarms": ["BUG: unable to handle page fault for address: ffa0"],
              "kmsg": ["[ 8.2] RIP: 0010:__list_del_entry_valid_or_report+0x43/0x80"]}
     assert torture.signature(crash) == ("BUG", "RIP:__list_del_entry_valid_or_report")
+    # the same crash seen in the step's messages (BUG and Oops lines)
+    crash2 = dict(crash, kmsg_alarms=crash["kmsg_alarms"] + ["Oops: Oops: 0000 [#1] PREEMPT SMP NOPTI"])
+    assert torture.signature(crash2) == torture.signature(crash)
     # every drawn operation has an agent line (or is the host's DIMM)
     import random
     rng = random.Random(1)

@@ -660,6 +660,10 @@ def parse_state(out: str) -> dict:
     return s
 
 
+#: kernel alarms that mean the kernel crashed (not a warning)
+OOPS = re.compile(r"(Oops|BUG:|kernel BUG|general protection fault|Kernel panic)")
+
+
 def impossible_eflags(text: str) -> str | None:
     """The first EFLAGS value of a kernel register dump with reserved bits
     (22-31) set: no CPU does that; seen on 6.12.95 under TCG (double
@@ -768,7 +772,12 @@ def signature(rec: dict | None) -> tuple:
     if rec is None:
         return ()
     checks = tuple(rec.get("check", {}).get("checks") or ())
-    kinds = tuple(sorted({a.split(":")[0].split()[0] for a in rec.get("kmsg_alarms", [])}))
+    kinds = {a.split(":")[0].split()[0] for a in rec.get("kmsg_alarms", [])}
+    if "BUG" in kinds:
+        # "BUG: ..." comes with "Oops: ..." in the step's messages, alone
+        # when the console caught the crash first: the same crash
+        kinds.discard("Oops")
+    kinds = tuple(sorted(kinds))
     # where the kernel was when it warned or crashed (RIP's function)
     rips = []
     for ln in rec.get("kmsg") or []:
@@ -1011,6 +1020,12 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
     """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
     aftermath: release everything, and see what the kernel says."""
     c: dict = {}
+    if not g.crashed and any(OOPS.match(a) for a in finding.get("kmsg_alarms") or []):
+        # The kernel oopsed in the step but the agent lived on (the oops
+        # killed the writing process): a crash all the same.  The kernel
+        # may hold a lock it never releases (seen: hugetlb_lock, "exited
+        # with irqs disabled"): no aftermath.
+        g.crashed = "\n".join(finding.get("kmsg") or finding["kmsg_alarms"])
     try:
         dump = g.dump(out_dir / "vmcore.kdump")
     except (TestbedError, OSError) as e:
@@ -1036,7 +1051,14 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
         c["confirmed"] = True
         return c
     # the aftermath
-    a = g.agent("op_empty\nsleep 1\necho @@STATE\nstate\n", timeout=300)
+    try:
+        a = g.agent("op_empty\nsleep 1\necho @@STATE\nstate\n", timeout=300)
+    except TestbedError as e:      # GuestCrash too: the kernel went down now
+        c["aftermath"] = {"error": str(e).splitlines()[0]}
+        c["confirmed_by"] = (["the kernel's reaction: " + str(e).splitlines()[0][:160]]
+                             if isinstance(e, GuestCrash) else [])
+        c["confirmed"] = bool(c["confirmed_by"])
+        return c
     out, _, state = a["out"].partition("@@STATE\n")
     after = parse_state(state)
     c["aftermath"] = {"out": out.strip().splitlines()[-20:], "state": after,
