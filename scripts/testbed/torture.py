@@ -462,7 +462,12 @@ class TortureGuest:
         """Run ``script`` (sh, with torture-agent.sh's functions) in the
         guest; returns {rc, out, kmsg, seconds}."""
         t0 = time.monotonic()
-        self.ctl.sendall(base64.b64encode(script.encode()) + b"\n")
+        self.ctl.settimeout(10.0)
+        try:
+            self.ctl.sendall(base64.b64encode(script.encode()) + b"\n")
+        except OSError as e:    # a hung or dead guest (TimeoutError too)
+            self._console_crash()
+            raise self.fail(f"control port: {type(e).__name__}: {e}") from None
         self.ctl.settimeout(0.5)
         end = t0 + timeout
         while b"@R END" not in self.ctl_buf or not self.ctl_buf.split(b"@R END", 1)[1].count(b"\n"):
@@ -1185,13 +1190,14 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
                              f"{' ALARM ' + rec['kmsg_alarms'][0][:100] if rec['kmsg_alarms'] else ''}")
             r = run_ops(g, ops, log, print_fn=show)
         recs = r["records"]
-        checks = [x["check"]["seconds"] for x in recs if "check" in x]
+        checks = [x["check"]["seconds"] for x in recs if "seconds" in x.get("check", {})]
         summary["steps_run"] = len(recs)
         summary["refused"] = sum(1 for x in recs if x["rc"] != 0)
         summary["check_s"] = {"mean": round(sum(checks) / len(checks), 2) if checks else None,
                               "max": max(checks) if checks else None,
                               "verify_mean": round(sum(x["check"]["verify_s"] for x in recs
-                                                       if "check" in x) / max(1, len(checks)), 2)}
+                                                       if "verify_s" in x.get("check", {}))
+                                                   / max(1, len(checks)), 2)}
         summary["step_s_mean"] = round(sum(x["step_s"] for x in recs) / max(1, len(recs)), 2)
         f = r["finding"]
         summary["finding"] = None
