@@ -1126,6 +1126,10 @@ def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: P
         with TortureGuest(cfg, final) as g:
             r = run_ops(g, m["ops"], None, check_every=False)
             out["minimized"]["final_signature"] = list(signature(r["finding"]))
+            f = r["finding"]
+            if not g.crashed and f and any(OOPS.match(a) for a in f.get("kmsg_alarms") or []):
+                # an oops in the step's messages (the agent lived on)
+                g.crashed = "\n".join(f.get("kmsg") or f["kmsg_alarms"])
             if not g.crashed:
                 dump = g.dump(final / "vmcore.kdump")
                 env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
