@@ -934,7 +934,16 @@ def minimize(cfg: GuestConfig | None, ops: list[dict], sig: tuple, out_dir: Path
             if test([op, small[-1]]):
                 small = [op, small[-1]]
                 break
-    small = ddmin(small, test)
+    # ddmin with the last step pinned (the step that showed the finding:
+    # a demotion, a compaction; without it nothing happens, and subsets
+    # without it only cost boots), then once without it
+    if len(small) > 2:
+        last = small[-1]
+        small = ddmin(small[:-1], lambda sub: test(sub + [last])) + [last]
+        if len(small) > 1 and test(small[:-1]):
+            small = small[:-1]
+    else:
+        small = ddmin(small, test)
     # the minimized sequence's own reproduction rate
     key = json.dumps(small)
     while stats.get(key, [0, 0])[1] < max(1, replays):
