@@ -313,6 +313,25 @@ def test_minimize_flaky(tmp_path):
                                                    "6.12.117+deb13", "VIOLATED")
 
 
+def test_minimize_pairs_only_when_deterministic(tmp_path):
+    """The cheap cut "the last step with each earlier one" (one boot a pair)
+    is taken for a finding that comes every time, not for a flaky one,
+    where each pair would cost K boots; both end at the same operations."""
+    ops = [{"op": "x", "args": [i]} for i in range(8)]
+    fn, boots = _fake_kernel({2, 7})
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None, replay_fn=fn)
+    assert [o["args"][0] for o in m["ops"]] == [2, 7]
+    # (the fake's dict keeps the order of the sequences tried)
+    tried = [[o["args"][0] for o in json.loads(k)] for k in boots]
+    assert tried[1:4] == [[0, 7], [1, 7], [2, 7]]
+    fn, boots = _fake_kernel({2, 7}, every=2)
+    m = torture.minimize(None, ops, ("flag-vs-mapping",), tmp_path, print_fn=None,
+                         replays=4, replay_fn=fn)
+    assert [o["args"][0] for o in m["ops"]] == [2, 7] and m["replays_per_subset"] == 4
+    tried = [[o["args"][0] for o in json.loads(k)] for k in boots]
+    assert tried[1] == [0, 1, 2, 7], tried[:4]      # ddmin's first half, no pairs first
+
+
 def test_minimize_never_and_budget(tmp_path):
     """A finding no replay gives: not reproduced, after K boots of the whole
     sequence; a budget too small stops with what was reached."""
