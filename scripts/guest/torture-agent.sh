@@ -141,6 +141,57 @@ op_unpressure() {
 	echo "hogs released"
 }
 
+# ---- 10. a vmemmap restore that finds no memory (never drawn: weight 0)
+# Fill memory with 2 MiB pages (unreclaimable) until only HEADROOM_MB are
+# free above the zones' min watermarks (filling one node is not enough:
+# the restore falls back to the other), shrink the SIZE_KB pool to 0, give
+# the fill back: restoring the vmemmap of an optimized 1 GiB folio needs
+# 16 MiB (4095 pages), more than was left, so the kernel keeps the folio
+# (mm/hugetlb.c: bulk_vmemmap_restore_error(), add_hugetlb_folio(...,
+# true): a surplus folio), and the check after the step sees that state.
+# op_unsqueeze shrinks the pool again (the restore now has memory).
+above_min() {  # MiB free above the min watermarks, every zone
+	awk '$1 == "pages" && $2 == "free" { f += $3 } $1 == "min" { m += $2 }
+	     END { print int((f - m) * 4 / 1024) }' /proc/zoneinfo
+}
+op_squeeze() {  # op_squeeze SIZE_KB HEADROOM_MB
+	h=$(hs $1); h2=$(hs 2048)
+	n2=$(cat $h2/nr_hugepages); n=$(cat $h/nr_hugepages); s0=$(cat $h/surplus_hugepages)
+	a=$(above_min)
+	min=$(awk '$1 == "min" { m += $2 } END { print int(m * 4 / 1024) }' /proc/zoneinfo)
+	echo "before: ${1}kB nr=$n surplus=$s0; 2048kB nr=$n2; free above min $a MiB (min watermarks $min MiB)"
+	[ "$n" -gt 0 ] || { echo "no ${1}kB folio to free"; return 1; }
+	# The fill with the sysctl off: optimizing each new folio splits
+	# vmemmap PMDs, and that page-table allocation, with memory nearly
+	# full, woke the OOM killer (it killed this shell; once, with nothing
+	# left to kill, the kernel panicked: "System is deadlocked on
+	# memory").  From the fill to its release only shell builtins run.
+	read sc < /proc/sys/vm/hugetlb_optimize_vmemmap
+	echo 0 > /proc/sys/vm/hugetlb_optimize_vmemmap
+	# HEADROOM_MB 0: ask for more than there is (the pool grows until the
+	# kernel refuses; without HVO's page-table allocations no OOM)
+	if [ "$2" -gt 0 ]; then add=$(((a - $2) / 2)); else add=$((a)); fi
+	echo $((n2 + add)) > $h2/nr_hugepages 2> /dev/null
+	read full < $h2/nr_hugepages
+	{ read x; read x mf x; } < /proc/meminfo
+	echo 0 > $h/nr_hugepages 2> /dev/null
+	read n1 < $h/nr_hugepages; read s1 < $h/surplus_hugepages
+	echo $n2 > $h2/nr_hugepages
+	echo $sc > /proc/sys/vm/hugetlb_optimize_vmemmap
+	echo "filled: 2048kB nr=$full (asked $((n2 + add))), MemFree then $((mf / 1024)) MiB (min watermarks $min MiB); ${1}kB pool to 0: nr=$n1 surplus=$s1; fill given back"
+	[ "$n1" -gt 0 ] && echo "RESTORE_FAILED: ${1}kB nr=$n1 surplus=$s1 after writing 0"
+	[ "$n1" -gt 0 ] || echo "RESTORE_OK: the kernel freed the ${1}kB folio(s)"
+	return 0
+}
+op_unsqueeze() {  # op_unsqueeze SIZE_KB: free the SIZE_KB folios again, with memory
+	# (a surplus folio with nr_overcommit_hugepages 0 stays until the
+	# pool takes it back: nr_hugepages = nr makes it persistent, then 0)
+	h=$(hs $1)
+	wr "$(cat $h/nr_hugepages)" $h/nr_hugepages
+	wr 0 $h/nr_hugepages
+	echo "after: ${1}kB nr=$(cat $h/nr_hugepages) surplus=$(cat $h/surplus_hugepages)"
+}
+
 # ---- 11. compaction
 op_compact() { wr 1 /proc/sys/vm/compact_memory; }
 

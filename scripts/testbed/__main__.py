@@ -7,6 +7,7 @@
     python3 scripts/testbed run --kernel ID --scenario NAME [--out DIR]
                                 [--elf] [--dump SOURCE]... [--aftermath]
                                 [--guest-cmd CMD] [--hold] [--summary]
+                                [--kernel-image BZIMAGE [--vmlinux F] [--modules DIR]]
     python3 scripts/testbed dumps                    the dump sources
     python3 scripts/testbed dump-info FILE           format, real compression, ELF gaps
     python3 scripts/testbed capture-tools [--arch A] kexec and makedumpfile builds of kdump captures
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--hold", action="store_true",
                    help="once ready, print the spare QMP socket and wait for Enter/Ctrl-C before dumping")
     r.add_argument("--summary", action="store_true", help="print a summary to stderr")
+    r.add_argument("--kernel-image", metavar="PATH",
+                   help="a developer's own x86_64 build (bzImage) instead of a registry kernel")
+    r.add_argument("--vmlinux", metavar="PATH", help="its vmlinux (DWARF; else the kernel's BTF)")
+    r.add_argument("--modules", metavar="DIR",
+                   help="where its qemu_fw_cfg.ko is (e.g. the build's modules install dir); "
+                        "not needed with CONFIG_FW_CFG_SYSFS=y")
     i = sub.add_parser("initramfs", help="build (or find) the initramfs of a kernel; prints its path")
     i.add_argument("--kernel", default="7.2", choices=list(KERNELS))
     sub.add_parser("dumps", help="list the dump sources")
@@ -107,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out", type=Path, help="run dir (default: under $VMEMSPECT_TEST_RUNS/torture)")
     t.add_argument("--minimize", action="store_true",
                    help="on a finding, delta-debug the steps from fresh boots and write reproducer.sh")
+    t.add_argument("--replays", type=int, default=3, metavar="K",
+                   help="--minimize: replays of the whole sequence (its reproduction rate), "
+                        "at most K per candidate subset (fewer for a finding that comes every "
+                        "time), K of the minimized one (default 3)")
     t.add_argument("--replay", type=Path, metavar="OPS_JSONL",
                    help="replay a run's operation log (from a fresh boot) instead of drawing")
     t.add_argument("--quiet", action="store_true", help="no line per step")
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.mkdir(parents=True, exist_ok=True)
                 r = _t.minimize_and_write(cfg, ops[:f["step"]], _t.signature(f), out,
                                           _t.quiet_steps(recs, head.get("boot_state") or {}),
-                                          head.get("release", ""), pr)
+                                          head.get("release", ""), pr, a.replays)
                 print(json.dumps(r, indent=1))
                 return 3 if r["minimized"]["reproduced"] else 0
             if a.replay:
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             own = ({"kernel_image": a.kernel_image, "vmlinux": a.vmlinux, "modules": a.modules}
                    if a.kernel_image else None)
             s = _t.torture(a.kernel, a.seed, a.steps, a.out, minimize_it=a.minimize, print_fn=pr,
-                           own=own, exclude=tuple(x for x in a.exclude.split(",") if x))
+                           own=own, exclude=tuple(x for x in a.exclude.split(",") if x),
+                           replays=a.replays)
         except TestbedError as e:
             print(f"testbed: {e}", file=sys.stderr)
             return 1
@@ -164,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if brief.get("finding"):
             brief["finding"] = {k: v for k, v in brief["finding"].items() if k != "findings"}
             brief["confirmed_by"] = s["confirmation"]["confirmed_by"]
+            if s["confirmation"].get("emulator_artifact"):
+                brief["emulator_artifact"] = s["confirmation"]["emulator_artifact"]
         print(json.dumps(brief, indent=1), file=sys.stderr)
         print(Path(s["out_dir"]) / "summary.json")
         return 3 if s.get("finding") else 0
@@ -218,12 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
 
+    if (a.vmlinux or a.modules) and not a.kernel_image:
+        print("testbed: --vmlinux and --modules go with --kernel-image", file=sys.stderr)
+        return 2
+    own = ({"kernel_image": a.kernel_image, "vmlinux": a.vmlinux, "modules": a.modules}
+           if a.kernel_image else None)
     try:
         run = testbed.run_scenario(a.kernel, a.scenario, a.out or None, elf=a.elf,
                                    guest_cmd=a.guest_cmd, guest_cwd=a.guest_cwd,
                                    timeout=a.timeout, dbg=a.dbg,
                                    on_ready=hold if a.hold else None,
-                                   aftermath=a.aftermath, dumps=a.dump)
+                                   aftermath=a.aftermath, dumps=a.dump, own=own)
     except TestbedError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 1

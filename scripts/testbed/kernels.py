@@ -123,6 +123,10 @@ KERNELS: dict[str, Kernel] = {k.id: k for k in (
     # without its -dbg (about 350 MB): vmemspect reads its BTF.
     Kernel("7.3", "7.3", "cloud", "trixie-backports", False, "mask",
            desc="Debian 13 backports, no -dbg (BTF)"),
+    # Debian's generic flavour: its release has no flavour word
+    # (6.12.117+deb13-amd64), like riscv64's; -dbg about 1 GB: BTF.
+    Kernel("6.12-generic", "6.12", "amd64", "trixie", False, "pointer",
+           desc="Debian 13 generic flavour, no -dbg (BTF)"),
     Kernel("6.12-rt", "6.12", "rt", "trixie", False, "pointer",
            desc="Debian 13 PREEMPT_RT, no -dbg (BTF)"),
     Kernel("7.2-rt", "7.2", "rt", "sid", False, "mask",

@@ -106,7 +106,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
                  dump_timeout: float = 900.0, dbg: bool | None = None,
                  on_ready=None, extra_cmdline: str = "", mem: str | None = None,
                  dumps: list[str] | None = None, aftermath: bool = False,
-                 aftermath_timeout: float = 300.0) -> dict:
+                 aftermath_timeout: float = 300.0, own: dict | None = None) -> dict:
     """Boot kernel ``series`` (a kernel id of the registry, kernels.KERNELS)
     in ``scenario``, collect truth, dump memory, stop QEMU.
 
@@ -122,10 +122,27 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     goes to out_dir/vmcoreinfo.txt).  ``aftermath``:
     after the dumps, let the guest release its holds and empty its pools,
     and put what the kernel said into run["aftermath"] (aftermath.py).
+    ``own``: a developer's own x86_64 build instead of a registry kernel,
+    given as plain files: {"kernel_image": bzImage, "vmlinux": its vmlinux
+    or None (then the kernel's BTF), "modules": a directory holding its
+    qemu_fw_cfg.ko or None (CONFIG_FW_CFG_SYSFS=y)}; ``series`` is then
+    "own" in the run dict.
     Raises TestbedError on failure.
     """
     t_start = time.monotonic()
-    k = kernel(series)
+    own_kdir = None
+    if own and own.get("kernel_image"):
+        from .kernels import Kernel
+        from .torture import own_kernel_dir
+        own_kdir = own_kernel_dir(own["kernel_image"], own.get("vmlinux"), own.get("modules"))
+        rel = (own_kdir / "release").read_text().strip()
+        series = "own"
+        dbg = bool(own.get("vmlinux"))
+        # (form "": unknown; vmemspect finds it from the types)
+        k = Kernel("own", ".".join(rel.split(".")[:2]), "own", "-", dbg, "",
+                   desc=f"own build: {own['kernel_image']}")
+    else:
+        k = kernel(series)
     arch = k.arch_info
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; have {', '.join(SCENARIOS)}")
@@ -149,7 +166,7 @@ def run_scenario(series: str = "7.2", scenario: str = "hvo-2m", out_dir: Path | 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    kdir = fetch_kernel(series, dbg=dbg)
+    kdir = own_kdir or fetch_kernel(series, dbg=dbg)
     release = (kdir / "release").read_text().strip()
     initrd = build_initramfs(kdir, arch)
     mem = mem or sc["mem"]

@@ -63,7 +63,11 @@ KERNEL_ALARM = re.compile(r"(WARNING:.*|BUG:.*|Oops.*|Bad page state.*|kernel BU
                           r"general protection fault.*|Kernel panic.*)")
 # not alarms: what MADV_HWPOISON / soft offline say when they work
 BENIGN = re.compile(r"Memory failure: .*(Recovered|recovery action)|Injecting memory failure|"
-                    r"soft offline: .*: (hugepage migration succeeded|page migration)")
+                    r"soft offline: .*: (hugepage migration succeeded|page migration)|"
+                    # a user process's trap, not the kernel's (seen on
+                    # 6.12.95 under TCG: "traps: busybox[...] general
+                    # protection fault ip:40235d sp:... in busybox[...]")
+                    r"general protection fault ip:[0-9a-f]+ sp:")
 
 
 class GuestCrash(TestbedError):
@@ -186,7 +190,7 @@ class TortureGuest:
     agent on the control port, QMP.  Use as a context manager: QEMU and the
     RAM files never outlive it."""
 
-    def __init__(self, cfg: GuestConfig, out_dir: Path, boot_timeout: float = 180.0,
+    def __init__(self, cfg: GuestConfig, out_dir: Path, boot_timeout: float = 120.0,
                  dbg: bool | None = None) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
@@ -226,12 +230,27 @@ class TortureGuest:
     # -- life cycle
     def __enter__(self) -> "TortureGuest":
         self._sig.__enter__()
-        try:
-            self.boot()
-        except BaseException:
-            self.stop()
-            self._sig.__exit__(None, None, None)
-            raise
+        # TCG crashes some kernels at boot (6.12.95: about a third of its
+        # boots, kernels.py): boot again, loudly, as often as the registry
+        # allows that kernel.
+        attempts = self.k.boot_attempts if self.k else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self.boot()
+                break
+            except TestbedError as e:
+                self.stop()
+                if attempt == attempts:
+                    self._sig.__exit__(None, None, None)
+                    raise
+                first = str(e).splitlines()[0]
+                self.timings.setdefault("failed_boots", []).append(first)
+                print(f"torture: {self.cfg.kernel}: boot {attempt} of {attempts} FAILED: {first}",
+                      file=sys.stderr, flush=True)
+            except BaseException:
+                self.stop()
+                self._sig.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -248,6 +267,7 @@ class TortureGuest:
 
     def boot(self) -> None:
         cfg = self.cfg
+        self.ctl_buf = b""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         initrd = build_initramfs(self.kdir, self.arch)
         self.tmp = Path(tempfile.mkdtemp(prefix="vmemspect-torture-"))
@@ -442,7 +462,12 @@ class TortureGuest:
         """Run ``script`` (sh, with torture-agent.sh's functions) in the
         guest; returns {rc, out, kmsg, seconds}."""
         t0 = time.monotonic()
-        self.ctl.sendall(base64.b64encode(script.encode()) + b"\n")
+        self.ctl.settimeout(10.0)
+        try:
+            self.ctl.sendall(base64.b64encode(script.encode()) + b"\n")
+        except OSError as e:    # a hung or dead guest (TimeoutError too)
+            self._console_crash()
+            raise self.fail(f"control port: {type(e).__name__}: {e}") from None
         self.ctl.settimeout(0.5)
         end = t0 + timeout
         while b"@R END" not in self.ctl_buf or not self.ctl_buf.split(b"@R END", 1)[1].count(b"\n"):
@@ -527,6 +552,9 @@ OPS: dict[str, int] = {
     "unhold": 2, "move": 3, "mbind": 2, "offline": 2, "online": 2, "soft_offline": 2,
     "madv_soft": 2, "madv_hwpoison": 1, "pressure": 1, "unpressure": 1, "compact": 2,
     "dimm": 1, "pool_max": 1,
+    # never drawn (weight 0: every seed draws what it drew before); run it
+    # from an operation log (--replay): docs/torture.md, "vmemmap restore"
+    "squeeze": 0, "unsqueeze": 0,
 }
 SIZES = (2048, 1048576)
 
@@ -574,6 +602,10 @@ def draw(rng: random.Random, nodes: int, exclude: tuple = ()) -> dict:
         a = [rng.randrange(1000), rng.choice([0, 0, 1, 511])]
     elif name in ("madv_soft", "madv_hwpoison"):
         a = [size, k, rng.randrange(4) if size == 2048 else 0]
+    elif name == "squeeze":
+        a = [1048576, 12]
+    elif name == "unsqueeze":
+        a = [1048576]
     elif name == "pressure":
         # (a hog touches its memory: under TCG about 160 MB/s, hence the cap;
         # pool_max is the cheap way to fill memory)
@@ -591,7 +623,8 @@ def sh_line(op: dict) -> str | None:
              "unhold": "op_unhold", "move": "op_move", "mbind": "op_mbind",
              "offline": "op_offline", "online": "op_online",
              "soft_offline": "op_soft_offline", "pressure": "op_pressure",
-             "unpressure": "op_unpressure", "compact": "op_compact"}
+             "unpressure": "op_unpressure", "compact": "op_compact",
+             "squeeze": "op_squeeze", "unsqueeze": "op_unsqueeze"}
     if n == "madv_soft":
         return " ".join(["op_madv", *a, "soft"])
     if n == "madv_hwpoison":
@@ -630,6 +663,20 @@ def parse_state(out: str) -> dict:
         elif w[0] in ("sysctl", "memfree", "offline_blocks") and len(w) == 2:
             s[w[0]] = w[1]
     return s
+
+
+#: kernel alarms that mean the kernel crashed (not a warning)
+OOPS = re.compile(r"(Oops|BUG:|kernel BUG|general protection fault|Kernel panic)")
+
+
+def impossible_eflags(text: str) -> str | None:
+    """The first EFLAGS value of a kernel register dump with reserved bits
+    (22-31) set: no CPU does that; seen on 6.12.95 under TCG (double
+    faults, NULL dereferences in the maple tree), never on real x86."""
+    for m in re.finditer(r"EFLAGS: ([0-9a-f]{8,16})", text):
+        if int(m.group(1), 16) >> 22:
+            return m.group(1)
+    return None
 
 
 def alarms(kmsg: str) -> list[str]:
@@ -688,7 +735,10 @@ def run_ops(g: TortureGuest, ops: list[dict], log, check_every: bool = True,
                "out": out.strip()[-2000:], "state": parse_state(state),
                "op_s": res["seconds"], "kmsg_alarms": alarms(res["kmsg"])}
         if res["kmsg"].strip():
-            rec["kmsg"] = res["kmsg"].strip().splitlines()[-40:]
+            km = res["kmsg"].strip().splitlines()
+            # the head names what happened (an allocation failure, an OOM
+            # kill's trigger), the tail how it ended
+            rec["kmsg"] = km if len(km) <= 70 else km[:30] + ["..."] + km[-40:]
         if check_every or i == len(ops) - 1:
             c = g.check()
             if not c["ok"] and settle:
@@ -727,7 +777,12 @@ def signature(rec: dict | None) -> tuple:
     if rec is None:
         return ()
     checks = tuple(rec.get("check", {}).get("checks") or ())
-    kinds = tuple(sorted({a.split(":")[0].split()[0] for a in rec.get("kmsg_alarms", [])}))
+    kinds = {a.split(":")[0].split()[0] for a in rec.get("kmsg_alarms", [])}
+    if "BUG" in kinds:
+        # "BUG: ..." comes with "Oops: ..." in the step's messages, alone
+        # when the console caught the crash first: the same crash
+        kinds.discard("Oops")
+    kinds = tuple(sorted(kinds))
     # where the kernel was when it warned or crashed (RIP's function)
     rips = []
     for ln in rec.get("kmsg") or []:
@@ -773,67 +828,147 @@ def ddmin(ops: list[dict], test) -> list[dict]:
     return ops
 
 
-def minimize(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
-             print_fn=print, quiet: list[bool] | None = None, max_tries: int = 60) -> dict:
+def replays_per_subset(hits: int, replays: int, cap: int) -> int:
+    """How many fresh boots a candidate subset gets before the minimizer
+    calls it "does not reproduce": 1 for a finding that came on every
+    replay of the whole sequence; else enough for a 90 % chance to see a
+    finding of the measured rate (hits of replays), at most ``cap``."""
+    if replays <= 0 or hits >= replays:
+        return 1
+    if hits <= 0:
+        return cap
+    import math
+    p = hits / replays
+    return max(1, min(cap, math.ceil(math.log(0.1) / math.log(1 - p))))
+
+
+def minimize(cfg: GuestConfig | None, ops: list[dict], sig: tuple, out_dir: Path,
+             print_fn=print, quiet: list[bool] | None = None, max_tries: int = 60,
+             replays: int = 3, replay_fn=None) -> dict:
     """Delta-debug ``ops`` (from fresh boots, a check after the last step
     of each replay) down to a shortest sequence whose finding has the
-    signature ``sig``."""
+    signature ``sig``.
+
+    Findings that do not come on every boot (a crash in compaction: 4 of
+    5) are handled: the whole sequence is replayed ``replays`` times first;
+    its reproduction rate decides how many replays each candidate subset
+    gets (replays_per_subset(): 1 when every replay reproduced), and a
+    subset is kept if any of its replays gives the same signature.  The
+    minimized sequence is replayed until it has ``replays`` replays of its
+    own: its reproduction rate is in the result ("rate").  ``max_tries``
+    counts replays (fresh boots).  ``replay_fn(sub, dir) -> signature``
+    replaces the real replay (the unit tests' fake kernel)."""
     tries: list[dict] = []
     cache: dict = {}
+    stats: dict = {}        # json key of a sequence -> [hits, replays]
 
-    def test(sub: list[dict]) -> bool:
-        key = json.dumps(sub)
-        if key in cache:
-            return cache[key]
-        if len(tries) >= max_tries:
-            return False        # out of budget: keep what was reached
+    if replay_fn is None:
+        def replay_fn(sub: list[dict], d: Path) -> tuple:
+            return signature(replay(cfg, sub, d, check_every=False)["finding"])
+
+    def once(sub: list[dict], budget: bool = True) -> bool | None:
+        """One replay of ``sub``; None when out of budget."""
+        if budget and len(tries) >= max_tries:
+            return None
         d = out_dir / f"try-{len(tries) + 1:03d}"
         t0 = time.monotonic()
         try:
-            r = replay(cfg, sub, d, check_every=False)
-            got = signature(r["finding"])
+            got = tuple(replay_fn(sub, d))
         except TestbedError as e:
             got = ("error", str(e).splitlines()[0])
         ok = bool(sig) and all(x in got for x in sig)
+        st = stats.setdefault(json.dumps(sub), [0, 0])
+        st[0] += ok
+        st[1] += 1
         tries.append({"ops": len(sub), "signature": list(got), "reproduces": ok,
                       "seconds": round(time.monotonic() - t0, 1)})
         if print_fn:
             print_fn(f"  ddmin try {len(tries)}: {len(sub)} ops -> {list(got)} "
                      f"{'REPRODUCES' if ok else 'no'} ({tries[-1]['seconds']} s)")
-        cache[key] = ok
         if not ok:
             shutil.rmtree(d, ignore_errors=True)
         return ok
 
+    per_subset = 1
+
+    def test(sub: list[dict]) -> bool:
+        key = json.dumps(sub)
+        if key in cache:
+            return cache[key]
+        ok = False
+        for _ in range(per_subset):
+            r = once(sub)
+            if r is None:       # out of budget: keep what was reached
+                return False
+            if r:
+                ok = True
+                break
+        cache[key] = ok
+        return ok
+
     t0 = time.monotonic()
-    if not test(ops):
-        return {"reproduced": False, "tries": tries, "ops": ops,
+    # the whole sequence: its reproduction rate
+    full_hits = 0
+    for _ in range(max(1, replays)):
+        r = once(ops)
+        if r is None:
+            break
+        full_hits += bool(r)
+    full = stats.get(json.dumps(ops), [0, 0])
+    rate_full = {"hits": full[0], "replays": full[1]}
+    if not full[0]:
+        return {"reproduced": False, "tries": tries, "ops": ops, "rate_full": rate_full,
                 "seconds": round(time.monotonic() - t0, 1)}
+    cache[json.dumps(ops)] = True
+    per_subset = replays_per_subset(full[0], full[1], max(1, replays))
     small = ops
-    # Cheap first cuts, one replay each: without the steps the kernel
-    # refused or that changed nothing it reports (pools, sysctl, counters),
-    # then the last step with each single earlier one.
+    # Cheap first cuts: without the steps the kernel refused or that
+    # changed nothing it reports (pools, sysctl, counters), then the last
+    # step with each single earlier one.
     if quiet:
         kept = [op for op, q in zip(ops, quiet) if not q]
         if kept and len(kept) < len(ops) and test(kept):
             small = kept
-    if 2 < len(small) <= 16:
+    # (not for a flaky finding: each pair would cost per_subset boots)
+    if 2 < len(small) <= 16 and per_subset == 1:
         for op in small[:-1]:
             if test([op, small[-1]]):
                 small = [op, small[-1]]
                 break
-    small = ddmin(small, test)
+    # ddmin with the last step pinned (the step that showed the finding:
+    # a demotion, a compaction; without it nothing happens, and subsets
+    # without it only cost boots), then once without it
+    if len(small) > 2:
+        last = small[-1]
+        small = ddmin(small[:-1], lambda sub: test(sub + [last])) + [last]
+        if len(small) > 1 and test(small[:-1]):
+            small = small[:-1]
+    else:
+        small = ddmin(small, test)
+    # the minimized sequence's own reproduction rate
+    key = json.dumps(small)
+    # (outside the budget: the rate is the reproducer's first line)
+    while stats.get(key, [0, 0])[1] < max(1, replays):
+        once(small, budget=False)
+    fin = stats.get(key, [0, 0])
     return {"reproduced": True, "ops": small, "tries": tries,
             "budget_exhausted": len(tries) >= max_tries,
+            "replays_per_subset": per_subset, "rate_full": rate_full,
+            "rate": {"hits": fin[0], "replays": fin[1]},
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def reproducer(ops: list[dict], cfg: GuestConfig, release: str, verify_text: str) -> str:
+def reproducer(ops: list[dict], cfg: GuestConfig, release: str, verify_text: str,
+               rate: dict | None = None) -> str:
     lines = [
         "#!/bin/sh",
         "# A torture run's minimized reproducer (scripts/testbed/torture.py).",
         f"# Seen on {release}, booted with: {cfg.full_cmdline()}",
         f"# (QEMU: {len(cfg.nodes)} NUMA nodes of {'+'.join(str(x) for x in cfg.nodes)} GiB.)",
+        *([f"# Reproduced in {rate['hits']} of {rate['replays']} fresh boots (the minimizer's "
+           "replays of exactly these operations)"
+           + ("" if rate["hits"] == rate["replays"] else ": it does not come every time, "
+              "run it again")] if rate else []),
         "# Runs as root on a machine booted that way, with hugetorture",
         "# (scripts/guest/hugetorture.c: gcc -static -O2 -o hugetorture hugetorture.c)",
         "# and kpf (scripts/guest/kpf.c) in $PATH.  Then check the state with",
@@ -869,12 +1004,8 @@ def memmap_total(st: dict) -> int | None:
     return st["nr_memmap_pages"] + st["nr_memmap_boot_pages"]
 
 
-def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
-            recs: list[dict] | None = None) -> dict:
-    """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
-    aftermath: release everything, and see what the kernel says."""
-    c: dict = {}
-    dump = g.dump(out_dir / "vmcore.kdump")
+def _check_dump(g: TortureGuest, c: dict, out_dir: Path, dump: Path) -> None:
+    """vmemspect's CLI and plain drgn on the dump kept of a finding's state."""
     c["dump"] = str(dump)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
@@ -897,17 +1028,52 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
                                                or pd.get("remapped_not_flagged"))
         except ValueError:
             c["plain_drgn"] = {"error": (p.stderr or p.stdout)[-1500:]}
+
+
+def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
+            recs: list[dict] | None = None) -> dict:
+    """Keep the dump, run vmemspect's CLI and plain drgn on it, then the
+    aftermath: release everything, and see what the kernel says."""
+    c: dict = {}
+    if not g.crashed and any(OOPS.match(a) for a in finding.get("kmsg_alarms") or []):
+        # The kernel oopsed in the step but the agent lived on (the oops
+        # killed the writing process): a crash all the same.  The kernel
+        # may hold a lock it never releases (seen: hugetlb_lock, "exited
+        # with irqs disabled"): no aftermath.
+        g.crashed = "\n".join(finding.get("kmsg") or finding["kmsg_alarms"])
+    try:
+        dump = g.dump(out_dir / "vmcore.kdump")
+    except (TestbedError, OSError) as e:
+        if not g.crashed:
+            raise
+        # a panic ends QEMU (panic=-1, -no-reboot): no dump to keep
+        dump = None
+        c["dump_error"] = str(e).splitlines()[0]
+    if dump is not None:
+        _check_dump(g, c, out_dir, dump)
     st = finding.get("state", {})
     c["counters_at_finding"] = {k: st.get(k) for k in ("nr_memmap_pages", "nr_memmap_boot_pages")}
     if g.crashed:
         # no aftermath: the kernel already reacted (oops); the crash is
         # confirmed by the kernel itself
         c["crash"] = g.crashed.splitlines()[:60]
+        bad = impossible_eflags(g.crashed)
+        if bad:
+            c["emulator_artifact"] = (f"EFLAGS {bad} in the kernel's register dump has reserved "
+                                      "bits (22-31) set, which no x86 CPU does: QEMU's TCG "
+                                      "corrupted the guest's flags, not an HVO state")
         c["confirmed_by"] = ["the kernel itself: " + (finding.get("kmsg_alarms") or ["oops"])[0][:160]]
         c["confirmed"] = True
         return c
     # the aftermath
-    a = g.agent("op_empty\nsleep 1\necho @@STATE\nstate\n", timeout=300)
+    try:
+        a = g.agent("op_empty\nsleep 1\necho @@STATE\nstate\n", timeout=300)
+    except TestbedError as e:      # GuestCrash too: the kernel went down now
+        c["aftermath"] = {"error": str(e).splitlines()[0]}
+        c["confirmed_by"] = (["the kernel's reaction: " + str(e).splitlines()[0][:160]]
+                             if isinstance(e, GuestCrash) else [])
+        c["confirmed"] = bool(c["confirmed_by"])
+        return c
     out, _, state = a["out"].partition("@@STATE\n")
     after = parse_state(state)
     c["aftermath"] = {"out": out.strip().splitlines()[-20:], "state": after,
@@ -946,17 +1112,21 @@ def confirm(g: TortureGuest, out_dir: Path, finding: dict, boot_state: dict,
 
 
 def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: Path,
-                       quiet: list[bool] | None, release: str, print_fn=print) -> dict:
+                       quiet: list[bool] | None, release: str, print_fn=print,
+                       replays: int = 3) -> dict:
     """Minimize ``ops`` (the steps up to a finding with signature ``sig``),
     take vmemspect's output on the minimized sequence's state, write
     out_dir/reproducer.sh and minimize.json.  Returns {"minimized": ...,
     "reproducer": path}."""
     out: dict = {}
-    m = minimize(cfg, ops, sig, out_dir / "minimize", print_fn=print_fn, quiet=quiet)
+    m = minimize(cfg, ops, sig, out_dir / "minimize", print_fn=print_fn, quiet=quiet,
+                 replays=replays)
     (out_dir / "minimize.json").write_text(json.dumps(m, indent=1) + "\n")
     out["minimized"] = {"reproduced": m["reproduced"], "ops": m["ops"], "length": len(m["ops"]),
                         "tries": len(m["tries"]), "budget_exhausted": m.get("budget_exhausted", False),
-                        "seconds": m["seconds"], "signature": list(sig)}
+                        "seconds": m["seconds"], "signature": list(sig),
+                        "rate_full": m.get("rate_full"), "rate": m.get("rate"),
+                        "replays_per_subset": m.get("replays_per_subset")}
     if not m["reproduced"]:
         return out
     verify_text = (out_dir / "verify.txt").read_text() if (out_dir / "verify.txt").exists() else ""
@@ -966,6 +1136,10 @@ def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: P
         with TortureGuest(cfg, final) as g:
             r = run_ops(g, m["ops"], None, check_every=False)
             out["minimized"]["final_signature"] = list(signature(r["finding"]))
+            f = r["finding"]
+            if not g.crashed and f and any(OOPS.match(a) for a in f.get("kmsg_alarms") or []):
+                # an oops in the step's messages (the agent lived on)
+                g.crashed = "\n".join(f.get("kmsg") or f["kmsg_alarms"])
             if not g.crashed:
                 dump = g.dump(final / "vmcore.kdump")
                 env = dict(os.environ, PYTHONPATH=str(SCRIPTS.parent))
@@ -981,7 +1155,8 @@ def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: P
             release = g.release
     except TestbedError as e:
         out["minimized"]["final_error"] = str(e)[:500]
-    (out_dir / "reproducer.sh").write_text(reproducer(m["ops"], cfg, release, verify_text))
+    (out_dir / "reproducer.sh").write_text(reproducer(m["ops"], cfg, release, verify_text,
+                                                          m.get("rate")))
     os.chmod(out_dir / "reproducer.sh", 0o755)
     out["reproducer"] = str(out_dir / "reproducer.sh")
     return out
@@ -989,7 +1164,7 @@ def minimize_and_write(cfg: GuestConfig, ops: list[dict], sig: tuple, out_dir: P
 
 def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
             minimize_it: bool = False, print_fn=print, config: GuestConfig | None = None,
-            own: dict | None = None, exclude: tuple = ()) -> dict:
+            own: dict | None = None, exclude: tuple = (), replays: int = 3) -> dict:
     """One torture run (see the module doc).  Returns the summary dict (also
     out_dir/summary.json)."""
     rng = random.Random(seed)
@@ -1029,13 +1204,14 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
                              f"{' ALARM ' + rec['kmsg_alarms'][0][:100] if rec['kmsg_alarms'] else ''}")
             r = run_ops(g, ops, log, print_fn=show)
         recs = r["records"]
-        checks = [x["check"]["seconds"] for x in recs if "check" in x]
+        checks = [x["check"]["seconds"] for x in recs if "seconds" in x.get("check", {})]
         summary["steps_run"] = len(recs)
         summary["refused"] = sum(1 for x in recs if x["rc"] != 0)
         summary["check_s"] = {"mean": round(sum(checks) / len(checks), 2) if checks else None,
                               "max": max(checks) if checks else None,
                               "verify_mean": round(sum(x["check"]["verify_s"] for x in recs
-                                                       if "check" in x) / max(1, len(checks)), 2)}
+                                                       if "verify_s" in x.get("check", {}))
+                                                   / max(1, len(checks)), 2)}
         summary["step_s_mean"] = round(sum(x["step_s"] for x in recs) / max(1, len(recs)), 2)
         f = r["finding"]
         summary["finding"] = None
@@ -1051,7 +1227,7 @@ def torture(kernel_id: str, seed: int, steps: int, out_dir: Path | None = None,
         prefix = ops[:summary["finding"]["step"]]
         summary.update(minimize_and_write(cfg, prefix, tuple(summary["finding"]["signature"]),
                                           out_dir, quiet_steps(recs, boot_state),
-                                          summary.get("release", ""), print_fn))
+                                          summary.get("release", ""), print_fn, replays))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
