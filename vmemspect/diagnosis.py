@@ -298,7 +298,7 @@ def _provenance(g: dict, blocks: List[Block], hstates: Sequence[Tuple[str, int]]
 #: Known kernel bugs (docs/known-bugs.md) by the pattern they leave.
 KNOWN_BUGS = {
     "6.12-demote": "the pattern of a known kernel bug: demoting a gigantic hugetlb folio on "
-                   "6.12 (Debian's 6.12 builds, every suite and flavour measured) leaves every "
+                   "6.12 (Debian's 6.12.117, cloud, generic and rt; not 6.12.95) leaves every "
                    "new folio but the first flagged HPG_vmemmap_optimized with its vmemmap "
                    "never remapped; docs/known-bugs.md, section 1, has the reproducer and the "
                    "cause",
