@@ -142,7 +142,7 @@ def check_dump(path: Path) -> None:
 
 
 class QemuWatch(threading.Thread):
-    """Polls the test bed's QEMU (testbed._live_procs) for its peak RSS and
+    """Polls the test bed's QEMU (testbed.running_pids()) for its peak RSS and
     the host's lowest MemAvailable while the guest runs."""
 
     def __init__(self) -> None:
@@ -153,11 +153,9 @@ class QemuWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_ev.wait(0.5):
-            with testbed._procs_lock:
-                procs = list(testbed._live_procs)
-            for p in procs:
-                if os.path.basename(str(p.p.args[0])).startswith("qemu-system"):
-                    st = proc_status(p.p.pid)
+            for pid, program in testbed.running_pids():
+                if os.path.basename(program).startswith("qemu-system"):
+                    st = proc_status(pid)
                     self.peak = max(self.peak, st.get("VmHWM", 0), st.get("VmRSS", 0))
             self.min_available = min(self.min_available, meminfo()["MemAvailable"])
 
@@ -307,7 +305,7 @@ def measure(name: str, argv: list[str], env: dict, log_dir: Path, timeout: float
         t0 = time.perf_counter()
         # cwd: not a checkout (python -m/-c put the cwd first on sys.path).
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=o, stderr=e, env=env,
-                             cwd=log_dir, preexec_fn=testbed._pdeathsig)
+                             cwd=log_dir, preexec_fn=testbed.die_with_parent)
         killed = None
         sampled = 0
         while True:

@@ -20,9 +20,9 @@ extract is made from the run's ELF dump with the VMCOREINFO text the test
 bed saved (``--vmcoreinfo``), and holds that VMCOREINFO, so it opens without.
 7.2-riscv64-mixed is one of fixtures/; ON_REQUEST lists fixtures made
 only when named with --only, for which fixtures/ has no room within
-tests/test_fixtures.py's 20 MB (docs/extract.md, "Fixtures").
+tests/unit/test_fixtures.py's 20 MB (docs/extract.md, "Fixtures").
 
-tests/test_fixtures.py reads them (no QEMU, no download); scripts/demo.sh
+tests/unit/test_fixtures.py reads them (no QEMU, no download); scripts/demo.sh
 shows them.
 """
 from __future__ import annotations

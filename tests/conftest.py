@@ -158,3 +158,18 @@ def patched(path: str, phys: int, new: int):
         with open(path, "r+b") as f:
             f.seek(off)
             f.write(old)
+
+
+_UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test outside tests/unit/ may boot a guest or need a fetched
+    kernel: it is marked ``qemu`` by its folder, so the mark cannot be
+    forgotten (``pytest tests/unit`` and ``pytest -m "not qemu"`` run the
+    same guest-free tests)."""
+    import pytest
+
+    for item in items:
+        if _UNIT not in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.qemu)

@@ -6,7 +6,7 @@ Inspect and verify the Linux kernel's HugeTLB Vmemmap Optimization (HVO) on a
 running kernel or a crash dump, with drgn.
 
 Layers, each importing only the ones above it in this list (checked by
-``tests/test_layers.py``):
+``tests/unit/test_layers.py``):
 
 - :mod:`vmemspect.errors`: the error types (:class:`~vmemspect.errors.MissingMemory`
   is a :class:`drgn.FaultError`), the exit statuses and their mapping.

@@ -34,7 +34,7 @@ from .dumps import (DUMPS, dump_info, elf_filtered_ranges, elf_phys_offset, elf_
 from .kdump import CAPTURES
 from .initramfs import build_initramfs, build_guest_programs
 from .kernels import ARCHES, KERNELS, Kernel, fetch_kernel, kernel
-from .qemu import QMP, _live_procs, _pdeathsig, _procs_lock
+from .qemu import QMP, die_with_parent, running_pids
 from .run import run_scenario, summary
 from .scenarios import SCENARIOS
 from .truth import parse_truth
@@ -43,6 +43,5 @@ __all__ = [
     "ARCHES", "CAPTURES", "DUMPS", "KERNELS", "QMP", "SCENARIOS", "Kernel", "TestbedError",
     "build_guest_programs", "build_initramfs", "cache_dir", "dump_info", "elf_filtered_ranges", "elf_phys_offset",
     "elf_segments", "embedded_vmcoreinfo", "fetch_kernel", "kernel", "parse_truth", "read_phys",
-    "run_scenario", "summary", "vmcoreinfo_from_dump",
-    "_live_procs", "_pdeathsig", "_procs_lock",
+    "run_scenario", "summary", "vmcoreinfo_from_dump", "die_with_parent", "running_pids",
 ]

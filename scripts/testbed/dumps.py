@@ -22,6 +22,11 @@ Helpers for dump files: elf_segments(), elf_phys_offset(),
 elf_filtered_ranges() (makedumpfile -E's filtered pages), dump_info()
 (format and real compression of a file), read_phys() and the VMCOREINFO
 of dumps that do not carry it (riscv64: write_vmcoreinfo(), vmcoreinfo.txt).
+
+These parse ELF and VMCOREINFO themselves, on purpose: they make the
+guest's ground truth and check vmemspect's answers, so they share no code
+with what they check (vmemspect/target.py, vmemspect/vmcoreinfo.py). Do
+not replace them with vmemspect's parsers.
 """
 from __future__ import annotations
 

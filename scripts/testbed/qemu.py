@@ -72,6 +72,19 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
+def running_pids() -> list:
+    """The pids of the child processes the test bed runs now (QEMU and its
+    helpers), with the program each runs: [(pid, argv[0])]."""
+    with _procs_lock:
+        procs = list(_live_procs)
+    return [(p.p.pid, str(p.p.args[0])) for p in procs]
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child dies when the test bed does."""
+    _pdeathsig()
+
+
 def _pdeathsig() -> None:
     # In the child before exec: die with the parent (PR_SET_PDEATHSIG = 1).
     try:

@@ -20,7 +20,7 @@ from vmemspect.kernel import kernel_model
 from vmemspect.report import build_report
 from vmemspect.target import open_vmcore
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "7.2-numa.kdump"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "7.2-numa.kdump"
 
 
 def _verify(jobs: int):

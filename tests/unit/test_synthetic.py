@@ -56,7 +56,7 @@ def keys(findings):
 
 
 def test_vmemspect_is_this_checkout():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert os.path.dirname(os.path.abspath(vmemspect.__file__)) == os.path.join(root, "vmemspect")
 
 

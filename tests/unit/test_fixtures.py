@@ -24,7 +24,7 @@ from vmemspect.kernel import kernel_model
 from vmemspect.pagetable import page_table_walker
 from vmemspect.target import open_vmcore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
 METAS = sorted(FIXTURES.glob("*.json"))
 PAGE = 4096
