@@ -27,6 +27,7 @@ __all__ = (
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_UNUSABLE",
+    "LIVE_READ_HINT",
     "MissingMemory",
     "VmemspectError",
     "error_line",
@@ -44,6 +45,10 @@ EXIT_UNUSABLE = 2
 EXIT_INTERNAL = 3
 #: Interrupted (Ctrl-C), as a shell reports SIGINT.
 EXIT_INTERRUPTED = 130
+
+#: What to do when the running kernel refuses a read.
+LIVE_READ_HINT = ("/proc/kcore refused the read: run as root, on a kernel without "
+                  "lockdown=confidentiality")
 
 
 class VmemspectError(Exception):
@@ -99,8 +104,7 @@ def error_line(e: BaseException, live: bool = False) -> str:
         what = e.what if isinstance(e, MissingMemory) else f"memory ({e.message})"
         if live:
             return (f"error: cannot read {what} at {e.address:#x} of the running kernel; "
-                    "/proc/kcore refused the read: run as root, on a kernel without "
-                    "lockdown=confidentiality")
+                    f"{LIVE_READ_HINT}")
         return (f"error: the dump lacks {what} at {e.address:#x}, which vmemspect needs; "
                 "it is truncated or filtered too far: take a dump that keeps kernel data")
     return (f"internal error: {type(e).__name__}: {e} "

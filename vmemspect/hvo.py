@@ -22,7 +22,7 @@ import dataclasses
 import struct
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from drgn import FaultError, Program, ProgramFlags
+from drgn import FaultError, Program
 
 from .hugetlb import (
     HugetlbFolio,
@@ -50,6 +50,7 @@ from .pagetable import (
     PageTableWalker,
     page_table_walker,
 )
+from .progcache import is_live
 
 __all__ = (
     "FolioVmemmap",
@@ -688,7 +689,7 @@ def scan_folio_groups(
     # same output for the same reads, also on a live kernel. Workers are
     # not used there: they would read each page at another moment than
     # the list walk that joins their links.
-    live = bool(prog.flags & ProgramFlags.IS_LIVE)
+    live = is_live(prog)
     if keyer is None:
         keyer = lambda order, page, data: None  # noqa: E731 - no grouping
     pre = None

@@ -29,10 +29,10 @@ import dataclasses
 import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from drgn import FaultError, Program, ProgramFlags
+from drgn import FaultError, Program
 
 from .errors import MissingMemory
-from .progcache import cache_set
+from .progcache import cache_set, is_live
 from .vmcoreinfo import vmcoreinfo_number
 
 __all__ = (
@@ -606,7 +606,7 @@ def install_kernel_va(prog: Program, info: Dict[str, str],
     root, levels, source = riscv64_kernel_root(info)
     fmt = page_table_format("riscv64", levels)
     reader = KernelVirtualMemory(PageTableWalker.from_root(prog, fmt, root),
-                                 live=bool(prog.flags & ProgramFlags.IS_LIVE))
+                                 live=is_live(prog))
     start = _kernel_half(levels)
     prog.add_memory_segment(start, (1 << 64) - start, reader, physical=False)
     cache_set(prog, "va_reader", reader)

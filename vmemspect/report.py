@@ -13,7 +13,7 @@ import json
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from drgn import Program, ProgramFlags
+from drgn import Program
 
 from .checks import Finding
 from .diagnosis import Cause, diagnose_report
@@ -22,7 +22,7 @@ from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
 from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
 from .kernel import KernelModel, kernel_model
 from .pagetable import page_table_walker
-from .progcache import cache_get
+from .progcache import cache_get, is_live
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
 from .savings import WhatIf, WhatIfTally
 from .scan import EveryFolio, Grouped, Savings, WorkerReport, kernel_memmap_saved, run_scan
@@ -271,7 +271,7 @@ def build_report(
         ``keep_folios`` or ``rows``): the same report as with one.
     """
     report = _scan(prog, progress, keep_folios, rows, jobs)
-    if not (prog.flags & ProgramFlags.IS_LIVE) or not report.findings:
+    if not is_live(prog) or not report.findings:
         report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
         return report
     confirmed = {_finding_key(f) for f in report.findings}

@@ -28,7 +28,7 @@ import dataclasses
 import itertools
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from drgn import FaultError, Program, ProgramFlags
+from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import for_each_present_section
 
 from .checks import (
@@ -44,7 +44,7 @@ from .checks import (
     folio_check_context,
     folio_group_keyer,
 )
-from .errors import VmemspectError
+from .errors import LIVE_READ_HINT, VmemspectError
 from .progcache import is_live
 from .hugetlb import (
     Hstate,
@@ -310,8 +310,7 @@ def scan_context(prog: Program) -> ScanContext:
     except FaultError as e:
         if is_live(prog):
             raise VmemspectError(f"cannot read the running kernel's hstates or zones ({e})",
-                                 "/proc/kcore refused the read: run as root, on a kernel "
-                                 "without lockdown=confidentiality")
+                                 LIVE_READ_HINT)
         raise VmemspectError(
             f"the dump lacks the hstates or zones ({e})",
             "it is truncated or filtered too far; take a dump that keeps kernel data",
@@ -343,7 +342,7 @@ def run_scan(
     ctx = scan_context(prog)
     ctx.on_like = on_like
     model = ctx.model
-    live = bool(prog.flags & ProgramFlags.IS_LIVE)
+    live = is_live(prog)
     # Only the slots' frames are looked up (shared_tails()); on a live
     # kernel the slots may fill during the scan: count every frame there.
     slot_pfns = None if live else [model.struct_page_pfn(p) for z in ctx.zones
