@@ -43,14 +43,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import drgn
 
-import drgn  # noqa: E402
-
-from vmemspect import cli  # noqa: E402
-from vmemspect.errors import VmemspectError  # noqa: E402
-from vmemspect.metrics import write_metrics  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
+from vmemspect import cli
+from vmemspect.errors import VmemspectError
+from vmemspect.metrics import write_metrics
+from vmemspect.progcache import cache_get
+from vmemspect.target import open_vmcore
 
 #: The commands whose JSON is compared (decode's pages come from folios).
 COMMANDS = ("report", "verify", "folios", "tails", "savings")
@@ -273,9 +272,9 @@ def compare(dump: str, vmlinux: str, architecture=None, names=None) -> dict:
     for side, path in (("dwarf", vmlinux), ("btf", None)):
         t0 = time.monotonic()
         prog = open_vmcore(dump, path, architecture)
-        if prog.cache.get("vmemspect_types") != side:
+        if cache_get(prog, "types") != side:
             raise VmemspectError(
-                f"{dump}: without -s the types came from {prog.cache.get('vmemspect_types')}, "
+                f"{dump}: without -s the types came from {cache_get(prog, 'types')}, "
                 "not BTF (drgn's default search found a vmlinux)",
                 "compare where no vmlinux is installed for this kernel")
         progs[side] = prog

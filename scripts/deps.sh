@@ -5,11 +5,12 @@
 # riscv64 cross compiler with its static C library for riscv64 guests),
 # python3-venv, and for the monitoring tests promtool (package prometheus),
 # prometheus-node-exporter and systemd-analyze (package systemd) (Debian
-# packages), then vmemspect itself with its Python
-# dependencies, editable, into the virtual environment .venv of this
-# checkout (Debian's and Ubuntu's own python3 refuse `pip install` outside
-# one: PEP 668). The Python is Debian's /usr/bin/python3 where it exists
-# (VMEMSPECT_PYTHON chooses another). Idempotent: installs only what is
+# packages), then vmemspect itself with its Python dependencies, editable,
+# into the virtual environment .venv of this checkout, the test bed beside it
+# (scripts/testbed, a package of its own: scripts/pyproject.toml) (Debian's
+# and Ubuntu's own python3 refuse `pip install` outside one: PEP 668). The
+# Python is Debian's /usr/bin/python3 where it exists (VMEMSPECT_PYTHON
+# chooses another). Idempotent: installs only what is
 # missing. Prints nothing on stdout.
 #
 # What riscv64 guests run besides (busybox-static, kexec-tools, makedumpfile
@@ -78,10 +79,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "deps: creating .venv with $python" >&2
   "$python" -m venv .venv >&2
 fi
-# pip runs again only when pyproject.toml changed since the last install.
+# pip runs again only when a pyproject.toml changed since the last install.
+# The test bed (scripts/pyproject.toml) goes in beside vmemspect, editable: the
+# tests and scripts import it as a package.
 stamp=.venv/.vmemspect-deps
-want=$(cksum < pyproject.toml)
+want=$(cat pyproject.toml scripts/pyproject.toml | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/vmemspect ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e ./scripts >&2
   echo "$want" > "$stamp"
 fi

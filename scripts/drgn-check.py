@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Open a test-bed run's dumps with drgn and compare them with the guest's truth.
 
-usage: python3 scripts/drgn-check.py RUN_JSON [--json]
+usage: .venv/bin/python scripts/drgn-check.py RUN_JSON [--json]
 
 Checks: the kdump dump opens (drgn 0.3.0 needs the platform given
 explicitly for QEMU's kdump dumps); init_uts_ns.name.release == truth uname;
@@ -20,8 +20,7 @@ import drgn
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.mm import follow_phys, page_to_pfn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import testbed  # noqa: E402
+import testbed
 
 HPG_vmemmap_optimized = 4   # enum value on 6.12 and 7.2 (hvo-facts.md)
 X86_64 = drgn.Platform(drgn.Architecture.X86_64,

@@ -11,7 +11,7 @@ file's PT_LOAD gap between p_filesz and p_memsz (read back as zeros), and,
 with a reference dump of the same guest state (QEMU's, taken just before
 the panic), whether its bytes equal the reference's.
 
-    python3 scripts/dump_reads.py DUMP VMLINUX [--reference QEMU_DUMP] [--json]
+    .venv/bin/python scripts/dump_reads.py DUMP VMLINUX [--reference QEMU_DUMP] [--json]
 
 Pages are put in classes: ``page_table`` (read as a page table: by
 vmemspect's walker or to translate a virtual address),
@@ -30,19 +30,13 @@ import json
 import struct
 import sys
 import threading
-from pathlib import Path
 
 import drgn
 from drgn.helpers.linux.mm import follow_phys
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from vmemspect import cli, pagetable  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
-from testbed import elf_filtered_ranges  # noqa: E402
+from testbed import elf_filtered_ranges
+from vmemspect import cli, pagetable
+from vmemspect.target import open_vmcore
 
 PAGE = 4096
 _PRESENT, _PSE = 1, 1 << 7

@@ -31,11 +31,12 @@ Every run must end within the bound, exit 0, 1 or 2 (never 3, never a
 traceback) and print a few lines at most per finding; every flip of a bit a
 check depends on must give exit 1 (a finding). Runs are in-process on one
 open program: the flipped page is served by a memory segment laid over the
-dump (drgn uses the segment added last), and vmemspect's per-program
-caches of page tables and zones are dropped before each run.
+dump (drgn uses the segment added last), and what vmemspect keeps per
+program of the kernel's state (zones, present sections, the walker: its
+page tables) is dropped before each run (progcache.forget_state).
 
-    python3 scripts/fuzz-dumps.py --dump vmcore.elf -s vmlinux --runs 500 --seed 1
-    python3 scripts/fuzz-dumps.py --kernel 7.2 --runs 500   # boots hvo-2m
+    .venv/bin/python scripts/fuzz-dumps.py --dump vmcore.elf -s vmlinux --runs 500 --seed 1
+    .venv/bin/python scripts/fuzz-dumps.py --kernel 7.2 --runs 500   # boots hvo-2m
 
 Prints a summary; --json writes every run. Exit 1 if an invariant broke or a
 flip of a bit a check depends on was missed.
@@ -54,18 +55,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+import drgn
+from drgn import offsetof
 
-import drgn  # noqa: E402
-from drgn import offsetof  # noqa: E402
-
-from vmemspect.cli import run as vmemspect_run  # noqa: E402
-from vmemspect.kernel import kernel_model  # noqa: E402
-from vmemspect.pagetable import page_table_walker  # noqa: E402
-from vmemspect.report import build_report  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
+from vmemspect.cli import run as vmemspect_run
+from vmemspect.kernel import kernel_model
+from vmemspect.pagetable import page_table_walker
+from vmemspect.progcache import forget_state
+from vmemspect.report import build_report
+from vmemspect.target import open_vmcore
 
 PAGE = 4096
 BOUND_S = 30.0
@@ -213,29 +211,35 @@ def _unlink_targets(prog, report, kphys):
     return out
 
 
+def _verify(prog, jobs: int, out, par, text) -> tuple:
+    """verify on ``prog`` as its memory is now: the JSON with ``--jobs 1``
+    into ``out``, with ``--jobs JOBS`` into ``par`` (the parallel scan must
+    write the very same), the text into ``text``, each reading the kernel's
+    state afresh. Returns (exit status, the parallel run's or None)."""
+    rc_par = None
+    forget_state(prog)
+    with contextlib.redirect_stdout(out):
+        rc = vmemspect_run(["verify", "--json", "--jobs", "1"], prog=prog)
+    if jobs > 1:
+        forget_state(prog)
+        with contextlib.redirect_stdout(par):
+            rc_par = vmemspect_run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
+    forget_state(prog)
+    with contextlib.redirect_stdout(text):
+        vmemspect_run(["verify", "--jobs", "1"], prog=prog)
+    return rc, rc_par
+
+
 def _unlink_run(prog, overlay, target, jobs: int) -> dict:
     """Apply one ``unlink`` target's words together; verify must name the
     folio, with the check of its kind, and nothing else."""
     pfn, clear, patches = target
-    for key in ("vmemspect_walker", "vmemspect_zones"):
-        prog.cache.pop(key, None)
     out, err, text, par = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
     t0 = time.monotonic()
-    rc_par = None
     with contextlib.ExitStack() as stack, contextlib.redirect_stderr(err):
         for phys, new in patches:
             stack.enter_context(overlay.word(phys, new))
-        with contextlib.redirect_stdout(out):
-            rc = vmemspect_run(["verify", "--json", "--jobs", "1"], prog=prog)
-        if jobs > 1:
-            for key in ("vmemspect_walker", "vmemspect_zones"):
-                prog.cache.pop(key, None)
-            with contextlib.redirect_stdout(par):
-                rc_par = vmemspect_run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
-        for key in ("vmemspect_walker", "vmemspect_zones"):
-            prog.cache.pop(key, None)
-        with contextlib.redirect_stdout(text):
-            vmemspect_run(["verify", "--jobs", "1"], prog=prog)
+        rc, rc_par = _verify(prog, jobs, out, par, text)
     seconds = time.monotonic() - t0
     findings, named = [], False
     if rc in (0, 1):
@@ -275,8 +279,6 @@ def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
         new = old ^ (1 << bit)
         rel = [relevant(old, bit)]
     is_rel = None if any(r is None for r in rel) else any(rel)
-    for key in ("vmemspect_walker", "vmemspect_zones"):
-        prog.cache.pop(key, None)
     out, err, text, par = io.StringIO(), io.StringIO(), io.StringIO(), io.StringIO()
     rc_par = None
     t0 = time.monotonic()
@@ -288,18 +290,7 @@ def one_run(prog, overlay, cat, phys, relevant, rng, jobs: int = 1) -> dict:
     signal.setitimer(signal.ITIMER_REAL, BOUND_S)
     try:
         with overlay.word(phys, new), contextlib.redirect_stderr(err):
-            with contextlib.redirect_stdout(out):
-                rc = vmemspect_run(["verify", "--json", "--jobs", "1"], prog=prog)
-            if jobs > 1:
-                # The parallel scan must write the very same JSON.
-                for key in ("vmemspect_walker", "vmemspect_zones"):
-                    prog.cache.pop(key, None)
-                with contextlib.redirect_stdout(par):
-                    rc_par = vmemspect_run(["verify", "--json", "--jobs", str(jobs)], prog=prog)
-            for key in ("vmemspect_walker", "vmemspect_zones"):
-                prog.cache.pop(key, None)
-            with contextlib.redirect_stdout(text):
-                vmemspect_run(["verify", "--jobs", "1"], prog=prog)
+            rc, rc_par = _verify(prog, jobs, out, par, text)
     except TimeoutError:
         rc = "timeout"
     finally:

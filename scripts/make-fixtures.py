@@ -35,13 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (str(ROOT / "scripts"), str(ROOT)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import testbed  # noqa: E402
-from vmemspect.extract import extract, extract_doc  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
+import testbed
+from vmemspect.extract import extract, extract_doc
+from vmemspect.target import open_vmcore
 
 #: (kernel id, scenario) of every fixture; the file is fixtures/ID-SCENARIO.*
 FIXTURES = (

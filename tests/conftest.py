@@ -18,15 +18,11 @@ import sys
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parent.parent
-# This checkout's package and tests first (not another installed checkout),
-# then scripts/ for the test bed.
-for _path in (str(ROOT / "scripts"), str(ROOT / "tests"), str(ROOT)):
-    if _path in sys.path:
-        sys.path.remove(_path)
-    sys.path.insert(0, _path)
+# vmemspect and the test bed (scripts/testbed) are packages installed,
+# editable, in this checkout's .venv by scripts/deps.sh.
+import testbed
 
-import testbed  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 #: The encoding each Debian kernel of the test bed uses (hvo-facts.md), from
 #: the test bed's kernel registry (scripts/testbed/kernels.py).
@@ -41,9 +37,10 @@ KERNELS = ("6.12", "7.2")
 #: commit in one scenario (hvo-2m; Debian 12's 6.1 is where vmemspect once
 #: gave a false finding per folio), in every scenario in the full run.
 MATRIX = tuple(k.id for k in testbed.KERNELS.values() if k.arch == "x86_64")
-#: The riscv64 kernels of the registry, tested in tests/test_riscv.py: their
-#: QEMU dumps are ELF only and carry no VMCOREINFO (the run's
-#: vmcoreinfo.txt goes with --vmcoreinfo, see dump_args()).
+#: The riscv64 kernels of the registry (tests/test_real_kernels.py and
+#: tests/test_riscv.py): their QEMU dumps are ELF only and carry no
+#: VMCOREINFO (the run's vmcoreinfo.txt goes with --vmcoreinfo, see
+#: types_args()).
 RISCV = tuple(k.id for k in testbed.KERNELS.values() if k.arch == "riscv64")
 
 _runs = {}
@@ -90,6 +87,39 @@ def real_run(series: str, scenario: str, elf: bool = False, aftermath: bool = Fa
     if aftermath:
         options["aftermath"] = True
     return _run(name, series, scenario, **options)
+
+
+def script(name: str):
+    """scripts/``name``.py loaded as a module (a script users run is not a
+    package: it is loaded from its path, under its name with ``_`` for
+    ``-``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"),
+                                                  ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(name: str, *args: str, timeout: float = 300) -> str:
+    """scripts/bench/``name``.py run as a developer runs it (this Python,
+    a process of its own); assert it exits 0; its stdout."""
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / f"{name}.py"), *args],
+                       capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    return p.stdout
+
+
+def kernel_saved_pages(truth: dict) -> int:
+    """What the guest's memmap counters say HVO freed (6.10+): the memmap of
+    all its memory blocks (4 KiB pages, 64-byte struct pages) less
+    nr_memmap_pages and nr_memmap_boot_pages, from its own /proc/vmstat and
+    sysfs."""
+    vmstat = truth["vmstat"]
+    sections = sum(len(b) for b in truth["node_memory_blocks"].values())
+    without_hvo = sections * truth["memory_block_size"] // 4096 * 64 // 4096
+    return without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
 
 
 def types_args(run: dict) -> list:

@@ -159,10 +159,11 @@ def test_unsupported_architecture(run72):
 
     from vmemspect.cli import run
     from vmemspect.kernel import kernel_model
+    from vmemspect.progcache import cache_set
     from vmemspect.target import open_vmcore
 
     prog = open_vmcore(run72["kdump"], run72["vmlinux"])
-    prog.cache["vmemspect_model"] = dataclasses.replace(kernel_model(prog), arch="aarch64")
+    cache_set(prog, "model", dataclasses.replace(kernel_model(prog), arch="aarch64"))
     assert run(["verify"], prog=prog) == 2
 
 
@@ -172,10 +173,11 @@ def test_kernel_without_hugetlb(run72, capsys):
 
     from vmemspect.cli import run
     from vmemspect.kernel import kernel_model
+    from vmemspect.progcache import cache_set
     from vmemspect.target import open_vmcore
 
     prog = open_vmcore(run72["kdump"], run72["vmlinux"])
-    prog.cache["vmemspect_model"] = dataclasses.replace(kernel_model(prog), hugetlb=False)
+    cache_set(prog, "model", dataclasses.replace(kernel_model(prog), hugetlb=False))
     assert run([], prog=prog) == 0
     assert "hugetlb       not built in (CONFIG_HUGETLB_PAGE=n)" in capsys.readouterr().out
 

@@ -29,6 +29,7 @@ from vmemspect.btf import (
     read_btf_from_sysfs,
 )
 from vmemspect.errors import VmemspectError
+from vmemspect.progcache import cache_get
 from vmemspect.target import _X86_64, open_vmcore
 
 #: Types whose layout vmemspect reads, and neighbours drgn's helpers use.
@@ -166,7 +167,7 @@ def test_every_named_type_equals_dwarf(kernel):
     definitions in the kernel (DWARF and BTF may pick different ones). So a
     small fraction may differ, for these reasons only."""
     _, dwarf, btf = kernel
-    parsed = btf.cache["vmemspect_btf"].btf
+    parsed = cache_get(btf, "btf").btf
     prefix = {KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ", KIND_TYPEDEF: ""}
     names = {prefix[parsed.kind(t)] + parsed.name(t) for t in range(1, parsed.nr_types + 1)
              if parsed.kind(t) in prefix and parsed.name(t)}

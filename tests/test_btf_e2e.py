@@ -16,6 +16,7 @@ import json
 import pytest
 
 from conftest import KERNELS, real_run, vmemspect
+from vmemspect.progcache import cache_get
 from vmemspect.target import open_vmcore
 
 SCENARIO = "numa"  # two nodes, 2 MiB and 1 GiB folios: the richest dump
@@ -40,7 +41,7 @@ def run(request):
     prog = open_vmcore(run["kdump"])
     # Not a skip: if drgn's default search found a vmlinux here, the BTF path
     # would be tested nowhere.
-    assert prog.cache.get("vmemspect_types") == "btf", (
+    assert cache_get(prog, "types") == "btf", (
         "drgn's default search found a vmlinux for this kernel: without -s the "
         "types are DWARF too, and the BTF path goes untested (remove it)")
     return run
@@ -64,5 +65,5 @@ def test_btf_json_equals_dwarf(run, command):
 
 
 def test_types_source_is_marked(run):
-    assert open_vmcore(run["kdump"]).cache["vmemspect_types"] == "btf"
-    assert open_vmcore(run["kdump"], run["vmlinux"]).cache["vmemspect_types"] == "dwarf"
+    assert cache_get(open_vmcore(run["kdump"]), "types") == "btf"
+    assert cache_get(open_vmcore(run["kdump"], run["vmlinux"]), "types") == "dwarf"

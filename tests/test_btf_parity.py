@@ -22,12 +22,11 @@ full run (VMEMSPECT_FULL=1) also every other x86_64 kernel with -dbg in
 every healthy scenario and the runs the suite boots for them.
 """
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import FULL, KERNELS, MATRIX, ROOT, capture_run, live_run, real_run, testbed
+from conftest import FULL, KERNELS, MATRIX, capture_run, live_run, real_run, script, testbed
 from test_real_kdump import CASES as CAPTURES
 from test_real_kernels import HEALTHY
 from test_real_rare import RARE_KERNELS
@@ -36,9 +35,7 @@ from test_real_rare import RARE_KERNELS
 #: the same run, booted once).
 LIVE_BTF_CMD = "python3 -m vmemspect live --json"
 
-_spec = importlib.util.spec_from_file_location("btf_parity", ROOT / "scripts" / "btf-parity.py")
-PARITY = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(PARITY)
+PARITY = script("btf-parity")
 #: The names vmemspect's source reads by a literal, resolved both ways on
 #: every dump besides those its commands looked up.
 NAMES = PARITY.source_names()

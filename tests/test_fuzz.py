@@ -10,16 +10,13 @@ over the dump); the full matrix run (VMEMSPECT_FULL=1) does 2,000 per
 kernel with other seeds.
 """
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import KERNELS, ROOT, real_run
-
-FULL = bool(os.environ.get("VMEMSPECT_FULL"))
+from conftest import FULL, KERNELS, ROOT, real_run
 
 
 @pytest.mark.parametrize("series", KERNELS)

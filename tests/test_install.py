@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ def test_debian_python_is_externally_managed():
 
 def test_wheel_in_a_fresh_venv(built, tmp_path):
     wheel, sdist = built
+    # vmemspect only: the test bed (scripts/testbed) is a package of its own.
+    with zipfile.ZipFile(wheel) as z:
+        tops = {n.split("/")[0] for n in z.namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"vmemspect"}, tops
     python = DEBIAN_PYTHON if os.path.exists(DEBIAN_PYTHON) else sys.executable
     venv = tmp_path / "venv"
     sh(python, "-m", "venv", str(venv))

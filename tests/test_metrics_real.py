@@ -29,23 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FORM, KERNELS, real_run, types_args, vmemspect, vmemspect_json
+from conftest import (FORM, KERNELS, kernel_saved_pages, real_run, types_args, vmemspect,
+                      vmemspect_json)
 from test_monitoring import promtool_check_metrics, samples, series, tool
 
 PAGE = 4096
-SIZEOF_PAGE = 64
 GIB = 1 << 30
 #: memory_block_size of the guests: 128 MiB.
 BLOCK_PAGES = (128 << 20) // PAGE
-
-
-def kernel_saved_pages(truth: dict) -> int:
-    """What the guest's memmap counters say HVO freed (as
-    tests/test_real_kernels.py computes it)."""
-    vmstat = truth["vmstat"]
-    sections = sum(len(b) for b in truth["node_memory_blocks"].values())
-    without_hvo = sections * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
-    return without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
 
 
 @contextlib.contextmanager

@@ -18,10 +18,9 @@ import subprocess
 
 import pytest
 
-from conftest import FORM, ROOT, capture_run, vmemspect, vmemspect_json
+from conftest import FORM, capture_run, kernel_saved_pages, script, vmemspect, vmemspect_json
 
 PAGE = 4096
-SIZEOF_PAGE = 64
 SCENARIO = "hvo-2m"
 
 CASES = [("7.2", f"capture-{v}-{b}") for b in ("host", "newest") for v in ("zlib", "lzo", "zstd", "elf")]
@@ -114,9 +113,7 @@ def test_savings_match_kernel(case):
     assert s["saved_pages"] == by_lines
     vmstat = truth["vmstat"]
     if vmstat:
-        sections = sum(len(b) for b in truth["node_memory_blocks"].values())
-        without_hvo = sections * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
-        kernel_saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
+        kernel_saved = kernel_saved_pages(truth)
         assert s["saved_pages"] == kernel_saved
         assert s["kernel_saved_pages"] == kernel_saved
 
@@ -136,9 +133,7 @@ def test_filter_removed_nothing_vmemspect_reads(case):
     frames, the shared tail frames, kernel data) is in the dump, not in an
     ELF gap, and the vmemmap and page-table pages hold the bytes QEMU's dump
     of the same state holds."""
-    import sys
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import dump_reads
+    dump_reads = script("dump_reads")
     series, _, run, truth, dump, _, _ = case
     res = dump_reads.measure(dump, run["vmlinux"], reference=run["kdump"])
     assert all(o["rc"] == 0 for o in res["commands"]), [o["rc"] for o in res["commands"]]

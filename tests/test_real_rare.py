@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, real_run, types_args, vmemspect, vmemspect_json
+from conftest import ROOT, kernel_saved_pages, real_run, types_args, vmemspect, vmemspect_json
 
 RARE_KERNELS = ("6.1", "6.12", "7.2")
 PAGE = 4096
@@ -50,9 +50,7 @@ def leaked_folios(truth: dict, plain: dict) -> int:
     if "nr_memmap_pages" in vmstat:
         # What the kernel's boot lines say HVO frees, for every folio (all
         # were allocated with HVO on), against what the counters lost.
-        sections = sum(len(b) for b in truth["node_memory_blocks"].values())
-        without_hvo = sections * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
-        kernel_saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
+        kernel_saved = kernel_saved_pages(truth)
         per_folio = {int(k): v // 4 for k, v in truth["vmemmap_freeable_kib"].items()}
         expected = sum(per_folio[h["nr_pages"] * PAGE // 1024] for h in truth["hugetlb_folios"])
         leak_pages = expected - kernel_saved

@@ -9,15 +9,14 @@ printed (/sys/kernel/vmcoreinfo) into the run's vmcoreinfo.txt, which
 vmemspect takes as ``vmemspect vmcore DUMP --vmcoreinfo FILE``
 (conftest.types_args).
 
-Three parts:
+vmemspect on those dumps is tested in tests/test_real_kernels.py, where
+the architecture is a parameter like the kernel. Here, what is riscv64's
+own:
 
 - the test bed's own checks of what it made (run, truth, ELF segments,
   VMCOREINFO text, and the HVO state of every folio read from the dump
   through this module's own Sv39/48/57 walk, RiscvPageTables): these need
-  no vmemspect;
-- vmemspect on those dumps, asserted like tests/test_real_kernels.py
-  asserts x86_64 ones (expected values from the guest's truth and from the
-  dump as read here, never from vmemspect);
+  no vmemspect; then vmemspect's frames compared with that walk;
 - corruption of the 7.2 dump like tests/test_real_corruption.py, at riscv
   PTEs (V bit 0, R 1, W 2, X 3, U 4, G 5, A 6, D 7, PPN bits 10-53; a
   leaf has R, W or X set).
@@ -36,25 +35,18 @@ import struct
 import pytest
 
 import testbed
-from conftest import (FORM, FULL, RISCV, capture_run, live_run, patched, real_run, vmemspect,
-                      vmemspect_json)
+from conftest import (FORM, FULL, RISCV, capture_run, kernel_saved_pages, live_run, patched,
+                      real_run, vmemspect, vmemspect_json)
+from test_real_kernels import (PAGE, RISCV_SCENARIOS, SIZEOF_PAGE, TAIL_MASK, expected_optimized,
+                               expected_optimized_count, expected_saved, node_of, paging)
 
-PAGE = 4096
-SIZEOF_PAGE = 64
-#: Every commit: both kernels in hvo-2m and mixed; the full run adds the
-#: other healthy scenarios (hvo-1g: a 1 GiB folio too; hvo-off; numa: two
-#: nodes, two vCPUs).
-SCENARIOS = ("hvo-2m", "mixed") + (("hvo-1g", "hvo-off", "numa") if FULL else ())
-CASES = [(k, s) for k in RISCV for s in SCENARIOS]
+#: The runs of tests/test_real_kernels.py's riscv64 cases (every commit:
+#: both kernels in hvo-2m and mixed; the full run: every healthy scenario).
+CASES = [(k, s) for k in RISCV for s in RISCV_SCENARIOS]
 #: Guest RAM of each scenario (GiB).
 RAM_GIB = {"hvo-2m": 2, "mixed": 2, "hvo-1g": 4, "hvo-off": 2, "numa": 5}
-#: compound_info of a tail, mask form: GENMASK(63, order + 6) | 1.
-TAIL_MASK = {9: 0xFFFFFFFFFFFF8001, 18: 0xFFFFFFFFFF000001}
 #: The kernel corrupted below and captured with kdump: the mask form.
 MASK_KERNEL = next(k for k in RISCV if FORM[k] == "mask")
-#: The paging mode each kernel boots with under QEMU's rv64 CPU (which has
-#: Sv57: 6.12 takes it, 7.2 stays at Sv48; docs/testbed.md).
-PAGING = {"mask": "Sv48", "pointer": "Sv57"}
 
 # riscv64 page-table entries
 PTE_V, PTE_R, PTE_W, PTE_X = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -120,48 +112,8 @@ class RiscvPageTables:
         return self.vmemmap + SIZEOF_PAGE * pfn
 
 
-def vmemmap_pages(nr_pages: int) -> int:
-    """vmemmap pages of a folio of ``nr_pages`` pages (8 for 2 MiB)."""
-    return nr_pages * SIZEOF_PAGE // PAGE
-
-
 def order_of(nr_pages: int) -> int:
     return nr_pages.bit_length() - 1
-
-
-def expected_optimized(truth: dict, scenario: str, pfn: int):
-    """Which folios HVO optimized, from how the scenario allocated them
-    (None: a free folio of mixed, the kernel chose which one it is)."""
-    if scenario == "hvo-off":
-        return False
-    if scenario == "mixed":
-        phase = {u["pfn"]: u["phase"] for u in truth["in_use"]}
-        return phase[pfn] == 1 if pfn in phase else None
-    return True
-
-
-def expected_optimized_count(truth: dict, scenario: str) -> int:
-    if scenario == "hvo-off":
-        return 0
-    if scenario == "mixed":
-        return 16       # allocated while the sysctl was on (phase 1)
-    return len(truth["hugetlb_folios"])
-
-
-def expected_saved(truth: dict, scenario: str) -> int:
-    """vmemmap pages HVO freed: all but one of each optimized folio's."""
-    if scenario == "hvo-off":
-        return 0
-    if scenario == "mixed":
-        return (vmemmap_pages(512) - 1) * 16        # 16 2 MiB folios
-    return sum(vmemmap_pages(h["nr_pages"]) - 1 for h in truth["hugetlb_folios"])
-
-
-def node_of(truth: dict, pfn: int) -> int:
-    for nid, ranges in truth["node_pfn_ranges"].items():
-        if any(lo <= pfn < hi for lo, hi in ranges):
-            return int(nid)
-    raise AssertionError(f"pfn {pfn:#x} in no node of the guest")
 
 
 # ---------------------------------------------------------------- the runs
@@ -247,7 +199,7 @@ def test_vmcoreinfo_text(run_case):
         assert key in info, key
     member = "compound_info" if FORM[series] == "mask" else "compound_head"
     assert info[f"OFFSET(page.{member})"] == "8"
-    assert RiscvPageTables(run["elf"], info).name == PAGING[FORM[series]]
+    assert RiscvPageTables(run["elf"], info).name == paging(series)
 
 
 def test_truth(run_case):
@@ -272,11 +224,7 @@ def test_truth(run_case):
     if scenario == "numa":
         assert {n: v["nr_hugepages"] for n, v in truth["hstates"]["2048"]["nodes"].items()} == {
             "0": 40, "1": 70}
-    vmstat = truth["vmstat"]
-    blocks = sum(len(b) for b in truth["node_memory_blocks"].values())
-    without_hvo = blocks * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
-    saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
-    assert saved == expected_saved(truth, scenario)
+    assert kernel_saved_pages(truth) == expected_saved(truth, scenario)
 
 
 def test_hvo_in_the_dump(run_case):
@@ -322,170 +270,34 @@ def test_hvo_in_the_dump(run_case):
                 assert pt.word((frame << 12) + i * SIZEOF_PAGE + 8) == TAIL_MASK[order]
 
 
-# ---------------------------------------------------------------- vmemspect on the dumps
+# ---------------------------------------------------------------- vmemspect's frames, this walk's
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda p: f"{p[0]}-{p[1]}")
-def case(request):
-    series, scenario = request.param
-    run = real_run(series, scenario)
-    truth = run["truth"]
-    report = vmemspect_json(run)
+# vmemspect on these dumps is tested with every kernel's in
+# tests/test_real_kernels.py (the architecture a parameter there); here its
+# frames are compared with this module's own walk of the dump.
+
+def test_frames_are_the_dumps(run_case):
+    """Each folio's head frame, whether it is remapped, and the frames its
+    tail vmemmap pages map (7.2: the shared frame; 6.12: the folio's own
+    head frame) are the ones this module's walk of the dump finds."""
+    series, _, run, _ = run_case
+    walk = dump_walk(run)
     folios = vmemspect_json(run, "folios")["folios"]
-    return series, scenario, run, truth, report, folios
-
-
-def test_kernel_and_form(case):
-    series, _, run, truth, report, _ = case
-    k = report["kernel"]
-    assert k["release"] == truth["uname"]
-    assert k["arch"] == "riscv64"
-    assert k["paging"] == PAGING[FORM[series]]
-    assert k["form"] == FORM[series]
-    assert k["info_member"] == ("compound_info" if FORM[series] == "mask" else "compound_head")
-    assert k["types"] == "btf"          # no -dbg by default: the kernel's own BTF
-    assert k["hvo_built"] is True
-    assert k["hvo_enabled"] == bool(truth["hugetlb_optimize_vmemmap"])
-    assert k["sizeof_page"] == SIZEOF_PAGE and k["page_size"] == PAGE
-
-
-def test_folios_are_the_kernels(case):
-    """The folio set equals /proc/kpageflags' hugetlb heads; counts per node
-    equal sysfs; in-use folios are the ones the guest holds."""
-    _, _, _, truth, report, folios = case
-    assert sorted(f["pfn"] for f in folios) == sorted(h["pfn"] for h in truth["hugetlb_folios"])
-    counts = collections.Counter()
-    free = collections.Counter()
+    tails = vmemspect_json(run, "tails")["tails"]
+    assert sorted(f["pfn"] for f in folios) == sorted(walk)
     for f in folios:
-        size_kb = (1 << f["order"]) * PAGE // 1024
-        counts[(str(size_kb), str(f["nid"]))] += 1
-        free[(str(size_kb), str(f["nid"]))] += f["state"] == "free"
-        assert f["nid"] == node_of(truth, f["pfn"])
-    expected = {(size, nid): v["nr_hugepages"]
-                for size, h in truth["hstates"].items() for nid, v in h["nodes"].items()
-                if v["nr_hugepages"]}
-    assert dict(counts) == expected
-    assert dict(free) == {(size, nid): v["free_hugepages"]
-                          for size, h in truth["hstates"].items() for nid, v in h["nodes"].items()
-                          if v["nr_hugepages"]}
-    assert sorted(f["pfn"] for f in folios if f["state"] == "active") == sorted(
-        u["pfn"] for u in truth["in_use"])
-    groups = collections.Counter()
-    for g in report["groups"]:
-        groups[(g["hstate"].split("-")[1][:-2], str(g["nid"]))] += g["total"]
-    assert dict(groups) == expected
-
-
-def test_hvo_state_per_folio(case):
-    """Optimized as the scenario made them, and as the dump's own vmemmap
-    mappings (read here) say."""
-    _, scenario, run, truth, _, folios = case
-    walk = dump_walk(run)
-    for f in folios:
-        want = expected_optimized(truth, scenario, f["pfn"])
-        if want is not None:
-            assert f["optimized"] is want, f
         pages = walk[f["pfn"]]
-        assert f["remapped"] is (len({frame for _, _, frame in pages}) < len(pages)), f
-        assert f["remapped"] is f["optimized"]
-        assert f["verdict"] == "ok", f
         assert f["head_frame"]["pfn"] == pages[0][2]
-    assert sum(f["optimized"] for f in folios) == expected_optimized_count(truth, scenario)
-
-
-def test_savings_match_kernel_counters(case):
-    """Saved vmemmap pages == what the kernel's memmap counters lost, and ==
-    the kernel's boot line per folio times the optimized folios."""
-    _, scenario, _, truth, report, folios = case
-    s = report["savings"]
-    vmstat = truth["vmstat"]
-    blocks = sum(len(b) for b in truth["node_memory_blocks"].values())
-    without_hvo = blocks * truth["memory_block_size"] // PAGE * SIZEOF_PAGE // PAGE
-    kernel_saved = without_hvo - vmstat["nr_memmap_pages"] - vmstat["nr_memmap_boot_pages"]
-    assert s["saved_pages"] == kernel_saved
-    assert s["kernel_saved_pages"] == kernel_saved
-    assert s["kernel_source"] == "nr_memmap_boot_pages + nr_memmap_pages"
-    assert s["kernel_agrees"] is True
-    per_folio = {int(k): v // 4 for k, v in truth["vmemmap_freeable_kib"].items()}
-    assert s["saved_pages"] == sum(per_folio[(1 << f["order"]) * PAGE // 1024]
-                                   for f in folios if f["optimized"])
-    assert s["saved_pages"] == expected_saved(truth, scenario)
-
-
-def test_tails(case):
-    series, _, run, _, _, folios = case
-    tails = vmemspect_json(run, "tails")
-    walk = dump_walk(run)
-    optimized = [f for f in folios if f["optimized"]]
-    if FORM[series] == "mask":
-        # One shared frame per node, zone and order in use, mapped by
-        # exactly that group's optimized folios, all 64 struct pages valid
-        # tails; the frame the dump's own page tables name.
-        groups = collections.Counter((f["nid"], f["zone"], f["order"]) for f in optimized)
-        frames = {(t["nid"], t["zone"], t["order"]): t for t in tails["tails"]}
-        assert set(frames) == set(groups)
-        for key, n in groups.items():
-            t = frames[key]
-            assert t["folios"] == n
-            assert t["valid_tails"] == 64 and t["invalid_tails"] == 0
-            assert (t["flags_nid"], t["flags_zone_idx"]) == (key[0], t["zone_idx"])
-            assert t["slot"] == key[2] - 7
-        for f in optimized:
-            frame = frames[(f["nid"], f["zone"], f["order"])]["pfn"]
-            assert {p[2] for p in walk[f["pfn"]][1:]} == {frame}
-            (tf,) = f["tail_frames"]
-            tails_n = vmemmap_pages(1 << f["order"]) - 1
-            assert tf["pfn"] == frame and tf["pages"] == tails_n
-            # riscv64: tails are mapped writable (no PAGE_KERNEL_RO).
-            assert tf["writable"] == tails_n
-            assert tf["levels"] == ["pte"]
-            assert f["head_frame"]["writable"] is True
-    else:
-        assert sorted(t["folio_pfn"] for t in tails["tails"]) == sorted(f["pfn"] for f in optimized)
-        order = {f["pfn"]: f["order"] for f in optimized}
-        for t in tails["tails"]:
-            n = vmemmap_pages(1 << order[t["folio_pfn"]])
-            assert t["aliases"] == n - 1
-            assert t["fake_heads"] == n - 1
+        assert f["remapped"] is (len({frame for _, _, frame in pages}) < len(pages)), f
+        if f["remapped"] and FORM[series] == "mask":
+            assert [t["pfn"] for t in f["tail_frames"]] == [pages[1][2]]
+            assert {frame for _, _, frame in pages[1:]} == {pages[1][2]}
+    if FORM[series] == "pointer":
+        for t in tails:
             assert t["frame_pfn"] == walk[t["folio_pfn"]][0][2]
-        assert len({t["frame_pfn"] for t in tails["tails"]}) == len(optimized)
-    for f in folios:
-        if not f["optimized"]:
-            assert f["distinct_frames"] == vmemmap_pages(1 << f["order"])
-
-
-def test_verify_clean(case):
-    _, _, run, _, _, _ = case
-    v = vmemspect_json(run, "verify")
-    assert v["ok"] is True and v["findings"] == [] and v["unknown"] == 0
-    assert v["checked_folios"] == len(run["truth"]["hugetlb_folios"])
-
-
-def test_decode(case):
-    series, _, run, _, _, folios = case
-    f = folios[0]
-    tail = vmemspect_json(run, "decode", f"pfn:{f['pfn'] + 1}")
-    assert tail["tail"] is True and tail["head_pfn"] == f["pfn"]
-    assert tail["head_is_head"] is True
-    assert tail["agrees_with_drgn"] is True
-    if FORM[series] == "mask":
-        assert tail["raw"] == hex(TAIL_MASK[f["order"]])
-        assert tail["order"] == f["order"]
     else:
-        assert int(tail["raw"], 16) == int(f["page"], 16) + 1
-    head = vmemspect_json(run, "decode", f["page"])
-    assert head["tail"] is False and head["pg_head"] is True and head["fake_head"] is False
-    if FORM[series] == "pointer" and f["optimized"]:
-        fake = vmemspect_json(run, "decode", f"pfn:{f['pfn'] + 64}")
-        assert fake["fake_head"] is True and fake["pg_head"] is True
-
-
-def test_text_output(case):
-    """The human report runs and carries the same verdict."""
-    series, _, run, _, _, _ = case
-    p = vmemspect("vmcore", run["elf"], "--vmcoreinfo", run["vmcoreinfo"]["path"])
-    assert f"{FORM[series]} form" in p.stdout
-    assert "riscv64" in p.stdout and PAGING[FORM[series]] in p.stdout
-    assert "verify        OK: 0 finding(s)" in p.stdout
+        remapped = {walk[f["pfn"]][1][2] for f in folios if f["remapped"]}
+        assert {t["pfn"] for t in tails} == remapped
 
 
 def test_vmcoreinfo_command(run_case):

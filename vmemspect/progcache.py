@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import drgn
 
-__all__ = ("cache_get", "cache_set", "cached", "is_live")
+__all__ = ("cache_get", "cache_set", "cached", "forget_state", "is_live")
 
 T = TypeVar("T")
 
@@ -78,3 +78,12 @@ def cached(prog: drgn.Program, name: str, compute: Callable[[drgn.Program], T]) 
     value = compute(prog)
     cache_set(prog, name, value)
     return value
+
+
+def forget_state(prog: drgn.Program) -> None:
+    """Drop every value the running kernel changes (the state keys), so the
+    next scan recomputes them: for a program whose memory changed under
+    vmemspect though drgn does not see it live, such as a dump altered in
+    place (fuzzing) or a paused guest read between two steps (torture)."""
+    for name in _STATE:
+        prog.cache.pop(_key(name), None)

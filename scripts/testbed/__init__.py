@@ -1,8 +1,9 @@
 """Real-kernel test bed for vmemspect: boot a Debian kernel under QEMU (TCG)
 in a HugeTLB scenario, collect the guest's ground truth and dump its memory.
 
-Standard library only.  Used as a package by the tests (scripts/ on
-sys.path)::
+Standard library only.  A package of its own (scripts/pyproject.toml, which
+scripts/deps.sh installs editable in .venv), imported by the tests and the
+scripts::
 
     import testbed
     r = testbed.run_scenario(series="7.2", scenario="hvo-2m", out_dir=Path(...))

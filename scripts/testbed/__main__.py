@@ -17,7 +17,7 @@
 e.g. a real kdump capture, with QEMU's dump of the same state beside it:
     python3 scripts/testbed run --kernel 7.2 --dump kdump --dump capture-zstd-newest --summary
 
-(``python3 -m testbed ...`` with scripts/ on PYTHONPATH does the same.)
+(``.venv/bin/python -m testbed ...``, the package scripts/deps.sh installs, does the same.)
 """
 from __future__ import annotations
 

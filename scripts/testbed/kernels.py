@@ -114,7 +114,7 @@ KERNELS: dict[str, Kernel] = {k.id: k for k in (
     # 6.12.95 crashes in about a third of its boots under this QEMU's TCG
     # (corrupted EFLAGS: double faults, debug traps; with -cpu max or
     # Icelake-Server, 1 or 2 vCPUs), 6.12.117 of the same series never
-    # (scripts/boot-soak.py, docs/testbed.md): not root-caused.
+    # (scripts/bench/boot-soak.py, docs/testbed.md): not root-caused.
     Kernel("6.12-bpo", "6.12", "cloud", "bookworm-backports", True, "pointer",
            desc="Debian 12 backports", boot_attempts=6),
     Kernel("6.12", "6.12", "cloud", "trixie", True, "pointer", desc="Debian 13"),

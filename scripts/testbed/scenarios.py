@@ -62,7 +62,7 @@ SCENARIOS: dict[str, dict] = {
         # (2) cannot exceed the number of available CPUs (1)")
         "min_smp": 2,
     },
-    # Guests larger than the host (scripts/bench-scale.py): guest RAM in a
+    # Guests larger than the host (scripts/bench/bench-scale.py): guest RAM in a
     # memory backend with reserve=off (no swap/commit reservation), and the
     # base cmdline's init_on_alloc=0, so QEMU touches only what the guest
     # writes.  The huge pages come from extra_cmdline (and mem= the size).

@@ -291,7 +291,7 @@ class TortureGuest:
                  "-chardev", f"file,id=ser0,path={console}", "-serial", "chardev:ser0",
                  "-qmp", f"unix:{tmp}/qmp.sock,server=on,wait=off",
                  # a spare one: drgn --qemu, for a developer (or the
-                 # read-path measurement, scripts/torture-readpaths.py)
+                 # read-path measurement, scripts/bench/torture-readpaths.py)
                  "-qmp", f"unix:{tmp}/qmp-spare.sock,server=on,wait=off",
                  "-device", "vmcoreinfo",
                  "-fw_cfg", f"name=opt/vmemspect/scenario,file={tmp}/scenario",
@@ -508,15 +508,15 @@ class TortureGuest:
     def check(self) -> dict:
         """Pause, verify in-process, resume.  Returns {ok, findings (the
         verify document's), checks (their names), seconds, error}."""
-        from vmemspect.report import build_report
         from vmemspect.documents import verify_doc
+        from vmemspect.progcache import forget_state
+        from vmemspect.report import build_report
         t0 = time.monotonic()
         self.qmp.cmd("stop")
         try:
             prog = self.program()
-            for k in list(prog.cache):
-                if k not in ("vmemspect_types", "vmemspect_btf", "vmemspect_model"):
-                    del prog.cache[k]
+            # The guest ran since the last check: what its kernel changes is read afresh.
+            forget_state(prog)
             t1 = time.monotonic()
             try:
                 doc = verify_doc(build_report(prog))

@@ -22,6 +22,7 @@ from vmemspect.diskdump import read_page_list
 from vmemspect.extract import PageSnapshot, page_classes
 from vmemspect.kernel import kernel_model
 from vmemspect.pagetable import page_table_walker
+from vmemspect.progcache import cache_get
 from vmemspect.target import open_vmcore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_kernel(fixture):
     assert rc == 0
     k = report["kernel"]
     assert k["types"] == "btf"
-    assert prog.cache["vmemspect_types"] == "btf"
+    assert cache_get(prog, "types") == "btf"
     # Every fact the model needs came from the kernel: no default.
     assert kernel_model(prog).defaults == () and k["defaults"] == []
     assert k["release"] == meta["truth"]["uname"] == meta["release"]

@@ -3,7 +3,7 @@ The page-table formats and the riscv64 walk on synthetic physical memory:
 Sv39/Sv48/Sv57 tables built here by the riscv privileged spec's rules
 (V R W X bits, PPN at bit 10, leaves at any level), read through a drgn
 memory segment exactly as a riscv64 dump is. The real riscv64 kernels are
-in tests/test_riscv.py.
+in tests/test_real_kernels.py and tests/test_riscv.py.
 """
 
 import struct

@@ -3,8 +3,8 @@
 How long opening a dump takes with DWARF (-s VMLINUX) and with BTF (no -s:
 the types come from the BTF inside the dump), on the same dump.
 
-usage: scripts/bench-open.py [--runs N] [--cold] [DUMP VMLINUX]
-       scripts/bench-open.py [--runs N] [--cold] --run DIR   (a test bed run: DIR/run.json)
+usage: .venv/bin/python scripts/bench/bench-open.py [--runs N] [--cold] [DUMP VMLINUX]
+       .venv/bin/python scripts/bench/bench-open.py [--runs N] [--cold] --run DIR   (a test bed run: DIR/run.json)
 
 Without arguments: the 7.2 hvo-2m run of the test bed's cache. Each
 measurement runs in a fresh Python process; the median of N runs is shown
@@ -14,6 +14,8 @@ first use of the types: struct page, zone, folio, hstate, enums, globals);
 "report" is the whole `vmemspect vmcore DUMP --json` command. --cold drops
 the dump and the vmlinux (only those two files) from the page cache before
 each run (posix_fadvise DONTNEED), as after a download.
+
+Fills: docs/btf.md, "Timings".
 """
 
 import argparse
@@ -25,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 _CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
+# The tree measured, which need not be the one installed (its import is timed).
 sys.path.insert(0, sys.argv[1])
 from vmemspect.target import open_vmcore
 from vmemspect.kernel import kernel_model

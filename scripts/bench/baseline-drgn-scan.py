@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The HVO scan a drgn user would write with drgn 0.3.0's own helpers: the
-baseline that scripts/bench-scale.py compares ``vmemspect verify`` with.
+baseline that scripts/bench/bench-scale.py compares ``vmemspect verify`` with.
 
-usage: python3 scripts/baseline-drgn-scan.py DUMP VMLINUX [--open-only | --floor] [--json]
+usage: .venv/bin/python scripts/bench/baseline-drgn-scan.py DUMP VMLINUX [--open-only | --floor] [--json]
 
 Opens the dump with drgn (x86_64 given explicitly, as QEMU's kdump dumps
 need), loads the vmlinux, then walks every hstate's
@@ -25,6 +25,9 @@ next link taken from those bytes, nothing else (no check, no record).  Prints a 
 one JSON object with ``--json``: folios, optimized, vmemmap_pages,
 follow_phys_faults, hvo_mismatch, open_s, scan_s (seconds inside this
 process; the caller measures wall time and peak RSS from outside).
+
+Fills: docs/performance.md, "Results" and "Against the read floor (issue 13)"
+(its open, floor and baseline columns, run by bench-scale.py).
 """
 import argparse
 import json
@@ -37,6 +40,8 @@ import drgn  # noqa: E402
 from drgn.helpers.linux.hugetlb import for_each_hstate  # noqa: E402
 from drgn.helpers.linux.list import list_for_each_entry  # noqa: E402
 from drgn.helpers.linux.mm import follow_phys  # noqa: E402
+
+from _readfloor import walk_heads  # noqa: E402  (scripts/bench/, beside this script; plain drgn)
 
 HPG_vmemmap_optimized = 4   # enum value on 6.12 and 7.2 (hvo-facts.md)
 X86_64 = drgn.Platform(drgn.Architecture.X86_64,
@@ -94,22 +99,12 @@ def scan(prog: drgn.Program) -> dict:
 
 def floor(prog: drgn.Program) -> dict:
     """The read floor: each folio's head vmemmap page read once, whole."""
-    page_size = prog["PAGE_SIZE"].value_()
-    mask = page_size - 1
     nr_node_ids = prog["nr_node_ids"].value_()
-    read = prog.read
-    folios = 0
+    heads = []
     for h in for_each_hstate(prog):
-        heads = [h.hugepage_freelists[nid].address_ for nid in range(nr_node_ids)]
+        heads += [h.hugepage_freelists[nid].address_ for nid in range(nr_node_ids)]
         heads.append(h.hugepage_activelist.address_)
-        for head in heads:
-            pos = prog.read_u64(head)
-            while pos != head:
-                data = read(pos & ~mask, page_size)
-                off = pos & mask
-                pos = int.from_bytes(data[off:off + 8], "little")
-                folios += 1
-    return {"folios": folios}
+    return {"folios": walk_heads(prog, heads, prog["PAGE_SIZE"].value_())}
 
 
 def _has_member(prog: drgn.Program, type_name: str, member: str) -> bool:

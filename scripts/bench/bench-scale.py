@@ -4,9 +4,9 @@ scan on a dump of a 256 GiB guest with 120,000 HVO'd 2 MiB pages.
 
 usage::
 
-    python3 scripts/bench-scale.py [--kernel 7.2|6.12] [--page-size 2M|1G]
-                                   [--all] [--reuse] [--json] [--repeat N]
-                                   [--vmemspect-path DIR] [--profile]
+    .venv/bin/python scripts/bench/bench-scale.py [--kernel 7.2|6.12] [--page-size 2M|1G]
+                                                  [--all] [--reuse] [--json] [--repeat N]
+                                                  [--vmemspect-path DIR] [--profile]
 
 A configuration is a kernel series and a huge page size; ``--all`` runs
 7.2/2M, 7.2/1G and 6.12/2M.  For each one the test bed
@@ -55,6 +55,10 @@ cumulative and by total time.
 The host's memory is watched: QEMU's peak RSS during boot and dump (about
 5.2 GB for 120,000 pages), and each measured process is killed if its RSS
 passes ``--rss-limit-gb`` or the host's MemAvailable falls under 1 GiB.
+
+Fills: docs/performance.md, "Results", "Against the read floor (issue 13)"
+and "Where the time goes (7.2, 120,000 × 2 MiB)"; its dumps feed
+docs/extract.md, "Sizes measured".
 """
 from __future__ import annotations
 
@@ -74,9 +78,8 @@ import time
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))
-import testbed  # noqa: E402
+REPO = SCRIPTS.parents[1]  # the checkout
+import testbed
 
 BASELINE = SCRIPTS / "baseline-drgn-scan.py"
 DEFAULT_MEM = "256G"
@@ -580,6 +583,7 @@ def profile(series: str, page_size: str, a) -> dict:
     dump, vmlinux = run["kdump"], run["vmlinux"]
     for mod in [m for m in sys.modules if m == "vmemspect" or m.startswith("vmemspect.")]:
         del sys.modules[mod]
+    # The tree profiled (--vmemspect-path), which need not be the one installed.
     sys.path.insert(0, str(a.vmemspect_path))
     import vmemspect
     from vmemspect.cli import run as vmemspect_run
@@ -619,11 +623,12 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="examples:\n"
-                                 "  scripts/bench-scale.py --reuse\n"
-                                 "  scripts/bench-scale.py --all --reuse --json > bench.json\n"
-                                 "  scripts/bench-scale.py --kernel 6.12 --reuse "
+                                 "  .venv/bin/python scripts/bench/bench-scale.py --reuse\n"
+                                 "  .venv/bin/python scripts/bench/bench-scale.py --all --reuse --json "
+                                 "> bench.json\n"
+                                 "  .venv/bin/python scripts/bench/bench-scale.py --kernel 6.12 --reuse "
                                  "--vmemspect-path /work/main\n"
-                                 "  scripts/bench-scale.py --profile --reuse")
+                                 "  .venv/bin/python scripts/bench/bench-scale.py --profile --reuse")
     ap.add_argument("--kernel", default="7.2", choices=["7.2", "6.12"], help="kernel series")
     ap.add_argument("--page-size", default="2M", choices=["2M", "1G"], help="huge page size")
     ap.add_argument("--all", action="store_true", help="7.2/2M, 7.2/1G and 6.12/2M in turn")

@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Extract size against folio count: the numbers of docs/extract.md.
 
-    .venv/bin/python scripts/extract-sizes.py [RUN_DIR ...] [--scale KERNEL:PAGES[:2M|1G]] [--json]
+    .venv/bin/python scripts/bench/extract-sizes.py [RUN_DIR ...] [--scale KERNEL:PAGES[:2M|1G]] [--json]
 
 Each RUN_DIR is a test-bed run (its run.json: "kdump", "vmlinux", "truth").
 ``--scale 7.2:30000`` boots the test bed's scale scenario (a 256 GiB guest in
 a reserve=off backend, ``hugepagesz=2M hugepages=30000``; kept in
 ``~/.cache/vmemspect/extract-scale/``, reused when there) as
-scripts/bench-scale.py does. For each dump: ``vmemspect vmcore DUMP -s
+scripts/bench/bench-scale.py does. For each dump: ``vmemspect vmcore DUMP -s
 VMLINUX extract OUT --json`` (in its own process, timed), then a row:
 folios, the source dump's size, the extract's size (apparent, and on disk:
 the bitmap's zero blocks are holes), the fixed part (kallsyms and BTF, the
 headers and the bitmap: one bit per page of the machine), what remains
 (page tables, kernel data, vmemmap frames) per folio, and whether verify
 on the extract (types from its BTF) says what it says on the dump.
+
+Fills: docs/extract.md, "Sizes measured".
 """
 from __future__ import annotations
 
@@ -26,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import testbed  # noqa: E402
+import testbed
 
 SCENARIO = {"2M": "scale-2m", "1G": "scale-1g"}
 

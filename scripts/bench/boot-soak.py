@@ -4,9 +4,11 @@ Boot test-bed kernels over and over (hvo-2m, no dump) and count the boots
 that do not reach READY, with the console line that says why: how the test
 bed's boots are shown not to flake (docs/testbed.md).
 
-    python3 scripts/boot-soak.py --boots 30 [--kernel ID ...] [--json OUT]
+    .venv/bin/python scripts/bench/boot-soak.py --boots 30 [--kernel ID ...] [--json OUT]
 
 Exit 1 if any boot failed.
+
+Fills: docs/testbed.md, "Boots that crash: measured, not retried away".
 """
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import testbed  # noqa: E402
+import testbed
 
 CRASH = re.compile(r"(Oops|BUG|Kernel panic|general protection|list_add corruption|RIP:).*")
 

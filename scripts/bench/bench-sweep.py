@@ -9,40 +9,29 @@ read floor (each folio's head vmemmap page read once, baseline-drgn-scan's
 the page-table walker keeps as it reads each PTE table, about 6 µs a
 table, are in both). Prints the best of each, the sweep's cost in
 absolute terms, per PTE table and as a fraction of the floor, and the
-sweep's own counts. Fills docs/performance.md, "The whole-vmemmap sweep".
+sweep's own counts.
 
-    python3 scripts/bench-sweep.py DUMP VMLINUX [--jobs 1] [--repeat 5]
+    .venv/bin/python scripts/bench/bench-sweep.py DUMP VMLINUX [--jobs 1] [--repeat 5]
+
+Fills: docs/performance.md, "The whole-vmemmap sweep and the scan engine
+(issue 19)".
 """
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from vmemspect import sweep as sweep_mod
+from vmemspect.hugetlb import zones
+from vmemspect.report import build_report
+from vmemspect.target import open_vmcore
 
-from vmemspect import sweep as sweep_mod  # noqa: E402
-from vmemspect.hugetlb import for_each_hstate_record, zones  # noqa: E402
-from vmemspect.kernel import kernel_model  # noqa: E402
-from vmemspect.report import build_report  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
+from _readfloor import read_floor  # scripts/bench/, beside this script
 
 
 def floor(prog) -> float:
-    """Each folio's head vmemmap page read once, links from the page."""
-    model = kernel_model(prog)
-    lru, ps = model.off_lru, model.page_size
+    """CPU seconds of the read floor (:func:`read_floor`)."""
     t = time.process_time()
-    for h in for_each_hstate_record(prog):
-        heads = [h.address + h.freelists_offset + 16 * nid for nid in sorted(h.per_node)]
-        heads.append(h.address + h.activelist_offset)
-        for head in heads:
-            pos = prog.read_u64(head)
-            while pos != head:
-                data = prog.read(pos & ~(ps - 1), ps)
-                off = (pos & (ps - 1))
-                pos = int.from_bytes(data[off:off + 8], "little")
+    read_floor(prog)
     return time.process_time() - t
 
 

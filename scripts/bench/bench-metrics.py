@@ -5,9 +5,9 @@ means for a host with 1 TiB of 2 MiB pages scraped every 5 minutes.
 
 usage::
 
-    python3 scripts/bench-metrics.py [--kernel 7.2|6.12] [--mem 64G]
-                                     [--hugepages 30000] [--repeat 3] [--json]
-                                     [--run DIR]
+    .venv/bin/python scripts/bench/bench-metrics.py [--kernel 7.2|6.12] [--mem 64G]
+                                                    [--hugepages 30000] [--repeat 3] [--json]
+                                                    [--run DIR]
 
 The test bed (scenario scale-2m: guest RAM in a reserve=off backend,
 init_on_alloc=0) boots the guest with ``hugepagesz=2M hugepages=N`` and HVO
@@ -22,6 +22,9 @@ least CPU time kept (user + system of the child, from wait4()):
 
 The cost per 1,000 folios is (full - open) / folios; the projection for
 500,000 folios (1 TiB of 2 MiB pages) adds the open cost once.
+
+Fills: docs/performance.md, "Cost per scrape (`metrics`)" (and the cost
+quoted in docs/monitoring.md).
 """
 from __future__ import annotations
 
@@ -33,10 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-import testbed  # noqa: E402
+import testbed
 
 OPEN = ("from vmemspect.target import open_vmcore; import sys; "
         "open_vmcore(sys.argv[1], sys.argv[2], 'x86_64')")

@@ -6,18 +6,18 @@ a stand-in for ``/proc/kcore`` or an ELF dump), to measure the read floor
 and vmemspect's own per-folio cost on each (docs/performance.md). Not used
 by the tests. lzo needs liblzo2 (ctypes), zstd the ``zstandard`` module.
 
-usage: python3 scripts/extract-raw.py DUMP VMLINUX OUT [raw|lzo|zstd]
+usage: .venv/bin/python scripts/bench/extract-raw.py DUMP VMLINUX OUT [raw|lzo|zstd]
+
+Fills: docs/performance.md, "Live cost (issue 13)" and "Other compressions
+(issue 13)".
 """
 import ctypes
 import ctypes.util
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from vmemspect import diskdump  # noqa: E402
-from vmemspect import extract as ex  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
+from vmemspect import diskdump
+from vmemspect import extract as ex
+from vmemspect.target import open_vmcore
 
 # makedumpfile's page descriptor flags (diskdump_mod.h).
 DUMP_DH_COMPRESSED_LZO = 0x2

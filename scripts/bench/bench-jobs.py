@@ -10,11 +10,14 @@ of each worker; checks that every jobs value gives the same verify JSON.
 
 usage::
 
-    python3 scripts/bench-jobs.py DUMP VMLINUX [--jobs 1,2] [--repeat 3]
-                                  [--tables] [--every-folio] [--json]
+    .venv/bin/python scripts/bench/bench-jobs.py DUMP [VMLINUX] [--jobs 1,2] [--repeat 3]
+                                                 [--tables] [--every-folio] [--json]
 
 The machine's load average is printed with the results: only ratios
 measured back to back in one run mean much on a shared machine.
+
+Fills: docs/performance.md, "Parallel (`--jobs`, issue 13)", "1 GiB pages" and
+"Live cost (issue 13)".
 """
 import argparse
 import io
@@ -22,44 +25,22 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vmemspect import parallel, scan
+from vmemspect.hugetlb import for_each_hugetlb_folio_record
+from vmemspect.pagetable import page_table_walker
+from vmemspect.kernel import kernel_model
+from vmemspect.documents import verify_doc, write_json
+from vmemspect.report import build_report
+from vmemspect.target import open_vmcore
 
-from vmemspect import parallel, scan  # noqa: E402
-from vmemspect.hugetlb import for_each_hstate_record, for_each_hugetlb_folio_record  # noqa: E402
-from vmemspect.pagetable import page_table_walker  # noqa: E402
-from vmemspect.kernel import kernel_model  # noqa: E402
-from vmemspect.documents import verify_doc, write_json  # noqa: E402
-from vmemspect.report import build_report  # noqa: E402
-from vmemspect.target import open_vmcore  # noqa: E402
-
-
-def floor(prog) -> int:
-    """The read floor: walk each hstate list, reading each folio's head
-    vmemmap page once (the links from those bytes)."""
-    model = kernel_model(prog)
-    ps = model.page_size
-    mask = ps - 1
-    read = prog.read
-    n = 0
-    for h in for_each_hstate_record(prog):
-        heads = [h.address + h.freelists_offset + 16 * nid for nid in sorted(h.per_node)]
-        heads.append(h.address + h.activelist_offset)
-        for head in heads:
-            pos = prog.read_u64(head)
-            while pos != head:
-                data = read(pos & ~mask, ps)
-                off = pos & mask
-                pos = int.from_bytes(data[off:off + 8], "little")
-                n += 1
-    return n
+from _readfloor import read_floor  # scripts/bench/, beside this script
 
 
 def table_floor(prog) -> tuple:
     """The read floor with the page tables: the PTE tables under every
     folio's vmemmap, each read once, raw (their addresses found before the
-    clock starts), then the heads as :func:`floor`. The floor of 1 GiB
+    clock starts), then the heads as :func:`read_floor`. The floor of 1 GiB
     folios, whose 4,096 vmemmap pages span 8 PTE tables each."""
     model = kernel_model(prog)
     walker = page_table_walker(prog)
@@ -74,7 +55,7 @@ def table_floor(prog) -> tuple:
     t = time.perf_counter()
     for phys in sorted(tables):
         prog.read(phys, model.page_size, True)
-    n = floor(prog)
+    n = read_floor(prog)
     return time.perf_counter() - t, len(tables), n
 
 
@@ -90,15 +71,19 @@ def every_folio(prog) -> None:
 
 
 def verify_json(prog, jobs: int) -> str:
+    """verify's JSON with ``--jobs JOBS``, but for ``workers`` (what
+    ``--jobs`` did, the one part that differs by design)."""
+    doc = verify_doc(build_report(prog, keep_folios=False, jobs=jobs))
+    doc.pop("workers", None)
     out = io.StringIO()
-    write_json(verify_doc(build_report(prog, keep_folios=False, jobs=jobs)), out.write)
+    write_json(doc, out.write)
     return out.getvalue()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dump")
-    ap.add_argument("vmlinux")
+    ap.add_argument("vmlinux", nargs="?", help="without it, the types come from the dump's BTF")
     ap.add_argument("--jobs", default="1,2", help="comma-separated jobs values (default 1,2)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
@@ -120,7 +105,7 @@ def main() -> int:
     folios = 0
     for _ in range(a.repeat):
         t = time.perf_counter()
-        folios = floor(prog)
+        folios = read_floor(prog)
         times["floor"].append(time.perf_counter() - t)
         if a.tables:
             secs, ntables, _ = table_floor(prog)
