@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from conftest import FULL, bench, real_run, run_dir, vmemspect
+from testbed.scenarios import SCENARIOS
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,8 @@ def test_bench_scale(run):
     (res,) = doc["results"]
     try:
         assert res["truth_nr_hugepages"] == hugepages == folios(run)
+        # The guest's own size (as the test bed booted it), not --mem's default.
+        assert res["mem"] == SCENARIOS["hvo-2m"]["mem"]
         summary = res["summary"]
         assert summary["vmemspect_checked_folios"] == folios(run)
         assert summary["vmemspect_ok"] is True and summary["vmemspect_rc"] == 0
@@ -69,6 +72,9 @@ def test_bench_metrics(run):
     doc = json.loads(bench("bench-metrics", "--run", str(run["dir"]), "--repeat", "1", "--json"))
     assert doc["kernel"] == run["truth"]["uname"] and doc["folios"] == folios(run)
     assert all(doc[m]["cpu_s"] > 0 for m in ("open", "full", "fast"))
+    # 64 folios: a cost, or the note that it is within the open's noise; never a negative one.
+    per_1000 = doc["full_cpu_ms_per_1000_folios"]
+    assert (per_1000 is None and "noise" in doc["note"]) or per_1000 > 0, doc
 
 
 def test_bench_open(run):

@@ -399,6 +399,13 @@ def warm_cache(*paths: str) -> float:
     return time.perf_counter() - t0
 
 
+def run_mem(run: dict, default: str) -> str:
+    """The guest RAM of the run (its QEMU ``-m``), so that a dump given with
+    ``--dump-dir`` is reported with its own size, not ``--mem``'s."""
+    args = run.get("qemu_args") or []
+    return next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-m"), default)
+
+
 def bench_config(series: str, page_size: str, a) -> dict:
     pages = a.hugepages or DEFAULT_PAGES[page_size]
     run = get_dump(series, page_size, a.mem, pages, a.reuse, a.boot_retries, a.dump_dir)
@@ -409,7 +416,7 @@ def bench_config(series: str, page_size: str, a) -> dict:
     env = child_env(a.vmemspect_path)
     warm_bytecode(a.vmemspect_path, env)
     res = {"config": f"{series}/{page_size}", "series": series, "page_size": page_size,
-           "release": run["release"], "mem": a.mem, "hugepages": pages,
+           "release": run["release"], "mem": run_mem(run, a.mem), "hugepages": pages,
            "cmdline": run["cmdline"], "dump": dump, "vmlinux": vmlinux,
            "dump_bytes": Path(dump).stat().st_size, "dump_format": "kdump-compressed",
            "boot": {"boot_s": run["timings"].get("boot_s"), "dump_s": run["timings"].get("dump_s"),
