@@ -33,6 +33,8 @@ Layers, each importing only the ones above it in this list (checked by
 - :mod:`vmemspect.optimizable`: whether HVO could optimize a folio, and why not.
 - :mod:`vmemspect.sweep`: the whole-vmemmap sweep: every remapped vmemmap
   range, matched to the folios on the hstate lists.
+- :mod:`vmemspect.memmap`: the whole-memmap read (``verify --memmap``):
+  hugetlb-typed struct pages outside the listed folios.
 - :mod:`vmemspect.savings`: what each HVO scheme would save (what-if).
 - :mod:`vmemspect.checks`: the HVO invariants, judged on plain records, and
   the grouping key beside them.

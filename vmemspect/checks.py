@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .hugetlb import Hstate, ListBreak, Zone
 from .hvo import FolioVmemmap, SharedTail, pte_leaf
 from .kernel import KernelModel, compound_info_mask, page_flags_nid, page_flags_zone
+from .memmap import MemmapResult
 from .pagetable import PageTableWalker
 from .sweep import RemappedRange, SweepResult
 
@@ -30,6 +31,7 @@ __all__ = (
     "check_hstate_lists",
     "check_hstate_orders",
     "check_kernel_counts",
+    "check_memmap",
     "check_shared_tails",
     "check_unlisted",
     "count_folio",
@@ -62,8 +64,10 @@ CHECKS = {
     "(nr_memmap_boot_pages + nr_memmap_pages, 6.10+) equal those the page tables show freed "
     "in the whole vmemmap",
     "unlisted-folio": "every remapped vmemmap range belongs to a hugetlb folio on an hstate list "
-    "(or one isolated for migration)",
+    "(or one isolated for migration); with verify --memmap, every hugetlb folio head too",
     "unlisted-remap": "every remapped vmemmap range is headed by a hugetlb folio",
+    "stale-hugetlb-type": "a struct page whose page type says hugetlb heads a hugetlb folio "
+    "(read only by verify --memmap)",
 }
 
 #: Root causes that are a state more precise than the check that finds it
@@ -102,6 +106,9 @@ class Finding:
     #: For a count that disagrees: what was found minus what the kernel
     #: counts (kernel-count: flagged folios minus the key's count).
     delta: Optional[int] = None
+    #: For a finding about a struct page that heads no folio
+    #: (stale-hugetlb-type): the pfn it describes.
+    page_pfn: Optional[int] = None
 
     def line(self) -> str:
         return f"{self.check}: {self.subject}: expected {self.expected}; found {self.found}"
@@ -625,6 +632,43 @@ def check_unlisted(model: KernelModel, sweep: SweepResult) -> List[Finding]:
             "vmemmap remapped only under a hugetlb folio",
             f"{r.what}; {_range_where(r)}", folio_pfn=r.pfn, frame_pfn=r.frame,
             consequence=then))
+    return out
+
+
+def check_memmap(result: Optional[MemmapResult], lists_incomplete: bool) -> List[Finding]:
+    """
+    The hugetlb-typed struct pages outside the listed folios that the
+    memmap read found (:mod:`vmemspect.memmap`, ``verify --memmap``): one
+    that heads no folio (``stale-hugetlb-type``: the kernel left the type
+    on a page it no longer uses as a folio head; its pfn walkers take it
+    for one), or the head of a hugetlb folio on no hstate list
+    (``unlisted-folio``, its vmemmap not remapped; judged only when every
+    list was walked whole). Isolated and freeing folios are no finding.
+    """
+    out: List[Finding] = []
+    for t in result.typed if result is not None else ():
+        subject = f"pfn {t.pfn:#x} (struct page {t.page:#x})"
+        if t.kind == "stale":
+            then = ("the kernel reads it as a hugetlb folio (PageHuge(): page_folio() is the "
+                    "page itself and folio_test_hugetlb() is true; /proc/kpageflags says KPF_HUGE "
+                    "for its pfn), so code that walks pfns meets a hugetlb folio that does not "
+                    "exist (6.12's pfn_range_valid_contig() refuses every range holding one to "
+                    "a gigantic page)")
+            if t.tail:
+                then = ("a tail page: page_folio() leads to its head, so the type is read only "
+                        "where the kernel reads this struct page as a folio itself")
+            if t.optimized:
+                then += "; it carries HPG_vmemmap_optimized too"
+            out.append(Finding("stale-hugetlb-type", subject,
+                               "the hugetlb page type only on a hugetlb folio's head",
+                               t.what, page_pfn=t.pfn, consequence=then))
+        elif t.kind == "off-lists" and not lists_incomplete:
+            out.append(Finding(
+                "unlisted-folio", subject, "a hugetlb folio on an hstate list", t.what,
+                folio_pfn=t.pfn,
+                consequence=("the hstate's allocator and pool shrinking go by the lists and never "
+                             "reach it: its memory stays out of use until something that walks "
+                             "pfns meets it and acts on its state")))
     return out
 
 

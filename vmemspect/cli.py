@@ -96,19 +96,20 @@ class _Context:
             self._prog = self._opener()
         return self._prog
 
-    def report(self, rows: Optional[RowSink] = None) -> Report:
-        """The scan, keeping no folio record (rows, if asked, go to disk)."""
+    def report(self, rows: Optional[RowSink] = None, memmap: bool = False) -> Report:
+        """The scan, keeping no folio record (rows, if asked, go to disk);
+        ``memmap``: the whole-memmap read too."""
         prog = self.prog
         model = kernel_model(prog)
         jobs = default_jobs() if self.jobs is None else self.jobs
         if not (self.progress and sys.stderr.isatty()) or not model.hugetlb:
-            report = build_report(prog, keep_folios=False, rows=rows, jobs=jobs)
+            report = build_report(prog, keep_folios=False, rows=rows, jobs=jobs, memmap=memmap)
         else:
             total = sum(h.nr_huge_pages for h in for_each_hstate_record(prog))
             with click.progressbar(length=total, label="scanning folios",
                                    file=sys.stderr) as bar:
                 report = build_report(prog, progress=lambda _, n: bar.update(n),
-                                      keep_folios=False, rows=rows, jobs=jobs)
+                                      keep_folios=False, rows=rows, jobs=jobs, memmap=memmap)
         w = report.workers
         if w is not None and w.failed:
             click.echo(f"vmemspect: --jobs {w.requested}: the workers failed ({w.failed}); "
@@ -218,12 +219,16 @@ def decode_cmd(page, as_json, fmt, no_progress) -> None:
 @click.command("verify")
 @click.option("--all", "show_all", is_flag=True,
               help="List every finding (default: grouped by check, the first few of each).")
+@click.option("--memmap", is_flag=True,
+              help="Also read every struct page of the memmap for a hugetlb page type outside "
+              "the listed folios (stale types, unlisted unremapped folios); one read per "
+              "vmemmap page outside them (docs/checks.md).")
 @_output_options
 @_jobs_option
-def verify_cmd(show_all, as_json, fmt, no_progress, jobs) -> None:
+def verify_cmd(show_all, memmap, as_json, fmt, no_progress, jobs) -> None:
     """Check every HVO invariant; exit 1 if any does not hold."""
     c = _ctx(as_json, fmt, no_progress, jobs)
-    report = c.report()
+    report = c.report(memmap=memmap)
     c.emit(verify_doc(report), lambda doc, f: render_verify(doc, f, show_all))
     if report.findings:
         sys.exit(EXIT_FINDINGS)

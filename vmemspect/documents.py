@@ -86,6 +86,7 @@ def finding_doc(f: Finding) -> Dict[str, Any]:
         "found": f.found,
         "folio_pfn": f.folio_pfn,
         "frame_pfn": f.frame_pfn,
+        "page_pfn": f.page_pfn,
         "consequence": f.consequence,
     }
 
@@ -158,6 +159,26 @@ def sweep_doc(report: Report) -> Optional[Dict[str, Any]]:
         "tables_read_entry_by_entry": w.slow_tables,
         "lists_incomplete": w.lists_incomplete,
         "unlisted": [range_doc(r) for r in w.unlisted],
+    }
+
+
+def memmap_doc(report: Report) -> Optional[Dict[str, Any]]:
+    """What the whole-memmap read (verify --memmap) read and found; None if
+    it was not asked for."""
+    m = report.memmap
+    if m is None:
+        return None
+    return {
+        "done": m.not_done is None,
+        "not_done": m.not_done,
+        "vmemmap_pages_read": m.pages_read,
+        "vmemmap_pages_missing": m.pages_missing,
+        "vmemmap_pages_skipped": m.pages_skipped,
+        "hugetlb_typed": [{
+            "pfn": t.pfn, "page": hex(t.page), "kind": t.kind, "what": t.what,
+            "flags": hex(t.flags), "page_type": hex(t.page_type), "refcount": t.refcount,
+            "private": hex(t.private), "optimized": t.optimized, "tail": t.tail,
+        } for t in m.typed],
     }
 
 
@@ -472,6 +493,7 @@ def verify_doc(report: Report) -> Dict[str, Any]:
                            for pfn, what, why in report.unknown_frames],
         "transient": [finding_doc(f) for f in report.transient],
         "vmemmap_sweep": sweep_doc(report),
+        "memmap": memmap_doc(report),
         "workers": workers_doc(report),
     }
 

@@ -8,7 +8,8 @@ own helpers. Two kinds, and the names say which:
 
 - helpers over kernel objects take and return :class:`drgn.Object`, as
   drgn's do: :func:`for_each_hugetlb_folio` takes a ``struct hstate *``
-  (from drgn's ``for_each_hstate()``) and yields ``struct folio *``;
+  (from drgn's ``for_each_hstate()``) and yields ``struct folio *``
+  and :func:`for_each_hugetlb_typed_page` yields ``struct page *``;
   :func:`folio_hvo`, :func:`hvo_decode` and :func:`vmemmap_leaf` take a
   ``struct folio *``/``struct page *`` (or an address);
 - helpers named ``*_records`` and the ``hvo_*`` views return vmemspect's
@@ -52,6 +53,7 @@ __all__ = (
     "decode_compound_info",
     "folio_hvo",
     "for_each_hugetlb_folio",
+    "for_each_hugetlb_typed_page",
     "hugetlb_folio_records",
     "hvo_decode",
     "hvo_kernel",
@@ -183,6 +185,21 @@ def hvo_report(prog: Program) -> Report:
 
 
 @takes_program_or_default
-def hvo_verify(prog: Program) -> List[Finding]:
-    """Every HVO invariant of the kernel's form; an empty list when all hold."""
-    return build_report(prog, keep_folios=False).findings
+def hvo_verify(prog: Program, memmap: bool = False) -> List[Finding]:
+    """Every HVO invariant of the kernel's form; an empty list when all
+    hold. ``memmap``: also read the whole memmap (``verify --memmap``)."""
+    return build_report(prog, keep_folios=False, memmap=memmap).findings
+
+
+@takes_program_or_default
+def for_each_hugetlb_typed_page(prog: Program) -> Iterator[Object]:
+    """
+    Yield a ``struct page *`` for every struct page outside the listed
+    hugetlb folios whose page type says hugetlb (``verify --memmap``'s read,
+    :mod:`vmemspect.memmap`): stale types, and heads of folios on no list.
+    Kernels 6.9+ (the type in the head's own ``page_type``); nothing is
+    yielded before, where one struct page does not say it.
+    """
+    result = build_report(prog, keep_folios=False, memmap=True).memmap
+    for t in result.typed if result is not None else ():
+        yield Object(prog, "struct page *", t.page)

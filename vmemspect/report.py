@@ -21,6 +21,7 @@ from .errors import VmemspectError
 from .hugetlb import Hstate, ListBreak, Zone, hvo_enabled, zones
 from .hvo import FolioVmemmap, SharedTail, vmemmap_savings
 from .kernel import KernelModel, kernel_model
+from .memmap import MemmapResult
 from .pagetable import page_table_walker
 from .progcache import cache_get, is_live
 from .optimizable import hvo_context, is_optimizable, not_optimized_reason
@@ -230,6 +231,8 @@ class Report:
     workers: Optional[WorkerReport] = None
     #: The findings grouped by root cause (vmemspect.diagnosis).
     diagnosis: Optional[List[Cause]] = None
+    #: The whole-memmap read (verify --memmap), None if not asked.
+    memmap: Optional[MemmapResult] = None
 
     def groups(self) -> List[GroupSummary]:
         """Counts per hstate, node and zone, in hstate then node and zone order."""
@@ -247,6 +250,7 @@ def build_report(
     keep_folios: bool = True,
     rows: Optional[RowSink] = None,
     jobs: int = 1,
+    memmap: bool = False,
 ) -> Report:
     """
     Scan every hugetlb folio, the shared tail frames and the counters, and
@@ -269,14 +273,16 @@ def build_report(
     :param jobs: processes that read the folios' head pages at once
         (:func:`~vmemspect.hvo.scan_folio_groups`; a dump, without
         ``keep_folios`` or ``rows``): the same report as with one.
+    :param memmap: also read the whole memmap (:mod:`vmemspect.memmap`):
+        hugetlb-typed struct pages outside the listed folios.
     """
-    report = _scan(prog, progress, keep_folios, rows, jobs)
+    report = _scan(prog, progress, keep_folios, rows, jobs, memmap)
     if not is_live(prog) or not report.findings:
         report.diagnosis = diagnose_report(prog, report.findings, report.hstates)
         return report
     confirmed = {_finding_key(f) for f in report.findings}
     for _ in range(live_rereads):
-        again = _scan(prog, None, False)
+        again = _scan(prog, None, False, memmap=memmap)
         confirmed &= {_finding_key(f) for f in again.findings}
         if not confirmed:
             break
@@ -292,6 +298,7 @@ def _scan(
     keep_folios: bool = True,
     rows: Optional[RowSink] = None,
     jobs: int = 1,
+    memmap: bool = False,
 ) -> Report:
     """One scan by the engine (vmemspect.scan), with the report's own
     tallies: the group table, the what-if table, rows, kept records."""
@@ -347,7 +354,8 @@ def _scan(
                     rows.spool.append(rows.like(row, model, page, walker.entry_pfn(e0), e0))
 
     every = keep_folios or (rows is not None and rows.like is None)
-    r = run_scan(prog, EveryFolio() if every else Grouped(jobs), on_folio, possible, on_like)
+    r = run_scan(prog, EveryFolio() if every else Grouped(jobs), on_folio, possible, on_like,
+                 memmap=memmap)
     return Report(
         model=model,
         hvo_enabled=hvo_enabled(prog),
@@ -369,6 +377,7 @@ def _scan(
         rows=None if rows is None else rows.spool,
         sweep=r.sweep,
         workers=r.workers,
+        memmap=r.memmap,
     )
 
 

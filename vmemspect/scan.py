@@ -19,7 +19,8 @@ how; every strategy walks the same hstate lists and gives the engine
 
 :func:`run_scan` then finishes every scan alike: list cuts and breaks, hstate
 orders, the lists against the per-node counters, the shared tail frames, the
-whole-vmemmap sweep (:mod:`vmemspect.sweep`) and the kernel's own counters.
+whole-vmemmap sweep (:mod:`vmemspect.sweep`), when asked the whole-memmap
+read (:mod:`vmemspect.memmap`), and the kernel's own counters.
 What a strategy cannot know (a sample's counts) is not judged, and the
 result says so (:attr:`ScanResult.complete`).
 """
@@ -38,6 +39,7 @@ from .checks import (
     check_hstate_lists,
     check_hstate_orders,
     check_kernel_counts,
+    check_memmap,
     check_shared_tails,
     check_unlisted,
     count_folio,
@@ -69,6 +71,7 @@ from .hvo import (
     vmemmap_savings,
 )
 from .kernel import KernelModel, kernel_model
+from .memmap import MemmapResult, read_memmap
 from .pagetable import page_table_walker
 from .sweep import SweepResult, VmemmapSweep
 
@@ -283,6 +286,9 @@ class ScanResult:
     unknown_frames: List[Tuple[int, str, str]]
     sweep: SweepResult
     workers: Optional[WorkerReport]
+    #: The whole-memmap read (``memmap=True``; None if not asked or the
+    #: strategy is a sample).
+    memmap: Optional[MemmapResult] = None
 
 
 def count_isolated(found: Dict[Tuple[str, int], List[int]], swept: SweepResult,
@@ -326,6 +332,7 @@ def run_scan(
     on_folio: Optional[Callable[[FolioVmemmap, int, List[Finding], bool], None]] = None,
     possible: Optional[Callable[[FolioVmemmap], bool]] = None,
     on_like: Optional[Callable[[FolioVmemmap, int], None]] = None,
+    memmap: bool = False,
 ) -> ScanResult:
     """
     Read the folios by ``strategy``, judge each as it comes, and finish the
@@ -338,6 +345,9 @@ def run_scan(
         grouped scan counts).
     :param possible: whether HVO could optimize a folio (for
         :attr:`Savings.possible_pages`); every folio if not given.
+    :param memmap: also read the whole memmap for hugetlb-typed struct
+        pages outside the listed folios (:mod:`vmemspect.memmap`; a complete
+        strategy only).
     """
     ctx = scan_context(prog)
     ctx.on_like = on_like
@@ -389,6 +399,7 @@ def run_scan(
     findings.extend(check_hstate_orders(hstates))
     findings.extend(check_hstate_lists(hstates, broken))
     whole = not cut and not broken and all(h.order_ok for h in hstates)
+    memmap_result: Optional[MemmapResult] = None
     if strategy.complete:
         swept = ctx.sweep.finish(ctx.shared_names, lists_incomplete=not whole)
         # A folio isolated for migration is off the lists but still in the
@@ -400,6 +411,9 @@ def run_scan(
             hstates, found, {name for name, _ in cut} | {b.hstate for b in broken}
             | {h.name for h in hstates if not h.order_ok}))
         findings.extend(check_unlisted(model, swept))
+        if memmap:
+            memmap_result = read_memmap(prog, ctx.sweep, swept)
+            findings.extend(check_memmap(memmap_result, swept.lists_incomplete))
     else:
         # A sample lists few folios: the sweep could attribute nothing.
         # (metrics --fast counts the remapped PTEs of the whole vmemmap
@@ -430,7 +444,7 @@ def run_scan(
         model=model, hstates=hstates, zones=ctx.zones, complete=strategy.complete,
         scanned=scanned, unknown=unknown, findings=findings, tails=tails, savings=savings,
         cut_lists=cut, broken_lists=broken, unknown_frames=list(unknown_frames.values()),
-        sweep=swept,
+        sweep=swept, memmap=memmap_result,
         workers=WorkerReport(workers["requested"], workers["started"], workers["failed"],
                              tuple(workers["cpu_seconds"]), workers.get("why_none"))
         if workers else None)

@@ -312,7 +312,7 @@ class VmemmapSweep:
             index -= 1
         return index
 
-    def _freeing(self) -> frozenset:
+    def freeing_pages(self) -> frozenset:
         """Struct pages of the folios queued on ``hpage_freelist`` (the
         llist of update_and_free_hugetlb_folio(), linked through
         ``folio->mapping``) for the deferred free, read once."""
@@ -332,14 +332,14 @@ class VmemmapSweep:
             self._queued = (frozenset(pages), frozenset(nodes))
         return self._queued[0]
 
-    def _freeing_nodes(self) -> frozenset:
+    def freeing_nodes(self) -> frozenset:
         """The llist nodes (``&folio->mapping``) of every unlisted range's
         head: free_hpage_workfn() takes the whole queue with
         llist_del_all() and frees it folio by folio, so a folio whose
         ``mapping`` points at another unlisted head's is on that taken
         chain (the chain's last has NULL there, and cannot be told from a
         lost folio)."""
-        self._freeing()
+        self.freeing_pages()
         return self._queued[1] | self._chain_nodes
 
     def _describe(self, head: int, pages: int, frame: int, frame_name: Optional[str],
@@ -383,7 +383,7 @@ class VmemmapSweep:
             of = f"of order {order}" + ("" if hugetlb else " (hugetlb or not: the types do not say)")
             migratable = bool(private >> model.hpg_migratable & 1)
             mapping = _U64.unpack_from(data, model.off_mapping)[0]
-            if refcount == 0 and (page in self._freeing() or mapping in self._freeing_nodes()):
+            if refcount == 0 and (page in self.freeing_pages() or mapping in self.freeing_nodes()):
                 kind = "freeing"
                 what = (f"a hugetlb folio {of} the kernel is freeing: queued on hpage_freelist "
                         f"for free_hpage_work(), which restores its vmemmap first "

@@ -243,9 +243,12 @@ def _grouped_findings(doc: Dict[str, Any]) -> List[str]:
             lines.append(f"  {f['subject']}: expected {f['expected']}; found {f['found']}")
         if len(fs) > len(shown):
             seen = {f["folio_pfn"] for f in shown}
-            more = [p for p in c["folios"] if p not in seen]
+            more, noun = [p for p in c["folios"] if p not in seen], "folios"
+            if not more:  # struct pages that are no folio (stale-hugetlb-type)
+                more, noun = [f["page_pfn"] for f in fs[len(shown):]
+                              if f.get("page_pfn") is not None], "pfns"
             lines.append(f"  ... {len(fs) - len(shown)} more"
-                         + (f" (folios {', '.join(hex(p) for p in more[:8])}"
+                         + (f" ({noun} {', '.join(hex(p) for p in more[:8])}"
                             + (", ..." if len(more) > 8 else "") + ")" if more else "")
                          + "; --all lists every one")
         if c["provenance"]:
@@ -298,6 +301,7 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
         n = sum(1 for r in sweep["unlisted"] if r["kind"] == "off-lists")
         lines.append(f"unknown: {n} remapped hugetlb folio(s) on no list walked; the lists "
                      "were not walked whole, so they may lie past the cut or the break")
+    lines.extend(_memmap_lines(doc.get("memmap")))
     folios = {f["folio_pfn"] for f in doc["findings"] if f["folio_pfn"] is not None}
     causes = doc["root_causes"]
     lines.append(
@@ -307,6 +311,27 @@ def render_verify(doc: Dict[str, Any], fmt: str, show_all: bool = False) -> str:
         + f", {doc['checked_folios']} folios checked, {doc['unknown']} unknown"
     )
     return "\n".join(lines)
+
+
+def _memmap_lines(m: Optional[Dict[str, Any]]) -> List[str]:
+    """What the whole-memmap read did (verify --memmap), and the typed
+    struct pages that are no violation."""
+    if m is None:
+        return []
+    if not m["done"]:
+        return [f"memmap: not read: {m['not_done']}"]
+    lines = []
+    for t in m["hugetlb_typed"]:
+        if t["kind"] in ("isolated", "freeing"):
+            lines.append(f"{t['kind']} (off the lists, not a violation): pfn {t['pfn']:#x}: "
+                         f"{t['what']}")
+    missing = (f", {m['vmemmap_pages_missing']:,} not in the dump"
+               if m["vmemmap_pages_missing"] else "")
+    lines.append(f"memmap: {m['vmemmap_pages_read']:,} vmemmap pages read{missing} "
+                 f"({m['vmemmap_pages_skipped']:,} of listed folios and remapped ranges "
+                 f"skipped); {len(m['hugetlb_typed'])} hugetlb-typed struct page(s) outside "
+                 f"the listed folios")
+    return lines
 
 
 def render_decode(doc: Dict[str, Any], fmt: str) -> str:

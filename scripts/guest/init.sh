@@ -117,6 +117,12 @@ rare)
 	echo "step fallocate=$n,overcommit=8: $(pools)" >> $steps
 	[ "$(cat $hp2m/free_hugepages) $(cat $hp2m/surplus_hugepages)" = "0 8" ] || fail "2M pool not all held: $(pools)"
 	;;
+shrink)
+	echo 20 > $hp2m/nr_hugepages || fail "nr_hugepages 20"
+	step "nr_hugepages=20"
+	echo 10 > $hp2m/nr_hugepages || fail "nr_hugepages 10"
+	step "nr_hugepages=10"
+	;;
 numa)
 	n1=/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages
 	[ -e $n1 ] || fail "no node1"

@@ -3,7 +3,11 @@
  * Prints one line per hugetlb folio head (KPF_HUGE and KPF_COMPOUND_HEAD):
  *   kpf <pfn hex> <flags hex> <nr_pages>
  * nr_pages counts the head plus the hugetlb tail pfns (KPF_HUGE and
- * KPF_COMPOUND_TAIL) that follow it.  Reads nothing but /proc/kpageflags.
+ * KPF_COMPOUND_TAIL) that follow it.  And one line per other pfn the kernel
+ * calls hugetlb (KPF_HUGE: folio_test_hugetlb() of its folio) outside those
+ * runs, at most 4096 (a hugetlb page type left where no folio is):
+ *   kpf_lone <pfn hex> <flags hex>
+ * Reads nothing but /proc/kpageflags.
  * Built static at initramfs build time (scripts/testbed/initramfs.py).
  */
 #include <fcntl.h>
@@ -23,7 +27,7 @@ int main(void)
 	const uint64_t head = (1ULL << KPF_HUGE) | (1ULL << KPF_COMPOUND_HEAD);
 	const uint64_t tail = (1ULL << KPF_HUGE) | (1ULL << KPF_COMPOUND_TAIL);
 	int fd = open("/proc/kpageflags", O_RDONLY);
-	uint64_t pfn = 0, cur_pfn = 0, cur_flags = 0, cur_n = 0, nheads = 0;
+	uint64_t pfn = 0, cur_pfn = 0, cur_flags = 0, cur_n = 0, nheads = 0, nlone = 0;
 	int have = 0;
 
 	if (fd < 0) {
@@ -55,12 +59,16 @@ int main(void)
 				cur_flags = f;
 				cur_n = 1;
 				nheads++;
+			} else if ((f & (1ULL << KPF_HUGE)) && nlone++ < 4096) {
+				printf("kpf_lone 0x%llx 0x%llx\n", (unsigned long long)pfn,
+				       (unsigned long long)f);
 			}
 		}
 	}
 	if (have)
 		printf("kpf 0x%llx 0x%llx %llu\n", (unsigned long long)cur_pfn,
 		       (unsigned long long)cur_flags, (unsigned long long)cur_n);
-	printf("kpf_scanned %llu %llu\n", (unsigned long long)pfn, (unsigned long long)nheads);
+	printf("kpf_scanned %llu %llu %llu\n", (unsigned long long)pfn, (unsigned long long)nheads,
+	       (unsigned long long)nlone);
 	return 0;
 }

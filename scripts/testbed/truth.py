@@ -139,7 +139,8 @@ def parse_truth(lines: list[str]) -> dict:
     t: dict = {"scenario": None, "uname": None, "cmdline": None,
                "hugetlb_optimize_vmemmap": None, "meminfo": {}, "hstates": {},
                "hugetlb_dmesg": [], "vmemmap_freeable_kib": {}, "vmstat": {},
-               "hugetlb_folios": [], "kpf_scanned_pfns": None, "in_use": [],
+               "hugetlb_folios": [], "kpf_scanned_pfns": None, "kpf_lone": [],
+               "kpf_lone_count": None, "in_use": [],
                "node_memory_blocks": {}, "memory_block_size": None,
                "node_pfn_ranges": {}, "steps": [], "errors": [], "vmcoreinfo_note": None,
                "demote": {"before": [], "after": [], "demoted": []}}
@@ -175,8 +176,13 @@ def parse_truth(lines: list[str]) -> dict:
         elif key == "kpf" and len(f) == 3:
             t["hugetlb_folios"].append({"pfn": int(f[0], 16), "flags": int(f[1], 16),
                                         "nr_pages": int(f[2])})
+        elif key == "kpf_lone" and len(f) == 2:
+            # a pfn the kernel calls hugetlb outside every folio's run
+            t["kpf_lone"].append({"pfn": int(f[0], 16), "flags": int(f[1], 16)})
         elif key == "kpf_scanned" and f:
             t["kpf_scanned_pfns"] = int(f[0])
+            if len(f) >= 3:
+                t["kpf_lone_count"] = int(f[2])
         elif key == "hold" and len(f) == 3:
             t["in_use"].append({"kind": f[0], "pfn": None if f[1] == "none" else int(f[1], 16),
                                 "phase": int(f[2])})
