@@ -82,6 +82,10 @@ def test_memmap_text(shrunk):
     assert f"{len(lone)} hugetlb-typed struct page(s) outside the listed folios" in p.stdout
     if lone:
         assert p.stdout.startswith("stale-hugetlb-type:"), p.stdout
+        # Every one at a head copy's place: the known bug's pattern, named.
+        assert all(pfn % 64 == 0 and pfn % 512 for pfn in lone)
+        assert "  known: the pattern of a known kernel bug: freeing an optimized 2 MiB" \
+            in p.stdout
 
 
 @pytest.mark.parametrize("scenario", ["hvo-2m", "mixed", "hvo-1g"])

@@ -302,17 +302,28 @@ KNOWN_BUGS = {
                    "new folio but the first flagged HPG_vmemmap_optimized with its vmemmap "
                    "never remapped; docs/known-bugs.md, section 1, has the reproducer and the "
                    "cause",
+    "6.12-stale-type": "the pattern of a known kernel bug: freeing an optimized 2 MiB folio on "
+                       "6.12 (Debian's 6.12.117, cloud, generic and rt; not 6.12.95) leaves the hugetlb page "
+                       "type on 7 of its struct pages, one at each 64th pfn after its head (the "
+                       "restored vmemmap pages start with copies of the head's); docs/known-bugs.md, "
+                       "section 2",
 }
 
 
-def known_bug(cause: "Cause") -> Optional[str]:
+def known_bug(cause: "Cause", findings: Sequence[Finding] = ()) -> Optional[str]:
     """Which known bug's pattern (:data:`KNOWN_BUGS`) a cause is, if any:
     the 6.12 demotion bug is flagged-not-remapped folios that fill each of
     their gigantic-aligned blocks but the first, whose first folio is
-    clean."""
+    clean; the 6.12 stale type is stale-hugetlb-type pages that each lie
+    at a multiple of 64 pfns inside a 2 MiB block, never at its start
+    (where the freed folio's head was)."""
     if (cause.cause == "flag-not-remapped" and cause.blocks
             and all(b.all_but_first for b in cause.blocks)):
         return "6.12-demote"
+    if cause.check == "stale-hugetlb-type" and findings:
+        pfns = [findings[i].page_pfn for i in cause.findings]
+        if all(p is not None and p % 64 == 0 and p % 512 for p in pfns):
+            return "6.12-stale-type"
     return None
 
 
@@ -359,7 +370,7 @@ def diagnose(
             blocks=tuple(blocks),
             provenance=_provenance(g, blocks, hstates),
         )
-        bug = known_bug(cause)
+        bug = known_bug(cause, findings)
         out.append(dataclasses.replace(cause, known_bug=KNOWN_BUGS[bug]) if bug else cause)
     return out
 

@@ -111,13 +111,28 @@ def test_stale_type_found():
     assert [(f["check"], f["page_pfn"]) for f in doc["findings"]] == [("stale-hugetlb-type", pfn)]
     (t,) = doc["memmap"]["hugetlb_typed"]
     assert t["kind"] == "stale" and "PG_head clear" in t["what"]
-    assert doc["diagnosis"] and doc["root_causes"] == 1
+    assert doc["root_causes"] == 1
+    # pfn % 64 == 5: not where 6.12.117 leaves its copies of a head.
+    assert doc["diagnosis"][0]["known_bug"] is None
     # The drgn helper: a struct page * of that pfn.
     (page,) = for_each_hugetlb_typed_page(prog)
     assert page.type_.type_name() == "struct page *"
     assert page.value_() == model.page_address(pfn)
     assert [f.check for f in hvo_verify(prog, memmap=True)] == ["stale-hugetlb-type"]
     assert hvo_verify(prog) == []
+
+
+def test_stale_type_at_a_head_copy_is_the_known_bug():
+    """Stale types at every 64th pfn inside a 2 MiB block, never at its
+    start: the pattern 6.12.117's pool shrink leaves (known-bugs, bug 2)."""
+    prog = open_vmcore(str(FIXTURES / "7.2-mixed.kdump"), None)
+    model = kernel_model(prog)
+    index = _free_vmemmap_page(prog, "7.2-mixed", align=8) + 3  # pfn % 512 == 192
+    _overlay(prog, index, {0: {model.hugetlb_test[1]: _hugetlb_type(model)}})
+    rc, doc = _verify(prog, "--memmap")
+    assert rc == 1 and [f["page_pfn"] for f in doc["findings"]] == [index * 64]
+    (cause,) = doc["diagnosis"]
+    assert "known-bugs.md, section 2" in cause["known_bug"]
 
 
 def _folio_head(model, address: int, slot: int, refcount: int, private: int) -> dict:
