@@ -32,7 +32,7 @@ head does not carry alone: the read is not done, and the result says why.
 
 import dataclasses
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from drgn import FaultError, Program
 from drgn.helpers.linux.mmzone import for_each_present_section
@@ -143,6 +143,12 @@ def _skipped(sweep: VmemmapSweep, swept: SweepResult, lo: int, hi: int) -> bytea
     """A byte per vmemmap page of ``[lo, hi)``: 1 where a listed folio's
     vmemmap or an unlisted remapped range holds it."""
     skip = bytearray(hi - lo)
+
+    def mark(a: int, b: int) -> None:  # vmemmap pages [a, b), clamped
+        a, b = max(a, lo), min(b, hi)
+        if a < b:
+            skip[a - lo:b - lo] = b"\1" * (b - a)
+
     for n, marks in sweep.marks.values():
         end = min(len(marks), -(-hi // n))
         # Blocks of slots: an empty or a full block costs one count() in C.
@@ -151,19 +157,16 @@ def _skipped(sweep: VmemmapSweep, swept: SweepResult, lo: int, hi: int) -> bytea
             free = marks[b0:b1].count(0)
             if free == b1 - b0:
                 continue
-            slots = range(b0, b1) if free else (b0,)
-            for slot in slots:
-                if free and not marks[slot]:
-                    continue
-                last = slot + 1 if free else b1
-                a, b = max(slot * n, lo), min(last * n, hi)
-                skip[a - lo:b - lo] = b"\1" * (b - a)
+            if not free:
+                mark(b0 * n, b1 * n)
+                continue
+            for slot in range(b0, b1):
+                if marks[slot]:
+                    mark(slot * n, slot * n + n)
     page_shift = sweep.model.page_shift
     for r in swept.unlisted:
         first = (r.vmemmap - sweep.vstart) >> page_shift
-        a, b = max(first, lo), min(first + r.vmemmap_pages, hi)
-        if a < b:
-            skip[a - lo:b - lo] = b"\1" * (b - a)
+        mark(first, first + r.vmemmap_pages)
     return skip
 
 
@@ -273,10 +276,3 @@ def _describe(prog: Program, model: KernelModel, sweep: VmemmapSweep, page: int,
     return TypedPage(kind="off-lists", what=f"a hugetlb folio, {state}, on no hstate list, its "
                      f"vmemmap not remapped ({words})", **common)
 
-
-def typed_pages_by_kind(result: MemmapResult) -> Dict[str, int]:
-    """How many hugetlb-typed struct pages of each kind the read found."""
-    out: Dict[str, int] = {}
-    for t in result.typed:
-        out[t.kind] = out.get(t.kind, 0) + 1
-    return out
